@@ -1,0 +1,68 @@
+"""Conversation template "v1" and the tokenization of a prompt around ``<image>`` (id -200)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mobilevlm_export.errors import UserError
+
+IMAGE_TOKEN_INDEX = -200
+IMAGE_TAG = "<image>"
+STOP_STRING = "</s>"
+SYSTEM_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+
+def conversation_v1(question: str) -> str:
+    """The prompt for one user turn: ``system USER: <image>\\n{question} ASSISTANT:``.
+
+    The image tag is put first, as the original's inference script does, unless the question has one already.
+    """
+    if IMAGE_TAG not in question:
+        question = f"{IMAGE_TAG}\n{question}"
+    return f"{SYSTEM_V1} USER: {question} ASSISTANT:"
+
+
+def tokenize_with_images(tokenizer, prompt: str, num_images: int = 1) -> list[int]:
+    """Token ids of ``prompt`` with ``IMAGE_TOKEN_INDEX`` where each ``<image>`` stood.
+
+    Each chunk between tags is tokenized on its own; the BOS of the first chunk is kept once.
+    """
+    tags = prompt.count(IMAGE_TAG)
+    if tags != num_images:
+        raise UserError(
+            f"--prompt has {tags} '{IMAGE_TAG}' tag(s) but {num_images} image(s) were given"
+        )
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_TAG)]
+    bos = tokenizer.bos_token_id
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
+    ids: list[int] = [chunks[0][0]] if offset else []
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+def segments(input_ids: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """Split ids at the image sentinel: ``[("text", ids), ("image", [k]), ...]`` with k the image index.
+
+    Both the reference and the runtime build the embedding sequence from this one plan.
+    """
+    out: list[tuple[str, list[int]]] = []
+    text: list[int] = []
+    k = 0
+    for t in input_ids:
+        if t == IMAGE_TOKEN_INDEX:
+            if text:
+                out.append(("text", text))
+                text = []
+            out.append(("image", [k]))
+            k += 1
+        else:
+            text.append(int(t))
+    if text:
+        out.append(("text", text))
+    return out
