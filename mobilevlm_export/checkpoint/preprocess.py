@@ -94,7 +94,8 @@ class ImagePreprocess:
             image = image.resize(size, resample=Image.Resampling(self.resample))
         arr = np.asarray(image, dtype=np.uint8)
         arr = _center_crop(arr, self.crop_size)
-        x = arr.astype(np.float32) * np.float32(self.rescale_factor)
+        # rescale in float64 then float32 normalize, as the HF processor computes it (bit-identical)
+        x = (arr.astype(np.float64) * self.rescale_factor).astype(np.float32)
         x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 

@@ -1,0 +1,137 @@
+"""The ``mvlm-export`` command line: parses flags, calls the library, prints tables or one JSON object.
+
+Exit codes: 0 success, 1 a check failed (parity), 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mobilevlm_export.errors import CheckFailed, UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Deployment toolchain for MobileVLM: inspect, generate, export, verify, build.")
+
+CkptArg = Annotated[Path | None, typer.Argument(
+    help="MobileVLM checkpoint directory (HF layout). Omitted: the bundled demo checkpoint.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for CI).")]
+TowerOpt = Annotated[Path | None, typer.Option(
+    "--vision-tower", help="Directory of the CLIP vision tower (config, weights, image processor) to use.")]
+
+
+@contextmanager
+def _exit_codes():
+    """Map library errors to exit codes with a one-line message on stderr."""
+    try:
+        yield
+    except (UserError, CheckFailed) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
+    from rich.console import Console
+
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+
+    path = ckpt if ckpt is not None else demo_checkpoint_dir()
+    console = Console(stderr=True, quiet=quiet)
+    with console.status(f"Loading {path}"):
+        return load_checkpoint(path, vision_tower)
+
+
+@app.command()
+def inspect(ckpt: CkptArg = None, vision_tower: TowerOpt = None, as_json: JsonOpt = False) -> None:
+    """Architecture, parameter counts, dims and the graphs a split will make."""
+    with _exit_codes():
+        from mobilevlm_export.summary import describe
+
+        info = describe(_load(ckpt, vision_tower, as_json))
+        if as_json:
+            _print_json(info)
+        else:
+            _print_inspect(info)
+
+
+@app.command()
+def generate(
+    ckpt: CkptArg = None,
+    image: Annotated[Path, typer.Option("--image", help="Image file (any mode/size PIL reads).")] = ...,
+    prompt: Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")] = ...,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.", min=0.0)] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    raw_prompt: Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")] = False,
+    vision_tower: TowerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question about an image with the PyTorch reference model."""
+    with _exit_codes():
+        import time
+
+        from mobilevlm_export.checkpoint.preprocess import load_image
+        from mobilevlm_export.checkpoint.reference import Reference
+        from mobilevlm_export.generation import SamplingParams
+
+        img = load_image(image)
+        loaded = _load(ckpt, vision_tower, as_json)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                top_k=top_k, seed=seed)
+        t0 = time.perf_counter()
+        result = Reference(loaded).generate(img, prompt, params, raw_prompt=raw_prompt)
+        seconds = time.perf_counter() - t0
+        if as_json:
+            _print_json({"checkpoint": str(loaded.config.path), "image": str(image), "prompt": prompt,
+                         **result.to_dict(), "load_seconds": round(loaded.report.load_seconds, 3),
+                         "generate_seconds": round(seconds, 3)})
+        else:
+            typer.echo(result.text)
+
+
+def _print_inspect(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    a, d = info["architecture"], info["dims"]
+    console.print(f"[bold]{info['checkpoint']}[/]  {a['architectures']}  projector={a['projector']}")
+    console.print(f"vision tower: {a['vision_tower']} ({info['vision_tower_source']})")
+    console.print(f"stored dtypes: {info['stored_dtypes']}  files: {len(info['weight_files'])}")
+    params = Table("component", "parameters", title="Parameters")
+    for k, v in info["parameters"].items():
+        params.add_row(k, f"{v:,}")
+    console.print(params)
+    dims = Table("dim", "value", title="Dims")
+    for k, v in d.items():
+        dims.add_row(k, str(v))
+    console.print(dims)
+    graphs = Table("graph", "inputs", "outputs", title="Graphs (dynamic KV)")
+    for g in info["graphs"]:
+        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}{t['dims']}" for t in ts[:5]) + (  # noqa: E731
+            f"\n... {len(ts) - 5} more" if len(ts) > 5 else "")
+        graphs.add_row(g["name"], fmt(g["inputs"]), fmt(g["outputs"]))
+    console.print(graphs)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
