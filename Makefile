@@ -1,0 +1,35 @@
+# mobilevlm_export: `make setup demo` on a fresh machine, then `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint train-demo clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: 2.13.0 is a local CPU wheel here, a newer one is a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[onnx,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m mobilevlm_export.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow -s
+
+lint: setup
+	$(BIN)/ruff check mobilevlm_export tests
+
+train-demo: setup
+	$(BIN)/python -m mobilevlm_export.demo.train
+
+clean:
+	rm -rf $(VENV) build *.egg-info

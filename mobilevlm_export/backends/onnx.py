@@ -1,0 +1,158 @@
+"""ONNX backend: export a split graph with ``torch.onnx.export(dynamo=True)``, run it with ONNX Runtime.
+
+Export names every input/output and symbolic dim after the graph's contract, checks that no dynamic dim was
+specialized, and keeps an ``onnxsim``-simplified graph only when ONNX Runtime gives the same outputs for it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm_export.graphs.contracts import GraphContract
+from mobilevlm_export.graphs.split import SAMPLE_SIZES, Graph
+
+OPSET = 21
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
+# shape sets the simplified graph is checked on: prefill (past = 0), decode (seq = 1), batch 1 and 2
+CHECK_SIZES = [SAMPLE_SIZES, {**SAMPLE_SIZES, "batch": 1, "past": 0, "seq": 7},
+               {**SAMPLE_SIZES, "batch": 1, "seq": 1, "past": 9}]
+
+
+@dataclass
+class ExportInfo:
+    file: str
+    external_data: str | None
+    simplified: bool
+    simplify_note: str
+    export_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_graph(graph: Graph, path: Path, simplify: bool = True) -> ExportInfo:
+    """Write ``graph`` to ``path`` (an ``.onnx`` file, plus ``.onnx.data`` when the weights exceed 1.8 GB)."""
+    import time
+
+    import onnx
+    import torch
+
+    t0 = time.perf_counter()
+    c = graph.contract
+    feeds = graph.sample_inputs()
+    tensors = [torch.from_numpy(feeds[t.name]) for t in c.inputs]
+    fixed = _fixed_arity(graph.module)
+    args = tuple(tensors)  # flat; dynamic_shapes groups the *varargs (the KV cache) as one entry
+    auto = torch.export.Dim.AUTO
+    shapes = [{i: auto for i, d in enumerate(t.dims) if isinstance(d, str)} for t in c.inputs]
+    dynamic = tuple(shapes[:fixed]) + ((tuple(shapes[fixed:]),) if len(shapes) > fixed else ())
+    weight_bytes = sum(p.numel() * p.element_size() for p in graph.module.parameters())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    program = torch.onnx.export(
+        graph.module, args, dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
+        input_names=[t.name for t in c.inputs], output_names=[t.name for t in c.outputs],
+        dynamic_shapes=dynamic,
+    )
+    model = program.model_proto
+    del program
+    _name_dims(model, c)
+    note = "not requested"
+    simplified = False
+    if simplify and not external:
+        model, simplified, note = _simplify_if_equal(model, c)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data_name = None
+    if external:
+        data_name = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+        note = "skipped: weights exceed 2 GB (external data)"
+    else:
+        onnx.save_model(model, str(path))
+    return ExportInfo(path.name, data_name, simplified, note, round(time.perf_counter() - t0, 3))
+
+
+def _fixed_arity(module) -> int:
+    params = inspect.signature(module.forward).parameters.values()
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def _name_dims(model, c: GraphContract) -> None:
+    """Give graph I/O the contract's dim symbols; fail if export fixed a dim the contract says is dynamic."""
+    specs = {t.name: t for t in (*c.inputs, *c.outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        spec = specs[value.name]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(spec.dims):
+            raise RuntimeError(f"{c.name}: {value.name} has rank {len(dims)}, contract says {len(spec.dims)}")
+        for d, want in zip(dims, spec.dims, strict=True):
+            if isinstance(want, str):
+                if d.HasField("dim_value"):
+                    raise RuntimeError(f"{c.name}: dim '{want}' of {value.name} was specialized to {d.dim_value}")
+                d.dim_param = want
+            elif d.HasField("dim_param") or d.dim_value != want:
+                raise RuntimeError(f"{c.name}: {value.name} dim is {d.dim_param or d.dim_value}, contract {want}")
+    del model.graph.value_info[:]  # exporter-internal symbols (s0, s1, ...) would contradict the names above
+
+
+def _simplify_if_equal(model, c: GraphContract):
+    """onnxsim's graph when ONNX Runtime gives the same outputs on every check shape; the original otherwise."""
+    try:
+        import onnxsim
+    except ImportError:
+        return model, False, "skipped: onnxsim is not installed"
+    try:
+        simple, ok = onnxsim.simplify(model)
+    except Exception as exc:  # noqa: BLE001 - onnxsim failing is a reason to keep the original
+        return model, False, f"kept original: onnxsim failed ({type(exc).__name__})"
+    if not ok:
+        return model, False, "kept original: onnxsim's own check failed"
+
+    a, b = _session(model.SerializeToString()), _session(simple.SerializeToString())
+    worst = 0.0
+    for sizes in CHECK_SIZES:
+        feeds = _random_feeds(c, sizes)
+        for x, y in zip(a.run(None, feeds), b.run(None, feeds), strict=True):
+            if x.shape != y.shape:
+                return model, False, f"kept original: onnxsim changed an output shape {x.shape} -> {y.shape}"
+            worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y), initial=0.0)))
+    if worst > 1e-6:
+        return model, False, f"kept original: onnxsim changed outputs (max abs diff {worst:.3g})"
+    n0, n1 = len(model.graph.node), len(simple.graph.node)
+    return simple, True, f"simplified {n0} -> {n1} nodes, outputs equal (max abs diff {worst:.3g})"
+
+
+def _random_feeds(c: GraphContract, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    from mobilevlm_export.graphs.split import Graph
+
+    return Graph(c, None).sample_inputs(sizes)  # type: ignore[arg-type]
+
+
+def _session(model_bytes_or_path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # exact int4 Q/DQ matmuls (ORT otherwise fuses them into MatMulNBits with int8 activations)
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxRunner:
+    """An ONNX Runtime session over one graph file, fed and read by contract names."""
+
+    def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
+        self.contract = contract
+        self.session = _session(str(path), threads)
+        self._outputs = [t.name for t in contract.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in self.contract.inputs}
+        return dict(zip(self._outputs, self.session.run(self._outputs, inputs), strict=True))

@@ -1,0 +1,157 @@
+"""Golden data: fixed inputs and the PyTorch reference's outputs, saved beside the artifacts.
+
+``golden/golden.npz`` holds, per graph and case, ``{graph}/{case}/in/{name}`` and ``{graph}/{case}/out/{name}``;
+``golden/e2e.json`` lists (image, question, prompt ids, reference greedy tokens) and the npz holds each pair's
+pixel values as ``e2e/{i}/pixel_values``. Outputs come from the checkpoint's own model (transformers CLIP and
+LLaMA, fp32), never from the split graphs, so a mistake in the split shows up as a parity failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilevlm_export.checkpoint.model import LoadedCheckpoint
+from mobilevlm_export.checkpoint.preprocess import load_image
+from mobilevlm_export.checkpoint.prompt import IMAGE_TOKEN_INDEX
+from mobilevlm_export.checkpoint.reference import Reference, build_prompt_ids
+from mobilevlm_export.errors import UserError
+from mobilevlm_export.generation import SamplingParams
+from mobilevlm_export.graphs.contracts import kv_names
+
+GOLDEN_NPZ, E2E_JSON = "golden/golden.npz", "golden/e2e.json"
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    question: str
+
+
+def load_pairs(folder: Path) -> list[Pair]:
+    """(image, question) pairs from ``folder/questions.json``: ``[{"image": "a.png", "question": "..."}]``."""
+    qfile = Path(folder) / "questions.json"
+    if not qfile.is_file():
+        raise UserError(f"--samples {folder}: no questions.json (a list of {{\"image\", \"question\"}})")
+    try:
+        items = json.loads(qfile.read_text())
+        pairs = [Pair(Path(folder) / it["image"], str(it["question"])) for it in items]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{qfile}: expected a list of {{\"image\", \"question\"}} ({type(exc).__name__})") from None
+    if not pairs:
+        raise UserError(f"{qfile}: no questions")
+    return pairs
+
+
+def demo_pairs() -> list[Pair]:
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+
+    return load_pairs(demo_checkpoint_dir().parent / "samples")
+
+
+@torch.inference_mode()
+def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: bool,
+                max_new_tokens: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Reference inputs/outputs for every graph, and reference greedy tokens for every pair."""
+    ref = Reference(ckpt)
+    model = ckpt.model
+    llm = model.language_model
+    arrays: dict[str, np.ndarray] = {}
+    pixels = [ckpt.preprocess(load_image(p.image)) for p in pairs]
+
+    def put(graph: str, case: str, ins: dict, outs: dict) -> None:
+        for k, v in ins.items():
+            arrays[f"{graph}/{case}/in/{k}"] = np.asarray(v)
+        for k, v in outs.items():
+            arrays[f"{graph}/{case}/out/{k}"] = np.asarray(v, dtype=np.float32)
+
+    batch = torch.from_numpy(np.stack(pixels[:2]))
+    feats = model.image_features(batch)
+    embeds = model.projector(feats)
+    if fused_image_encoder:
+        put("image_encoder", "batch", {"pixel_values": batch.numpy()}, {"image_embeds": embeds.numpy()})
+    else:
+        put("vision_encoder", "batch", {"pixel_values": batch.numpy()}, {"image_features": feats.numpy()})
+        put("projector", "batch", {"image_features": feats.numpy()}, {"image_embeds": embeds.numpy()})
+
+    ids = build_prompt_ids(ckpt.tokenizer, pairs[0].question)
+    text_ids = torch.tensor([[t for t in ids if t != IMAGE_TOKEN_INDEX]])
+    put("embed_tokens", "prompt", {"input_ids": text_ids.numpy()}, {"inputs_embeds": model.embed_tokens(text_ids)})
+
+    seq = ref.splice(ids, embeds[:1])
+    n = seq.shape[1]
+    pre = llm(inputs_embeds=seq, use_cache=True)
+    layers = llm.config.num_hidden_layers
+    kv = {name: t for i in range(layers)
+          for name, t in zip(kv_names(i)[2:], (pre.past_key_values.layers[i].keys,
+                                               pre.past_key_values.layers[i].values), strict=True)}
+    heads_shape = kv[kv_names(0)[2]].shape
+    empty = np.zeros((1, heads_shape[1], 0, heads_shape[3]), np.float32)
+    put("decoder", "prefill",
+        {"inputs_embeds": seq, "attention_mask": np.ones((1, n), np.int64), "position_ids": np.arange(n)[None],
+         **{name: empty for i in range(layers) for name in kv_names(i)[:2]}},
+        {"logits": pre.logits, **kv})
+    token = int(pre.logits[0, -1].argmax())
+    step_in = model.embed_tokens(torch.tensor([[token]]))
+    dec = llm(inputs_embeds=step_in, past_key_values=pre.past_key_values, use_cache=True)
+    put("decoder", "decode",
+        {"inputs_embeds": step_in, "attention_mask": np.ones((1, n + 1), np.int64),
+         "position_ids": np.array([[n]]), **{kv_names(i)[j]: kv[kv_names(i)[j + 2]] for i in range(layers)
+                                            for j in (0, 1)}},
+        {"logits": dec.logits, **{name: t for i in range(layers) for name, t in zip(
+            kv_names(i)[2:], (dec.past_key_values.layers[i].keys, dec.past_key_values.layers[i].values),
+            strict=True)}})
+
+    e2e = []
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    for i, (pair, px) in enumerate(zip(pairs, pixels, strict=True)):
+        pids = build_prompt_ids(ckpt.tokenizer, pair.question)
+        out = ref.generate_from_embeds(ref.splice(pids, ref.image_embeds(px)), params)
+        arrays[f"e2e/{i}/pixel_values"] = px
+        e2e.append({"image": pair.image.name, "question": pair.question, "prompt_ids": pids, "reference_ids": out})
+    return arrays, e2e
+
+
+def save_golden(root: Path, arrays: dict[str, np.ndarray], e2e: list[dict]) -> None:
+    (root / "golden").mkdir(parents=True, exist_ok=True)
+    _save_npz(root / GOLDEN_NPZ, arrays)
+    (root / E2E_JSON).write_text(json.dumps(e2e, indent=1) + "\n")
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An ``.npz`` np.load reads, written with fixed zip timestamps so equal arrays give equal bytes
+    (np.savez stamps the current time)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+
+
+def load_golden(root: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+    npz, e2e = root / GOLDEN_NPZ, root / E2E_JSON
+    for f in (npz, e2e):
+        if not f.is_file():
+            raise UserError(f"{f}: missing golden data (re-export to create it)")
+    with np.load(npz) as data:
+        arrays = {k: data[k] for k in data.files}
+    return arrays, json.loads(e2e.read_text())
+
+
+def cases(arrays: dict[str, np.ndarray]) -> dict[tuple[str, str], tuple[dict, dict]]:
+    """``{(graph, case): (inputs, reference outputs)}`` from the flat npz names."""
+    out: dict[tuple[str, str], tuple[dict, dict]] = {}
+    for key, value in arrays.items():
+        parts = key.split("/")
+        if len(parts) != 4:
+            continue
+        graph, case, kind, name = parts
+        ins, outs = out.setdefault((graph, case), ({}, {}))
+        (ins if kind == "in" else outs)[name] = value
+    return out

@@ -1,0 +1,118 @@
+"""The LLaMA decoder as an exportable graph with explicit KV-cache I/O.
+
+It reuses the checkpoint's own modules (projections, RMSNorm, MLP, lm_head) and writes out only attention, so
+the cache handling is explicit and traceable: no cache objects, no data-dependent control flow.
+
+``DynamicKVDecoder`` (ONNX, TensorRT): past K/V in, present K/V (past + new) out; one graph serves prefill
+(past = 0) and decode (seq = 1). The causal mask is built from ``attention_mask`` [B, past+seq] and the
+queries' places at the end of the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mobilevlm_export.errors import UserError
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Rope(nn.Module):
+    """cos/sin of rotary embeddings for integer positions, from the model's own inverse frequencies."""
+
+    def __init__(self, rotary_emb: nn.Module, config) -> None:
+        super().__init__()
+        rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+        if rope_type not in ("default", "linear"):
+            raise UserError(f"config.json: rope_type '{rope_type}' is not supported for export (default, linear)")
+        self.register_buffer("inv_freq", rotary_emb.inv_freq.detach().clone().float(), persistent=False)
+        self.scale = float(getattr(rotary_emb, "attention_scaling", 1.0))
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.scale).to(dtype)[:, None], (emb.sin() * self.scale).to(dtype)[:, None]
+
+
+class _Attention(nn.Module):
+    def __init__(self, attn: nn.Module, heads: int, kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.scale = head_dim ** -0.5
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """New q, k (rotated) and v: [B, heads|kv_heads, S, D]."""
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Softmax attention of q over all of k/v (cache included) with an additive mask; then o_proj."""
+        b, _, s, _ = q.shape
+        groups = self.heads // self.kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale + mask
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
+        return self.o_proj(out)
+
+
+class _Layers(nn.Module):
+    """What both KV styles share: the layers, final norm, lm_head and RoPE of a LlamaForCausalLM."""
+
+    def __init__(self, llm: nn.Module) -> None:
+        super().__init__()
+        cfg = llm.config
+        heads = cfg.num_attention_heads
+        kv_heads = cfg.num_key_value_heads or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        self.num_layers = cfg.num_hidden_layers
+        self.input_norms = nn.ModuleList(layer.input_layernorm for layer in llm.model.layers)
+        self.post_norms = nn.ModuleList(layer.post_attention_layernorm for layer in llm.model.layers)
+        self.mlps = nn.ModuleList(layer.mlp for layer in llm.model.layers)
+        self.attns = nn.ModuleList(_Attention(layer.self_attn, heads, kv_heads, head_dim)
+                                   for layer in llm.model.layers)
+        self.norm = llm.model.norm
+        self.lm_head = llm.lm_head
+        self.rope = Rope(llm.model.rotary_emb, cfg)
+
+
+class DynamicKVDecoder(_Layers):
+    """forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present).
+
+    ``past`` is flat: layer 0 key, layer 0 value, layer 1 key, ... each [B, kv_heads, past, head_dim].
+    """
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+        h = inputs_embeds
+        s = h.shape[1]
+        total = attention_mask.shape[1]
+        # key j is visible to query i (at cache place total - s + i) when j <= that place and not padding
+        places = torch.arange(s, device=h.device) + (total - s)
+        causal = torch.arange(total, device=h.device)[None, :] <= places[:, None]
+        visible = causal[None, None] & (attention_mask[:, None, None, :] > 0)
+        mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min).to(h.dtype)
+        cos, sin = self.rope(position_ids, h.dtype)
+        present = []
+        for i in range(self.num_layers):
+            x = self.input_norms[i](h)
+            attn = self.attns[i]
+            q, k, v = attn.project(x, cos, sin)
+            k = torch.cat([past[2 * i], k], dim=2)
+            v = torch.cat([past[2 * i + 1], v], dim=2)
+            present += [k, v]
+            h = h + attn.attend(q, k, v, mask)
+            h = h + self.mlps[i](self.post_norms[i](h))
+        logits = self.lm_head(self.norm(h)).float()
+        return (logits, *present)

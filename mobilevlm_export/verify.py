@@ -1,0 +1,182 @@
+"""Parity: per-graph tensor metrics against the golden reference, and end-to-end greedy-token agreement.
+
+Metrics per output: max and mean absolute error, cosine similarity, and for logits the top-1 agreement (the
+fraction of positions whose argmax equals the reference's). Each is checked against the recipe's tolerance
+for that output; the report lists the failures worst first (value relative to its bound).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm_export.generation import SamplingParams
+from mobilevlm_export.golden import cases
+from mobilevlm_export.recipes import Recipe, Tolerance
+
+
+@dataclass
+class Metric:
+    graph: str
+    case: str
+    output: str
+    max_abs: float
+    mean_abs: float
+    cosine: float
+    top1: float | None
+    failures: list[dict] = field(default_factory=list)  # {"metric", "value", "tolerance", "severity"}
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class E2EResult:
+    image: str
+    question: str
+    reference_ids: list[int]
+    ids: list[int]
+
+    @property
+    def match(self) -> bool:
+        return self.ids == self.reference_ids
+
+    @property
+    def first_mismatch(self) -> int | None:
+        for i, (a, b) in enumerate(zip(self.ids, self.reference_ids, strict=False)):
+            if a != b:
+                return i
+        return None if self.match else min(len(self.ids), len(self.reference_ids))
+
+
+@dataclass
+class VerifyReport:
+    metrics: list[Metric]
+    e2e: list[E2EResult]
+    token_agreement_min: float
+
+    @property
+    def token_agreement(self) -> float:
+        return sum(r.match for r in self.e2e) / len(self.e2e) if self.e2e else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.metrics) and self.token_agreement >= self.token_agreement_min
+
+    def worst(self, n: int = 10) -> list[dict]:
+        rows = [{"graph": m.graph, "case": m.case, "output": m.output, **f} for m in self.metrics for f in m.failures]
+        return sorted(rows, key=lambda r: -r["severity"])[:n]
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "token_agreement": self.token_agreement,
+            "token_agreement_min": self.token_agreement_min,
+            "worst": self.worst(),
+            "metrics": [{**asdict(m), "passed": m.passed} for m in self.metrics],
+            "e2e": [{**asdict(r), "match": r.match, "first_mismatch": r.first_mismatch} for r in self.e2e],
+        }
+
+
+def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, is_logits: bool) -> tuple[dict, list[dict]]:
+    """Metrics of ``got`` against ``want`` and the tolerance failures among them."""
+    if got.shape != want.shape:
+        fail = {"metric": "shape", "value": list(got.shape), "tolerance": list(want.shape), "severity": float("inf")}
+        return {"max_abs": float("inf"), "mean_abs": float("inf"), "cosine": 0.0, "top1": 0.0 if is_logits else None}, [
+            fail]
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    diff = np.abs(g - w)
+    denom = np.linalg.norm(g) * np.linalg.norm(w)
+    cos = float(np.dot(g.ravel(), w.ravel()) / denom) if denom > 0 else float(np.array_equal(g, w))
+    m = {"max_abs": float(diff.max(initial=0.0)), "mean_abs": float(diff.mean()) if diff.size else 0.0,
+         "cosine": cos, "top1": None}
+    if is_logits:
+        m["top1"] = float(np.mean(g.argmax(-1) == w.argmax(-1)))
+    if not np.all(np.isfinite(g)):
+        return m, [{"metric": "finite", "value": "nan/inf", "tolerance": "finite", "severity": float("inf")}]
+    fails = []
+    for name, bound, over in (("max_abs", tol.max_abs, True), ("mean_abs", tol.mean_abs, True),
+                              ("cosine", tol.cosine_min, False), ("top1", tol.top1_min, False)):
+        value = m[name]
+        if bound is None or value is None:
+            continue
+        bad = value > bound if over else value < bound
+        if bad:
+            severity = value / bound if over and bound > 0 else (1 - value) / max(1 - bound, 1e-12)
+            fails.append({"metric": name, "value": value, "tolerance": bound, "severity": float(severity)})
+    return m, fails
+
+
+def verify_graphs(runners: dict, golden: dict[str, np.ndarray], recipe: Recipe, progress=None) -> list[Metric]:
+    out = []
+    for (graph, case), (ins, refs) in cases(golden).items():
+        if graph not in runners:
+            continue
+        got = runners[graph].run(ins)
+        for name, want in refs.items():
+            m, fails = compare(got[name], want, recipe.tolerance(name), name == "logits")
+            out.append(Metric(graph, case, name, failures=fails, **m))
+        if progress:
+            progress()
+    return out
+
+
+def verify_e2e(pipeline, golden: dict[str, np.ndarray], e2e: list[dict], max_new_tokens: int,
+               progress=None) -> list[E2EResult]:
+    results = []
+    for i, item in enumerate(e2e):
+        n = max(max_new_tokens, len(item["reference_ids"]))
+        ids, _ = pipeline.generate_ids(item["prompt_ids"], golden[f"e2e/{i}/pixel_values"],
+                                       SamplingParams(max_new_tokens=n))
+        results.append(E2EResult(item["image"], item["question"], item["reference_ids"], ids))
+        if progress:
+            progress()
+    return results
+
+
+def write_junit(report: VerifyReport, path: Path) -> None:
+    """One testcase per metric row and per end-to-end pair (JUnit XML, for CI dashboards)."""
+    from xml.etree import ElementTree as ET
+
+    suite = ET.Element("testsuite", name="mobilevlm_export.verify")
+    n = fails = 0
+    for m in report.metrics:
+        n += 1
+        case = ET.SubElement(suite, "testcase", classname=f"{m.graph}.{m.case}", name=m.output)
+        if m.failures:
+            fails += 1
+            msg = "; ".join(f"{f['metric']}={f['value']} (tolerance {f['tolerance']})" for f in m.failures)
+            ET.SubElement(case, "failure", message=msg)
+    for r in report.e2e:
+        n += 1
+        case = ET.SubElement(suite, "testcase", classname="e2e", name=f"{r.image}: {r.question}")
+        if not r.match:
+            fails += 1
+            ET.SubElement(case, "failure", message=f"tokens {r.ids} != reference {r.reference_ids}")
+    suite.set("tests", str(n))
+    suite.set("failures", str(fails))
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def verify_artifacts(art, threads: int | None = None, progress=None) -> VerifyReport:
+    """Verify an opened artifact directory (``runtime.artifacts.ArtifactSet``) against its golden data."""
+    from mobilevlm_export.golden import load_golden
+
+    golden, e2e = load_golden(art.root)
+    recipe = art.recipe
+    runners = art.runners(threads)
+    metrics = verify_graphs(runners, golden, recipe, progress)
+    results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.max_new_tokens, progress)
+    return VerifyReport(metrics, results, recipe.token_agreement_min)
+
+
+def verify_steps(art) -> int:
+    """How many progress steps ``verify_artifacts`` reports (graph cases + e2e pairs)."""
+    from mobilevlm_export.golden import cases, load_golden
+
+    golden, e2e = load_golden(art.root)
+    graphs = set(art.manifest["graphs"])
+    return sum(g in graphs for g, _ in cases(golden)) + len(e2e)
