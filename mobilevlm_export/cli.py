@@ -104,6 +104,126 @@ def generate(
             typer.echo(result.text)
 
 
+@contextmanager
+def _progress(quiet: bool):
+    """A rich progress display on stderr; yields ``step(description, total) -> advance()``."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True, quiet=quiet), transient=False) as bar:
+        def step(description: str, total: int):
+            task = bar.add_task(description, total=total)
+            return lambda: bar.advance(task)
+
+        yield step
+
+
+@app.command()
+def export(
+    ckpt: CkptArg = None,
+    out: Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")] = ...,
+    fmt: Annotated[str, typer.Option("--format", help="Artifact format: onnx.")] = "onnx",
+    precision: Annotated[str, typer.Option(help="fp32 | fp16 (weights and activations).")] = "fp32",
+    recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; "
+                                                    "default FORMAT-PRECISION.")] = None,
+    samples: Annotated[Path | None, typer.Option(help="Folder with images + questions.json for the "
+                                                      "end-to-end check (default: the demo's samples).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")] = False,
+    vision_tower: TowerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Split the checkpoint into graphs, export them, verify parity, and write DIR with its manifest."""
+    with _exit_codes():
+        from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+        from mobilevlm_export.export import ExportOptions
+        from mobilevlm_export.export import export as run_export
+
+        opts = ExportOptions(ckpt=ckpt or demo_checkpoint_dir(), out=out, format=fmt, precision=precision,
+                             recipe=recipe, force=force, vision_tower=vision_tower, samples=samples,
+                             simplify=not no_simplify)
+        with _progress(as_json) as step:
+            manifest, report = run_export(opts, step)
+        _report(report, as_json, {"output": str(out), "build": manifest["build"],
+                                  "artifacts": manifest["artifacts"]})
+
+
+@app.command()
+def run(
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    image: Annotated[Path, typer.Option("--image", help="Image file.")] = ...,
+    prompt: Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")] = ...,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.", min=0.0)] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
+    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    raw_prompt: Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
+    with _exit_codes():
+        from mobilevlm_export.generation import SamplingParams
+        from mobilevlm_export.runtime.artifacts import answer, open_artifacts
+
+        art = open_artifacts(artifacts)
+        params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                top_k=top_k, seed=seed)
+        result = answer(art, image, prompt, params, raw_prompt)
+        if as_json:
+            _print_json({"artifacts": str(artifacts), "backend": art.manifest["backend"], "image": str(image),
+                         "prompt": prompt, **result})
+        else:
+            typer.echo(result["text"])
+
+
+@app.command()
+def verify(
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report here.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: up to 4).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
+    with _exit_codes():
+        from mobilevlm_export.runtime.artifacts import open_artifacts
+        from mobilevlm_export.verify import verify_artifacts, verify_steps, write_junit
+
+        art = open_artifacts(artifacts)
+        with _progress(as_json) as step:
+            report = verify_artifacts(art, threads, step("Verifying parity", verify_steps(art)))
+        if junit:
+            write_junit(report, junit)
+        _report(report, as_json, {"artifacts": str(artifacts)})
+
+
+def _report(report, as_json: bool, extra: dict) -> None:
+    """Print a verification report; exit 1 when it failed."""
+    if as_json:
+        _print_json({**extra, "verification": report.to_dict()})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console()
+        table = Table("graph", "case", "output", "max abs", "mean abs", "cosine", "top-1", "ok",
+                      title="Per-graph parity")
+        for m in report.metrics:
+            table.add_row(m.graph, m.case, m.output, f"{m.max_abs:.3g}", f"{m.mean_abs:.3g}", f"{m.cosine:.7f}",
+                          "" if m.top1 is None else f"{m.top1:.3f}", "yes" if m.passed else "[red]NO[/]")
+        console.print(table)
+        matched = sum(r.match for r in report.e2e)
+        console.print(f"End-to-end greedy tokens: {matched}/{len(report.e2e)} pairs identical "
+                      f"(agreement {report.token_agreement:.3f}, required {report.token_agreement_min:.3f})")
+        for w in report.worst():
+            console.print(f"[red]FAIL[/] {w['graph']}/{w['case']} {w['output']}: {w['metric']} = {w['value']:.4g} "
+                          f"(tolerance {w['tolerance']})")
+        console.print("[green]PASSED[/]" if report.passed else "[red]FAILED[/]")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def _print_inspect(info: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -123,7 +243,8 @@ def _print_inspect(info: dict) -> None:
     console.print(dims)
     graphs = Table("graph", "inputs", "outputs", title="Graphs (dynamic KV)")
     for g in info["graphs"]:
-        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}{t['dims']}" for t in ts[:5]) + (  # noqa: E731
+        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}[{', '.join(map(str, t['dims']))}]"  # noqa: E731
+                                   for t in ts[:5]) + (
             f"\n... {len(ts) - 5} more" if len(ts) > 5 else "")
         graphs.add_row(g["name"], fmt(g["inputs"]), fmt(g["outputs"]))
     console.print(graphs)

@@ -1,0 +1,164 @@
+"""export -> run -> verify on ONNX Runtime: parity, determinism, failure detection, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobilevlm_export.checkpoint.model import load_checkpoint
+from mobilevlm_export.checkpoint.reference import Reference
+from mobilevlm_export.cli import app
+from mobilevlm_export.demo.shapes import QUESTIONS, render
+from mobilevlm_export.generation import SamplingParams
+from mobilevlm_export.manifest import MANIFEST, update_manifest
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    d = tmp_path_factory.mktemp("samples")
+    items = []
+    for i, kind in enumerate(QUESTIONS):
+        render(2, i).image.save(d / f"{i}.png")
+        items.append({"image": f"{i}.png", "question": QUESTIONS[kind]})
+    (d / "questions.json").write_text(json.dumps(items))
+    return d
+
+
+def _export(ckpt, out, samples, *extra):
+    res = runner.invoke(app, ["export", str(ckpt), "-o", str(out), "--samples", str(samples), "--json", *extra])
+    return res
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, samples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "onnx"
+    res = _export(tiny_ckpt, out, samples)
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def test_fp32_parity(exported):
+    out, result = exported
+    v = result["verification"]
+    assert v["passed"] and v["token_agreement"] == 1.0
+    logits = [m for m in v["metrics"] if m["output"] == "logits"]
+    assert {m["case"] for m in logits} == {"prefill", "decode"}
+    for m in v["metrics"]:
+        assert m["max_abs"] <= 1e-4, m
+    assert all(m["top1"] == 1.0 for m in logits)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["graphs"]) == {"vision_encoder", "projector", "embed_tokens", "decoder"}
+    assert all(len(a["sha256"]) == 64 and a["bytes"] > 0 for a in manifest["artifacts"])
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["recipe"]["name"] == "onnx-fp32"
+    assert manifest["verification"]["passed"]
+
+
+def test_run_uses_artifacts_only_and_matches_reference(exported, tiny_ckpt, tmp_path):
+    out, _ = exported
+    moved = shutil.copytree(out, tmp_path / "elsewhere")  # nothing refers back to the checkpoint
+    ref = Reference(load_checkpoint(tiny_ckpt))
+    for size, mode in [((300, 200), "RGB"), ((64, 48), "RGBA"), ((20, 30), "L"), ((2000, 900), "RGB")]:
+        img = tmp_path / f"img_{mode}_{size[0]}.png"
+        Image.fromarray(np.random.default_rng(size[0]).integers(0, 255, (size[1], size[0], 3), np.uint8)).convert(
+            mode).save(img)
+        res = runner.invoke(app, ["run", str(moved), "--image", str(img), "--prompt", "What shape is this?",
+                                  "--max-new-tokens", "6", "--json"])
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.stdout)
+        want = ref.generate(Image.open(img), "What shape is this?", SamplingParams(max_new_tokens=6))
+        assert got["output_ids"] == want.output_ids and got["prompt_ids"] == want.prompt_ids
+        assert got["timings"]["ttft_ms"] > 0
+
+
+def test_decode_with_kv_equals_full_forward(exported):
+    """Each decode step (seq=1, growing past) gives the logits a full-sequence prefill gives at that place."""
+    from mobilevlm_export.runtime.artifacts import open_artifacts
+
+    art = open_artifacts(exported[0])
+    pipe = art.pipeline()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 12, 64)).astype(np.float32)
+    pipe.decoder.prefill(x[:, :8])
+    for i in range(8, 12):
+        step = pipe.decoder.step(x[:, i:i + 1])[-1]
+        full = pipe.decoder.prefill(x[:, :i + 1])[-1]
+        np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5)
+        pipe.decoder.prefill(x[:, :i + 1])
+
+
+def test_export_is_deterministic(exported, tiny_ckpt, samples, tmp_path):
+    res = _export(tiny_ckpt, tmp_path / "again", samples)
+    assert res.exit_code == 0, res.output
+    a = {x["path"]: x["sha256"] for x in json.loads((exported[0] / MANIFEST).read_text())["artifacts"]}
+    b = {x["path"]: x["sha256"] for x in json.loads(res.stdout)["artifacts"]}
+    assert a == b
+
+
+def test_verify_fails_on_wrong_numbers(exported, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    out = shutil.copytree(exported[0], tmp_path / "bad")
+    path = out / "graphs" / "decoder.onnx"
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the largest weight (lm_head/embed)
+    w = numpy_helper.to_array(init).copy()
+    w += 0.05
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    update_manifest(out)  # a consistent manifest: the file is not corrupt, it computes the wrong numbers
+    junit = tmp_path / "junit.xml"
+    res = runner.invoke(app, ["verify", str(out), "--junit", str(junit)])
+    assert res.exit_code == 1, res.output
+    assert "FAIL decoder" in res.stdout and "logits" in res.stdout
+    assert "<failure" in junit.read_text()
+    res = runner.invoke(app, ["verify", str(out), "--json"])
+    worst = json.loads(res.stdout)["verification"]["worst"][0]
+    assert worst["graph"] == "decoder"
+
+
+def _bad(args, *needles):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.output
+    for n in needles:
+        assert n in res.stderr, (n, res.stderr)
+
+
+def test_corrupt_artifact_is_bad_input(exported, tmp_path):
+    out = shutil.copytree(exported[0], tmp_path / "corrupt")
+    f = out / "graphs" / "projector.onnx"
+    data = bytearray(f.read_bytes())
+    data[-10] ^= 0xFF
+    f.write_bytes(bytes(data))
+    _bad(["verify", str(out)], "projector.onnx", "sha256")
+    _bad(["run", str(out), "--image", "x.png", "--prompt", "q"], "sha256")
+    (out / "graphs" / "projector.onnx").unlink()
+    _bad(["verify", str(out)], "projector.onnx", "missing")
+
+
+def test_export_bad_input(exported, tiny_ckpt, samples, tmp_path):
+    _bad(["export", str(tiny_ckpt), "-o", str(exported[0])], "not empty", "--force")
+    _bad(["export", str(tiny_ckpt), "-o", str(tmp_path / "x"), "--format", "tflite"], "--format", "tflite")
+    _bad(["export", str(tiny_ckpt), "-o", str(tmp_path / "x"), "--precision", "int3"], "--precision", "int3")
+    _bad(["verify", str(tmp_path)], "manifest.json")
+    _bad(["run", str(exported[0]), "--image", str(samples / "0.png"), "--prompt", "word " * 2000], "capacity")
+    assert not (tmp_path / "x").exists()
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_fp16_export_reports_parity(tiny_ckpt, samples, tmp_path):
+    res = _export(tiny_ckpt, tmp_path / "fp16", samples, "--precision", "fp16")
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["verification"]
+    assert v["passed"]
+    assert any(m["output"] == "logits" and m["top1"] is not None for m in v["metrics"])
+    manifest = json.loads((tmp_path / "fp16" / MANIFEST).read_text())
+    assert manifest["graphs"]["decoder"]["contract"]["inputs"][0]["dtype"] == "float16"
