@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEMO_IMAGE ?= $(shell cd mobilevlm_export/demo/samples 2>/dev/null && ls *.png | head -n 1)
 
 .PHONY: setup demo test test-slow lint train-demo clean
 
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/python -m mobilevlm_export.demo
+	$(BIN)/mvlm-export export -o build/demo-onnx --force
+	$(BIN)/mvlm-export run build/demo-onnx --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
+		--prompt "What color is the shape?"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,40 @@
+"""The bundled demo checkpoint: real layout, held-out accuracy >= 95%, and the ONNX pipeline's parity on it."""
+
+from __future__ import annotations
+
+import json
+
+from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+from mobilevlm_export.demo.evaluate import heldout_accuracy, per_kind
+
+
+def test_demo_checkpoint_layout_and_size():
+    d = demo_checkpoint_dir()
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["mm_projector_type"] == "ldpnetv2" and cfg["model_type"] == "mobilevlm"
+    assert (d / "tokenizer.model").is_file() and (d / "model.safetensors").is_file()
+    total = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    samples = d.parent / "samples"
+    total += sum(f.stat().st_size for f in samples.iterdir())
+    assert total < 10 * 2**20
+    assert len(json.loads((samples / "questions.json").read_text())) >= 6
+
+
+def test_demo_heldout_accuracy():
+    accuracy, records = heldout_accuracy(n=150)
+    assert accuracy >= 0.95, (accuracy, per_kind(records))
+
+
+def test_demo_onnx_pipeline_matches_reference_on_every_shipped_question(tmp_path):
+    from typer.testing import CliRunner
+
+    from mobilevlm_export.cli import app
+
+    res = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "demo"), "--json"])
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["verification"]
+    assert v["token_agreement"] == 1.0 and all(r["match"] for r in v["e2e"])
+    assert len(v["e2e"]) == len(json.loads((demo_checkpoint_dir().parent / "samples" / "questions.json").read_text()))
+    for m in v["metrics"]:
+        if m["output"] == "logits":
+            assert m["max_abs"] <= 1e-4 and m["top1"] == 1.0
