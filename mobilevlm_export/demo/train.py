@@ -50,16 +50,18 @@ PROJECTOR = "ldpnetv2"
 KINDS = tuple(QUESTIONS)
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 
-STEPS = 1500
+STEPS = 3000
 IMAGES_PER_STEP = 8  # each image is asked all three questions: 24 sequences a step
-LR = 2e-3
+LR = 1e-3
 WARMUP = 100
+VISION_LR_MULT = 0.5
 WEIGHT_DECAY = 0.01
 SEED = 0
 
 
-def write_initial_checkpoint(out: Path, d: Dims = DIMS, seed: int = SEED) -> None:
+def write_initial_checkpoint(out: Path, d: Dims | None = None, seed: int = SEED) -> None:
     """Tokenizer, config, tower directory and random weights in the MobileVLM V2 layout."""
+    d = d or DIMS
     out.mkdir(parents=True, exist_ok=True)
     build_tokenizer(out)
     cfg = mobilevlm_config(d, PROJECTOR, "vision_tower", d.vocab, image_aspect_ratio="pad",
@@ -108,40 +110,43 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def batch_loss(model, task: Task, pixel_values: torch.Tensor, samples: list, kinds=KINDS):
-    """Mean answer-token cross-entropy of every (image, kind) pair, and the per-sequence exact-match flags.
+    """Mean answer-token cross-entropy of every (image, kind) pair, and the per-pair exact-match flags.
 
-    The embeddings are built as ``Reference.splice`` builds them (text before the image, the image's tokens,
-    the question's text after it), differentiably, with ``answer </s>`` appended; right padding is never seen
-    by the scored positions (causal attention).
+    The embeddings are those ``Reference.splice`` builds (text before the image, the image's tokens, the
+    question's text after it), made differentiably, with ``answer </s>`` appended. The context up to the end
+    of the image does not depend on the question, so it is run once per image and its KV cache is shared by the
+    image's questions (the same numbers as running each full sequence; right padding is never seen by the scored
+    positions, attention being causal).
     """
-    emb = model.language_model.get_input_embeddings()
+    from transformers import DynamicCache
+
+    llm = model.language_model
+    emb = llm.get_input_embeddings()
     image = model.projector(image_features(model, pixel_values))  # [B, 144, H]
-    rows, targets = [], []
-    for kind in kinds:
-        for s in samples:
-            rows.append(task.post[kind] + task.answer_ids(s.answer(kind)))
-            targets.append(len(task.answer_ids(s.answer(kind))))
+    pre = emb(torch.tensor(task.pre)).unsqueeze(0).expand(image.shape[0], -1, -1)
+    cache = DynamicCache(config=llm.config)
+    llm.model(inputs_embeds=torch.cat([pre, image], dim=1), past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(len(kinds))  # row order: image-major, then kind
+    rows, n_answer = [], []
+    for s in samples:
+        for kind in kinds:
+            answer = task.answer_ids(s.answer(kind))
+            rows.append(task.post[kind] + answer)
+            n_answer.append(len(answer))
     width = max(len(r) for r in rows)
     post = torch.tensor([r + [0] * (width - len(r)) for r in rows])
-    pre = torch.tensor(task.pre).expand(len(rows), -1)
-    img = image.repeat(len(kinds), 1, 1)
-    embeds = torch.cat([emb(pre), img, emb(post)], dim=1)
-    hidden = model.language_model.model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-    offset = len(task.pre) + img.shape[1]
-    pos, labels, seq = [], [], []
-    for i, (r, n) in enumerate(zip(rows, targets)):
+    hidden = llm.model(inputs_embeds=emb(post), past_key_values=cache, use_cache=True).last_hidden_state
+    idx_b, idx_t, labels = [], [], []
+    for i, (r, n) in enumerate(zip(rows, n_answer, strict=True)):
         for j in range(len(r) - n, len(r)):
-            pos.append((i, offset + j - 1))  # the position whose output predicts token j
+            idx_b.append(i)
+            idx_t.append(j - 1)  # the position whose output predicts token j
             labels.append(r[j])
-            seq.append(i)
-    idx_b = torch.tensor([p[0] for p in pos])
-    idx_t = torch.tensor([p[1] for p in pos])
-    logits = model.language_model.lm_head(hidden[idx_b, idx_t])
+    logits = llm.lm_head(hidden[torch.tensor(idx_b), torch.tensor(idx_t)])
     labels_t = torch.tensor(labels)
     loss = F.cross_entropy(logits, labels_t)
-    hit = (logits.argmax(-1) == labels_t).float()
-    seq_t = torch.tensor(seq)
-    correct = torch.zeros(len(rows)).index_add_(0, seq_t, 1 - hit) == 0
+    miss = (logits.argmax(-1) != labels_t).float()
+    correct = torch.zeros(len(rows)).index_add_(0, torch.tensor(idx_b), miss) == 0
     return loss, correct
 
 
@@ -157,7 +162,8 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
 
 
 def train(out: Path, steps: int = STEPS, images_per_step: int = IMAGES_PER_STEP, lr: float = LR,
-          warmup: int = WARMUP, log_every: int = 25, eval_every: int = 250, n_eval: int = 96) -> None:
+          warmup: int = WARMUP, vision_lr_mult: float = VISION_LR_MULT, log_every: int = 25,
+          eval_every: int = 250, n_eval: int = 96) -> None:
     from mobilevlm_export.checkpoint.model import checkpoint_state_dict, load_checkpoint
 
     random.seed(SEED)
@@ -176,10 +182,12 @@ def train(out: Path, steps: int = STEPS, images_per_step: int = IMAGES_PER_STEP,
     print(f"model: {n_params / 1e6:.2f}M parameters; {steps} steps x {images_per_step} images x "
           f"{len(KINDS)} questions", flush=True)
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():  # (vision?, decayed?): matrices decay, norms/biases/embeddings not
+        groups.setdefault((name.startswith("vision_tower."), p.ndim >= 2 and "embed" not in name), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": WEIGHT_DECAY if dec else 0.0,
+                              "lr_mult": vision_lr_mult if vis else 1.0} for (vis, dec), ps in sorted(groups.items())],
+                            lr=lr, betas=(0.9, 0.98))
     heldout = [render(HELDOUT_SEED, i) for i in range(n_eval)]
     heldout_pv = pixel_batch(ckpt.preprocess, heldout)
 
@@ -187,7 +195,7 @@ def train(out: Path, steps: int = STEPS, images_per_step: int = IMAGES_PER_STEP,
     run_loss, run_acc, t_train = 0.0, 0.0, time.perf_counter()
     for step in range(steps):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup)
+            g["lr"] = lr_at(step, steps, lr, warmup) * g["lr_mult"]
         samples = [render(TRAIN_SEED, step * images_per_step + i) for i in range(images_per_step)]
         loss, correct = batch_loss(model, task, pixel_batch(ckpt.preprocess, samples), samples)
         opt.zero_grad(set_to_none=True)
@@ -199,7 +207,7 @@ def train(out: Path, steps: int = STEPS, images_per_step: int = IMAGES_PER_STEP,
         if (step + 1) % log_every == 0:
             el = time.perf_counter() - t_train
             print(f"step {step + 1:5d}  loss {run_loss / log_every:.4f}  train acc {run_acc / log_every:.3f}  "
-                  f"lr {opt.param_groups[0]['lr']:.2e}  {el:.0f}s", flush=True)
+                  f"lr {lr_at(step, steps, lr, warmup):.2e}  {el:.0f}s", flush=True)
             run_loss, run_acc = 0.0, 0.0
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             print(f"  held-out (teacher-forced, {n_eval} images): {quick_eval(model, task, heldout_pv, heldout)}",
@@ -241,7 +249,7 @@ def write_samples(dest: Path = SAMPLES_DIR, n: int = SAMPLE_PICKS) -> None:
         if len(picked) == n:
             break
     entries = []
-    for j, (i, s) in enumerate(picked):
+    for j, (_i, s) in enumerate(picked):
         name = f"{s.count}_{s.color}_{s.shape}.png"
         s.image.save(dest / name, optimize=True)
         for kind in (KINDS[j % 3], KINDS[(j + 1) % 3]):
