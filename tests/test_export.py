@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,13 @@ def test_fp16_export_reports_parity(tiny_ckpt, samples, tmp_path):
     assert any(m["output"] == "logits" and m["top1"] is not None for m in v["metrics"])
     manifest = json.loads((tmp_path / "fp16" / MANIFEST).read_text())
     assert manifest["graphs"]["decoder"]["contract"]["inputs"][0]["dtype"] == "float16"
+
+
+def test_fused_image_encoder_from_recipe(tiny_ckpt, samples, tmp_path):
+    recipe = tmp_path / "onnx-fused.toml"
+    text = (Path(__file__).parent.parent / "recipes" / "onnx-fp32.toml").read_text()
+    recipe.write_text(text.replace("fused_image_encoder = false", "fused_image_encoder = true"))
+    res = _export(tiny_ckpt, tmp_path / "fused", samples, "--recipe", str(recipe))
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["verification"]
+    assert v["passed"] and {m["graph"] for m in v["metrics"]} == {"image_encoder", "embed_tokens", "decoder"}
