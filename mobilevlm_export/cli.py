@@ -23,6 +23,15 @@ CkptArg = Annotated[Path | None, typer.Argument(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for CI).")]
 TowerOpt = Annotated[Path | None, typer.Option(
     "--vision-tower", help="Directory of the CLIP vision tower (config, weights, image processor) to use.")]
+# generation flags shared by `generate` (reference) and `run` (artifacts)
+ImageOpt = Annotated[Path, typer.Option("--image", help="Image file (any mode/size PIL reads).")]
+PromptOpt = Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1)]
+TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.", min=0.0)]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
+SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
+RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
 
 
 @contextmanager
@@ -70,14 +79,14 @@ def inspect(ckpt: CkptArg = None, vision_tower: TowerOpt = None, as_json: JsonOp
 @app.command()
 def generate(
     ckpt: CkptArg = None,
-    image: Annotated[Path, typer.Option("--image", help="Image file (any mode/size PIL reads).")] = ...,
-    prompt: Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")] = ...,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.", min=0.0)] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    raw_prompt: Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")] = False,
+    image: ImageOpt = ...,
+    prompt: PromptOpt = ...,
+    max_new_tokens: MaxNewOpt = 64,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    seed: SeedOpt = 0,
+    raw_prompt: RawPromptOpt = False,
     vision_tower: TowerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -152,14 +161,14 @@ def export(
 @app.command()
 def run(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
-    image: Annotated[Path, typer.Option("--image", help="Image file.")] = ...,
-    prompt: Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")] = ...,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy.", min=0.0)] = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)] = 1.0,
-    top_k: Annotated[int, typer.Option("--top-k", min=0)] = 0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    raw_prompt: Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")] = False,
+    image: ImageOpt = ...,
+    prompt: PromptOpt = ...,
+    max_new_tokens: MaxNewOpt = 64,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    seed: SeedOpt = 0,
+    raw_prompt: RawPromptOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
