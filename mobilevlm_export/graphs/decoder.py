@@ -6,6 +6,12 @@ the cache handling is explicit and traceable: no cache objects, no data-dependen
 ``DynamicKVDecoder`` (ONNX, TensorRT): past K/V in, present K/V (past + new) out; one graph serves prefill
 (past = 0) and decode (seq = 1). The causal mask is built from ``attention_mask`` [B, past+seq] and the
 queries' places at the end of the cache.
+
+``StaticKVDecoder`` (ExecuTorch): the cache is a set of buffers ``k_cache_{i}``/``v_cache_{i}``
+[1, max_cache, kv_heads, head_dim] written in place at ``input_pos``; forward(inputs_embeds [1, T, H],
+input_pos [T]) -> logits. ``input_pos`` holds consecutive cache positions (decode: one). With ``custom_ops`` the
+cache update and attention are ExecuTorch's ``llama.update_cache`` / ``llama.custom_sdpa`` (which read only
+positions up to the last written one); without, ``index_copy_`` and a masked softmax over the whole cache.
 """
 
 from __future__ import annotations
@@ -116,3 +122,60 @@ class DynamicKVDecoder(_Layers):
             h = h + self.mlps[i](self.post_norms[i](h))
         logits = self.lm_head(self.norm(h)).float()
         return (logits, *present)
+
+
+class StaticKVDecoder(_Layers):
+    """forward(inputs_embeds [1, T, H], input_pos [T]) -> logits [1, T, vocab]; the KV cache lives in buffers."""
+
+    def __init__(self, llm: nn.Module, max_cache: int, custom_ops: bool, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__(llm)
+        self.max_cache = max_cache
+        self.custom_ops = custom_ops
+        attn = self.attns[0]
+        shape = (1, max_cache, attn.kv_heads, attn.head_dim)
+        for i in range(self.num_layers):
+            self.register_buffer(f"k_cache_{i}", torch.zeros(shape, dtype=dtype))
+            self.register_buffer(f"v_cache_{i}", torch.zeros(shape, dtype=dtype))
+        if custom_ops:
+            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (registers torch.ops.llama.*)
+
+    def forward(self, inputs_embeds: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        h = inputs_embeds
+        s = h.shape[1]
+        cos, sin = self.rope(input_pos[None], h.dtype)
+        if self.custom_ops:
+            start = input_pos[0].item()
+            torch._check(start >= 0)
+            torch._check(start + s <= self.max_cache)
+        else:
+            # key j is visible to query i when j <= input_pos[i]
+            visible = torch.arange(self.max_cache, device=h.device)[None, :] <= input_pos[:, None]
+        for i in range(self.num_layers):
+            attn = self.attns[i]
+            q, k, v = attn.project(self.input_norms[i](h), cos, sin)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [1, T, heads, D]
+            k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
+            if self.custom_ops:
+                torch.ops.llama.update_cache(k, k_cache, start)
+                torch.ops.llama.update_cache(v, v_cache, start)
+                out = torch.ops.llama.custom_sdpa(q, k_cache, v_cache, start, None, 0, True)
+            else:
+                k_cache.index_copy_(1, input_pos, k)
+                v_cache.index_copy_(1, input_pos, v)
+                out = self._masked_attention(attn, q, k_cache, v_cache, visible)
+            h = h + attn.o_proj(out.reshape(1, s, attn.heads * attn.head_dim))
+            h = h + self.mlps[i](self.post_norms[i](h))
+        return self.lm_head(self.norm(h)).float()
+
+    @staticmethod
+    def _masked_attention(attn: _Attention, q, k_cache, v_cache, visible) -> torch.Tensor:
+        """[1, T, heads, D] attention of q over the whole cache, positions not visible masked out."""
+        q, k, v = q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+        groups = attn.heads // attn.kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scale
+        scores = torch.where(visible[None, None], scores, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        return torch.matmul(probs, v).transpose(1, 2)

@@ -1,0 +1,152 @@
+"""ExecuTorch backend: one ``.pte`` program with the methods ExecuTorch's stock multimodal runner drives, lowered
+to XNNPACK, and a runner over the ``executorch.runtime`` pybindings.
+
+Methods (``extension/llm/runner/constants.h`` names): ``vision_encoder`` (pixel_values [1, 3, S, S] ->
+image_embeds [1, image_tokens, H], projector fused), ``token_embedding`` (input_ids [1, T] -> [1, T, H]) and
+``text_decoder`` (inputs_embeds [1, T, H], input_pos [T] -> logits [1, T, vocab]; the KV cache is mutable
+buffers updated in place). Constant methods carry what the runner reads (``get_max_seq_len``, ``get_bos_id``,
+``get_eos_ids``, ``use_kv_cache``, ...) and what a device app needs to preprocess an image without the
+checkpoint (image size, mean/std, pad colour, the image placeholder id and token count).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm_export.errors import CheckFailed
+from mobilevlm_export.graphs.contracts import GraphContract
+
+# our graph name -> the method name the stock runner calls
+METHODS = {"image_encoder": "vision_encoder", "embed_tokens": "token_embedding", "decoder": "text_decoder"}
+# ops that must run inside XNNPACK: a method where one of these stays on portable kernels fails the build
+MATMUL_OPS = ("aten_linear", "aten_mm", "aten_addmm", "aten_bmm", "aten_matmul", "aten_convolution")
+
+
+@dataclass
+class MethodReport:
+    method: str
+    delegated_nodes: int
+    portable_nodes: int
+    delegated_subgraphs: int
+    portable_ops: dict[str, int] = field(default_factory=dict)  # op -> count of nodes left on portable kernels
+
+
+@dataclass
+class ProgramInfo:
+    file: str
+    bytes: int
+    methods: list[MethodReport]
+    constant_methods: dict
+    export_seconds: float
+    lower_seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _delegation(method: str, graph_module) -> MethodReport:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    portable = {op: b.non_delegated for op, b in info.delegation_by_operator.items() if b.non_delegated}
+    return MethodReport(method, info.num_delegated_nodes, info.num_non_delegated_nodes,
+                        info.num_delegated_subgraphs, dict(sorted(portable.items())))
+
+
+def _check_matmuls(report: MethodReport) -> None:
+    left = {op: n for op, n in report.portable_ops.items() if any(op.startswith(m) for m in MATMUL_OPS)}
+    if left:
+        raise CheckFailed(f"{report.method}: matmuls fell back to portable kernels ({left}); "
+                          "XNNPACK did not take them")
+
+
+def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, object], path: Path,
+                   constant_methods: dict, mutable_buffers_init: bool, progress=None) -> ProgramInfo:
+    """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them to
+    XNNPACK in one call (dynamic-quant linears first, then everything else) and write the program to ``path``."""
+    import torch
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    advance = progress or (lambda: None)
+    t0 = time.perf_counter()
+    programs = {}
+    with torch.no_grad():
+        for method, module in modules.items():
+            programs[method] = torch.export.export(module, samples[method], dynamic_shapes=dynamic.get(method),
+                                                   strict=False)
+            advance()
+    t1 = time.perf_counter()
+
+    def partitioners():
+        return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
+                XnnpackPartitioner()]
+
+    edge = to_edge_transform_and_lower(
+        programs, partitioner={m: partitioners() for m in programs}, constant_methods=constant_methods,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    del programs
+    reports = [_delegation(m, edge.exported_program(m).graph_module) for m in modules]
+    for r in reports:
+        _check_matmuls(r)
+    advance()
+    passes = [InitializedMutableBufferPass(["k_cache", "v_cache"])] if mutable_buffers_init else []
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True, passes=passes,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+        sym_shape_eval_pass={m: ConstraintBasedSymShapeEvalPass() for m in modules}))
+    del edge
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        et.write_to_file(f)
+    advance()
+    return ProgramInfo(path.name, path.stat().st_size, reports, constant_methods, round(t1 - t0, 2),
+                       round(time.perf_counter() - t1, 2))
+
+
+def set_threads(threads: int | None) -> None:
+    """The runtime's CPU threadpool size (XNNPACK and the LLM custom ops); None: the runtime's default."""
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(int(threads))
+
+
+_PROGRAMS: dict[str, object] = {}
+
+
+def load_program(path: Path):
+    """One loaded ``Program`` per file, shared by the runners of its methods (the decoder's cache lives in
+    its loaded method)."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
+    from executorch.runtime import Runtime, Verification
+
+    key = str(Path(path).resolve())
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = Runtime.get().load_program(Path(path), verification=Verification.Minimal)
+    return _PROGRAMS[key]
+
+
+class ExecuTorchRunner:
+    """Runs one method of a ``.pte``: feeds in contract order, outputs named after the contract."""
+
+    def __init__(self, path: Path, contract: GraphContract, method: str, threads: int | None = None) -> None:
+        set_threads(threads)
+        self.contract = contract
+        self.method_name = method
+        self.method = load_program(path).load_method(method)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.contract.inputs]
+        outs = self.method.execute(args)
+        return {t.name: o.numpy().copy() for t, o in zip(self.contract.outputs, outs, strict=True)}
