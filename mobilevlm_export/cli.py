@@ -159,6 +159,92 @@ def export(
 
 
 @app.command()
+def build(
+    ckpt: CkptArg = None,
+    out: Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")] = ...,
+    target: Annotated[str, typer.Option(help="Deployment target: snapdragon (ExecuTorch/XNNPACK .pte).")] = ...,
+    recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; default: the "
+                                                    "target's (snapdragon-8da4w).")] = None,
+    profile: Annotated[str | None, typer.Option(help="Device profile name (device_profiles/NAME.toml) or path.")]
+    = None,
+    samples: Annotated[Path | None, typer.Option(help="Folder with images + questions.json for the "
+                                                      "end-to-end check (default: the demo's samples).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads for verify/bench.", min=1)] = None,
+    no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the latency measurement.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    vision_tower: TowerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Split, quantize (recipe), compile for a device target, verify parity, benchmark, write DIR + manifest."""
+    with _exit_codes():
+        from mobilevlm_export.build import BuildOptions
+        from mobilevlm_export.build import build as run_build
+        from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+
+        opts = BuildOptions(ckpt=ckpt or demo_checkpoint_dir(), out=out, target=target, recipe=recipe,
+                            profile=profile, force=force, vision_tower=vision_tower, samples=samples,
+                            threads=threads, bench=not no_bench)
+        with _progress(as_json) as step:
+            manifest, report = run_build(opts, step)
+        extra = {"output": str(out), "build": manifest["build"], "artifacts": manifest["artifacts"],
+                 "latency": manifest.get("latency"), "quantization": manifest["program"]["quantization"],
+                 "delegation": manifest["program"]["methods"]}
+        if not as_json:
+            _print_build(manifest)
+        _report(report, as_json, extra)
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    threads: Annotated[int | None, typer.Option(help="Runtime threads.", min=1)] = None,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 64,
+    decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1)] = 32,
+    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    profile: Annotated[str | None, typer.Option(help="Device profile to predict (default: the build's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure vision ms, prefill and decode tokens/s on this host from DIR alone; predict the device's."""
+    with _exit_codes():
+        from mobilevlm_export.bench import measure
+        from mobilevlm_export.profiles import load_profile
+        from mobilevlm_export.runtime.artifacts import open_artifacts
+
+        art = open_artifacts(artifacts)
+        result = {"artifacts": str(artifacts), "backend": art.manifest["backend"],
+                  "host": measure(art, threads, prompt_tokens, decode_tokens, repeats)}
+        costs = art.manifest.get("program", {}).get("costs")
+        prof = profile or (art.manifest.get("profile") or {}).get("name")
+        if costs and prof:
+            result["predicted"] = load_profile(prof).predict(**costs)
+        if as_json:
+            _print_json(result)
+        else:
+            for section in ("host", "predicted"):
+                if section in result:
+                    typer.echo(f"{section}: " + ", ".join(f"{k}={v}" for k, v in result[section].items()))
+
+
+def _print_build(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    prog = manifest["program"]
+    for line in prog["quantization"]:
+        console.print(f"quantize: {line}")
+    table = Table("method", "XNNPACK nodes", "portable nodes", "subgraphs", title=f"{prog['file']} "
+                  f"({prog['bytes'] / 1e6:.1f} MB)")
+    for m in prog["methods"]:
+        table.add_row(m["method"], str(m["delegated_nodes"]), str(m["portable_nodes"]), str(m["delegated_subgraphs"]))
+    console.print(table)
+    lat = manifest.get("latency") or {}
+    for section in ("host", "predicted"):
+        if section in lat:
+            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in lat[section].items()))
+
+
+@app.command()
 def run(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
     image: ImageOpt = ...,

@@ -55,11 +55,14 @@ def demo_pairs() -> list[Pair]:
 
 @torch.inference_mode()
 def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: bool,
-                max_new_tokens: int) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Reference inputs/outputs for every graph, and reference greedy tokens for every pair."""
+                max_new_tokens: int, kv: str = "dynamic") -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Reference inputs/outputs for every graph, and reference greedy tokens for every pair.
+
+    ``kv="static"`` (ExecuTorch): batch-1 image case, and decoder cases ``step00`` (prefill of the first pair's
+    prompt) then ``step01``... (one reference token each, teacher-forced) that run in name order on one cache, so
+    logits are compared at every step."""
     ref = Reference(ckpt)
     model = ckpt.model
-    llm = model.language_model
     arrays: dict[str, np.ndarray] = {}
     pixels = [ckpt.preprocess(load_image(p.image)) for p in pairs]
 
@@ -69,7 +72,7 @@ def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: 
         for k, v in outs.items():
             arrays[f"{graph}/{case}/out/{k}"] = np.asarray(v, dtype=np.float32)
 
-    batch = torch.from_numpy(np.stack(pixels[:2]))
+    batch = torch.from_numpy(np.stack(pixels[:1] if kv == "static" else pixels[:2]))
     feats = model.image_features(batch)
     embeds = model.projector(feats)
     if fused_image_encoder:
@@ -82,7 +85,37 @@ def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: 
     text_ids = torch.tensor([[t for t in ids if t != IMAGE_TOKEN_INDEX]])
     put("embed_tokens", "prompt", {"input_ids": text_ids.numpy()}, {"inputs_embeds": model.embed_tokens(text_ids)})
 
+    e2e = []
+    params = SamplingParams(max_new_tokens=max_new_tokens)
+    for i, (pair, px) in enumerate(zip(pairs, pixels, strict=True)):
+        pids = build_prompt_ids(ckpt.tokenizer, pair.question)
+        out = ref.generate_from_embeds(ref.splice(pids, ref.image_embeds(px)), params)
+        arrays[f"e2e/{i}/pixel_values"] = px
+        e2e.append({"image": pair.image.name, "question": pair.question, "prompt_ids": pids, "reference_ids": out})
     seq = ref.splice(ids, embeds[:1])
+    if kv == "static":
+        _static_decoder_cases(model, seq, e2e[0]["reference_ids"], put)
+    else:
+        _dynamic_decoder_cases(model, seq, put)
+    return arrays, e2e
+
+
+def _static_decoder_cases(model, seq: torch.Tensor, tokens: list[int], put) -> None:
+    llm = model.language_model
+    n = seq.shape[1]
+    pre = llm(inputs_embeds=seq, use_cache=True)
+    put("decoder", "step00", {"inputs_embeds": seq, "input_pos": np.arange(n)}, {"logits": pre.logits})
+    cache = pre.past_key_values
+    for k, token in enumerate(tokens[:-1], start=1):
+        step_in = model.embed_tokens(torch.tensor([[token]]))
+        out = llm(inputs_embeds=step_in, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        put("decoder", f"step{k:02d}", {"inputs_embeds": step_in, "input_pos": np.array([n + k - 1])},
+            {"logits": out.logits})
+
+
+def _dynamic_decoder_cases(model, seq: torch.Tensor, put) -> None:
+    llm = model.language_model
     n = seq.shape[1]
     pre = llm(inputs_embeds=seq, use_cache=True)
     layers = llm.config.num_hidden_layers
@@ -105,15 +138,6 @@ def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: 
         {"logits": dec.logits, **{name: t for i in range(layers) for name, t in zip(
             kv_names(i)[2:], (dec.past_key_values.layers[i].keys, dec.past_key_values.layers[i].values),
             strict=True)}})
-
-    e2e = []
-    params = SamplingParams(max_new_tokens=max_new_tokens)
-    for i, (pair, px) in enumerate(zip(pairs, pixels, strict=True)):
-        pids = build_prompt_ids(ckpt.tokenizer, pair.question)
-        out = ref.generate_from_embeds(ref.splice(pids, ref.image_embeds(px)), params)
-        arrays[f"e2e/{i}/pixel_values"] = px
-        e2e.append({"image": pair.image.name, "question": pair.question, "prompt_ids": pids, "reference_ids": out})
-    return arrays, e2e
 
 
 def save_golden(root: Path, arrays: dict[str, np.ndarray], e2e: list[dict]) -> None:

@@ -113,10 +113,16 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
                      TensorSpec(ov, dtype, cache[:2] + ("past+seq",) + cache[3:])]
         graphs.append(GraphContract("decoder", tuple(ins), tuple(outs)))
     elif kv == "static":
+        # ExecuTorch: batch 1; the cache is [1, max_cache, kv_heads, head_dim] buffers written at input_pos
+        graphs = [GraphContract(g.name, tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d
+                                                                                    for d in t.dims))
+                                              for t in g.inputs),
+                                tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d for d in t.dims))
+                                      for t in g.outputs)) for g in graphs]
         state = []
         for i in range(d.layers):
-            state += [TensorSpec(f"k_cache.{i}", dtype, (1, d.kv_heads, "max_cache", d.head_dim)),
-                      TensorSpec(f"v_cache.{i}", dtype, (1, d.kv_heads, "max_cache", d.head_dim))]
+            state += [TensorSpec(f"k_cache_{i}", dtype, (1, "max_cache", d.kv_heads, d.head_dim)),
+                      TensorSpec(f"v_cache_{i}", dtype, (1, "max_cache", d.kv_heads, d.head_dim))]
         graphs.append(GraphContract(
             "decoder", (TensorSpec("inputs_embeds", dtype, (1, "seq", d.hidden)),
                         TensorSpec("input_pos", "int64", ("seq",))),

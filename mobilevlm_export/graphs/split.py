@@ -10,7 +10,7 @@ from torch import nn
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
 from mobilevlm_export.graphs.contracts import GraphContract, ModelDims, graph_contracts
-from mobilevlm_export.graphs.decoder import DynamicKVDecoder
+from mobilevlm_export.graphs.decoder import DynamicKVDecoder, StaticKVDecoder
 from mobilevlm_export.graphs.vision import EmbedTokens, ImageEncoder, Projector, VisionEncoder
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
@@ -42,6 +42,8 @@ class Graph:
                 feeds[t.name] = np.broadcast_to(np.arange(sizes["past"], sizes["past"] + shape[1]), shape).copy()
             elif t.name == "input_pos":
                 feeds[t.name] = np.arange(shape[0], dtype=np.int64)
+            elif t.name == "pixel_values" and "batch" not in t.dims:
+                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
             else:
                 feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
         return feeds
@@ -71,3 +73,18 @@ def split(ckpt: LoadedCheckpoint, precision: str = "fp32", fused_image_encoder: 
             module = copy.deepcopy(module).half()
         graphs.append(Graph(c, module))
     return graphs
+
+
+def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool) -> list[Graph]:
+    """The static-KV graphs (ExecuTorch) of ``ckpt``, fp32: ``image_encoder`` (vision + projector fused),
+    ``embed_tokens`` and ``decoder`` with its cache as buffers of ``max_cache`` positions. The modules share the
+    model's weights (quantization in place quantizes the model too)."""
+    model = ckpt.model
+    vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
+    modules: dict[str, nn.Module] = {
+        "image_encoder": ImageEncoder(vision, Projector(model.projector)),
+        "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
+        "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops),
+    }
+    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), "float32", "static", fused_image_encoder=True)
+    return [Graph(c, modules[c.name].eval()) for c in contracts]

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from mobilevlm_export.checkpoint.preprocess import ImagePreprocess, load_image
 from mobilevlm_export.checkpoint.reference import build_prompt_ids, decode_text
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.graphs.contracts import GraphContract, TensorSpec
 from mobilevlm_export.manifest import read_manifest
 from mobilevlm_export.recipes import Recipe
-from mobilevlm_export.runtime.pipeline import DynamicKVSession, VLMPipeline
+from mobilevlm_export.runtime.pipeline import DynamicKVSession, StaticKVSession, VLMPipeline
 
 
 def contract_from_dict(d: dict) -> GraphContract:
@@ -24,13 +25,21 @@ def contract_from_dict(d: dict) -> GraphContract:
     return GraphContract(d["name"], specs(d["inputs"]), specs(d["outputs"]), specs(d.get("state", [])))
 
 
-def load_runner(backend: str, path: Path, contract: GraphContract, threads: int | None = None):
-    """The runner of one graph artifact. Backends import lazily: only the one in use must be installed."""
+def load_runner(backend: str, path: Path, contract: GraphContract, threads: int | None = None,
+                method: str | None = None):
+    """The runner of one graph artifact (``method``: its method in a multi-method program). Backends import
+    lazily: only the one in use must be installed."""
     if backend == "onnx":
         from mobilevlm_export.backends.onnx import OnnxRunner
 
         return OnnxRunner(path, contract, threads)
-    raise ValueError(f"unknown backend {backend!r}")
+    if backend == "executorch":
+        try:
+            from mobilevlm_export.backends.executorch import ExecuTorchRunner
+        except ImportError as exc:
+            raise UserError(f"{path}: running an ExecuTorch program needs executorch==1.5.1 ({exc})") from None
+        return ExecuTorchRunner(path, contract, method or contract.name, threads)
+    raise UserError(f"manifest.json: unknown backend {backend!r} (known: onnx, executorch)")
 
 
 @dataclass
@@ -57,13 +66,17 @@ class ArtifactSet:
 
     def runners(self, threads: int | None = None) -> dict:
         return {name: load_runner(self.manifest["backend"], self.root / g["file"], contract_from_dict(g["contract"]),
-                                  threads)
+                                  threads, g.get("method"))
                 for name, g in self.manifest["graphs"].items()}
 
     def pipeline(self, runners: dict | None = None) -> VLMPipeline:
         runners = runners if runners is not None else self.runners()
         model = self.manifest["model"]
-        session = DynamicKVSession(runners["decoder"], model["dims"]["layers"], model["dims"]["max_context"])
+        decoder = runners["decoder"]
+        if decoder.contract.state:  # static KV cache (ExecuTorch)
+            session = StaticKVSession(decoder, self.manifest["graphs"]["decoder"]["max_cache"])
+        else:
+            session = DynamicKVSession(decoder, model["dims"]["layers"], model["dims"]["max_context"])
         return VLMPipeline(runners, session, model["eos_token_id"])
 
 

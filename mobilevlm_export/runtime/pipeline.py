@@ -68,6 +68,35 @@ class DynamicKVSession:
         return self._run(embeds)
 
 
+class StaticKVSession:
+    """Runs a static-KV decoder (ExecuTorch): the cache lives in the method's buffers; each call passes the
+    cache positions it writes. Prefill longer than ``max_prefill`` goes in chunks, as ExecuTorch's runner does."""
+
+    def __init__(self, runner: Runner, capacity: int, max_prefill: int | None = None) -> None:
+        self.runner = runner
+        self.capacity = capacity
+        self.max_prefill = max_prefill or capacity
+        self._length = 0
+
+    def _run(self, embeds: np.ndarray) -> np.ndarray:
+        s = embeds.shape[1]
+        if self._length + s > self.capacity:
+            raise UserError(f"the static KV cache holds {self.capacity} positions; {self._length} used, {s} more "
+                            "do not fit (shorten the prompt or lower --max-new-tokens)")
+        pos = np.arange(self._length, self._length + s, dtype=np.int64)
+        out = self.runner.run({"inputs_embeds": np.ascontiguousarray(embeds, np.float32), "input_pos": pos})
+        self._length += s
+        return out["logits"][0]
+
+    def prefill(self, embeds: np.ndarray) -> np.ndarray:
+        self._length = 0
+        chunks = [self._run(embeds[:, i:i + self.max_prefill]) for i in range(0, embeds.shape[1], self.max_prefill)]
+        return np.concatenate(chunks)
+
+    def step(self, embeds: np.ndarray) -> np.ndarray:
+        return self._run(embeds)
+
+
 @dataclass
 class Timings:
     vision_ms: float = 0.0
