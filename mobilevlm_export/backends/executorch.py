@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilevlm_export.errors import CheckFailed
+from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import GraphContract
 
 # our graph name -> the method name the stock runner calls
@@ -127,6 +127,7 @@ def load_program(path: Path):
     """One loaded ``Program`` per file, shared by the runners of its methods (the decoder's cache lives in
     its loaded method)."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
+    import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
     from executorch.runtime import Runtime, Verification
 
     key = str(Path(path).resolve())
@@ -142,7 +143,10 @@ class ExecuTorchRunner:
         set_threads(threads)
         self.contract = contract
         self.method_name = method
-        self.method = load_program(path).load_method(method)
+        try:
+            self.method = load_program(path).load_method(method)
+        except RuntimeError as exc:
+            raise UserError(f"{path}: cannot load method '{method}' ({exc})") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
