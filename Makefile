@@ -14,13 +14,16 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[onnx,dev]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[onnx,executorch,dev]'
 	touch $(STAMP)
 
 demo: setup
 	$(BIN)/python -m mobilevlm_export.demo
 	$(BIN)/mvlm-export export -o build/demo-onnx --force
 	$(BIN)/mvlm-export run build/demo-onnx --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
+		--prompt "What color is the shape?"
+	$(BIN)/mvlm-export build --target snapdragon -o build/demo-snapdragon --force
+	$(BIN)/mvlm-export run build/demo-snapdragon --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
 		--prompt "What color is the shape?"
 
 test: setup
