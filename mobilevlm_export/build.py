@@ -8,6 +8,7 @@ renamed into place at the end.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,6 +132,9 @@ def build(opts: BuildOptions, progress=None):
         del arrays
         done()
         ckpt.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        sp_model = ckpt.config.path / "tokenizer.model"  # what ExecuTorch's C++ runner loads on the device
+        if sp_model.is_file():
+            shutil.copyfile(sp_model, tmp / "tokenizer" / "tokenizer.model")
         record_model, record_ckpt = model_record(ckpt), checkpoint_record(ckpt)
         consts = constant_methods(ckpt, recipe)
         graphs = split_static(ckpt, recipe.executorch.max_cache, recipe.executorch.attention == "custom_sdpa")

@@ -93,7 +93,7 @@ def test_stock_multimodal_runner_answers_like_ours(fp32_build):
     art = open_artifacts(out)
     image = SAMPLES / "1_purple_square.png"
     ours = answer(art, image, "What color is the shape?")["text"]
-    stock = llm_runner.MultimodalRunner(str(out / "model.pte"), str(out / "tokenizer" / "tokenizer.json"))
+    stock = llm_runner.MultimodalRunner(str(out / "model.pte"), str(out / "tokenizer" / "tokenizer.model"))
     pixels = torch.from_numpy(art.preprocess(load_image(image)))
     inputs = [llm_runner.make_text_input(f"{SYSTEM_V1} USER: "), llm_runner.make_image_input(pixels),
               llm_runner.make_text_input("\nWhat color is the shape? ASSISTANT:")]
