@@ -123,13 +123,21 @@ def export_llm(out_dir: Path, group_size: int = 32, max_seq_len: int = 512, qmod
     log = out_dir / f"{name}.log"
     pte = out_dir / f"{name}.pte"
     pte.unlink(missing_ok=True)
+    load_before = load_average()
     rc, seconds, rss_mb = run_measured(cmd, out_dir, log)
     if rc != 0 or not pte.exists():
         tail = log.read_text(errors="replace")[-4000:]
         raise RuntimeError(f"export_llm failed (exit {rc}, {pte} {'exists' if pte.exists() else 'missing'}):\n{tail}")
     return {"pte": str(pte), "bytes": pte.stat().st_size, "export_seconds": round(seconds, 1),
-            "peak_rss_mb": round(rss_mb), "log": str(log),
+            "peak_rss_mb": round(rss_mb), "load_avg_before": load_before, "load_avg_after": load_average(),
+            "log": str(log),
             "command": shlex.join(cmd)}
+
+
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages: a timing taken while other processes compete for the cores shows a 1-minute
+    load above the benchmark's own thread count at its end."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _median(xs: list[float], digits: int = 2) -> float:
@@ -238,10 +246,12 @@ def measure_llama_pte(path: Path, prompt_len: int = 64, decode_tokens: int = 64,
         return _last_argmax(forward(token, pos))
 
     _timed_generation(prefill, step, prompt, prompt_len, decode_tokens)
+    load_before = load_average()
     runs = [_timed_generation(prefill, step, prompt, prompt_len, decode_tokens) for _ in range(repeats)]
+    load_after = load_average()
     result = {
         "pte": str(path), "threads": threads, "prompt_len": prompt_len, "decode_tokens": decode_tokens,
-        "repeats": repeats, "load_s": round(load_s, 2),
+        "repeats": repeats, "load_s": round(load_s, 2), "load_avg_before": load_before, "load_avg_after": load_after,
         "prefill_feed": "one call" if dynamic else f"{prompt_len // chunk} calls of {chunk} tokens",
         "forward_inputs": inputs, "forward_outputs": outputs, "metadata": meta,
     }
@@ -292,11 +302,14 @@ def measure_eager(prompt_len: int = 64, decode_tokens: int = 32, threads: int = 
 
     with torch.inference_mode():
         _timed_generation(prefill, step, prompt, prompt_len, decode_tokens)
+        load_before = load_average()
         runs = [_timed_generation(prefill, step, prompt, prompt_len, decode_tokens) for _ in range(repeats)]
+        load_after = load_average()
     params = sum(p.numel() for p in model.parameters())
     result = {"threads": threads, "prompt_len": prompt_len, "decode_tokens": decode_tokens, "repeats": repeats,
               "dtype": "float32", "params": params, "build_s": round(build_s, 1),
-              "attn_implementation": model.config._attn_implementation}
+              "attn_implementation": model.config._attn_implementation,
+              "load_avg_before": load_before, "load_avg_after": load_after}
     result.update(_summarize(runs, prompt_len, decode_tokens))
     return result
 
