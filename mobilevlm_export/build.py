@@ -137,7 +137,8 @@ def build(opts: BuildOptions, progress=None):
             shutil.copyfile(sp_model, tmp / "tokenizer" / "tokenizer.model")
         record_model, record_ckpt = model_record(ckpt), checkpoint_record(ckpt)
         consts = constant_methods(ckpt, recipe)
-        graphs = split_static(ckpt, recipe.executorch.max_cache, recipe.executorch.attention == "custom_sdpa")
+        graphs = split_static(ckpt, recipe.executorch.max_cache, recipe.executorch.attention == "custom_sdpa",
+                              recipe.executorch.logits == "last")
         modules = {METHODS[g.name]: g.module for g in graphs}
         costs = model_costs(modules, recipe.quantize, record_model["dims"]["patches"] + 1)
         t1 = time.perf_counter()

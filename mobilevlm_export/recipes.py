@@ -32,6 +32,8 @@ qparams = "hqq_scale_only" # hqq_scale_only | affine
 max_cache = 512            # static KV-cache positions (prompt + image tokens + answer)
 attention = "custom_sdpa"  # custom_sdpa (llama.update_cache/custom_sdpa) | portable (index_copy_ + masked softmax)
 kv_cache_init = "serialized"  # serialized (zeros stored in the .pte) | runtime (left to the runtime's zeroed arena)
+logits = "last"            # last (text_decoder returns the last position's logits, as ExecuTorch's LLM export does:
+                           # no lm_head over the whole prompt) | all (every position's, checked by verify)
 ```
 """
 
@@ -77,6 +79,7 @@ class ExecuTorchOptions:
     max_cache: int = 512
     attention: str = "custom_sdpa"
     kv_cache_init: str = "serialized"
+    logits: str = "last"
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ def _executorch_section(e: dict, target: str, bad) -> ExecuTorchOptions:
         max_cache=max_cache,
         attention=_choice(e, "attention", ("custom_sdpa", "portable"), "custom_sdpa", bad, "executorch"),
         kv_cache_init=_choice(e, "kv_cache_init", ("serialized", "runtime"), "serialized", bad, "executorch"),
+        logits=_choice(e, "logits", ("last", "all"), "last", bad, "executorch"),
     )
 
 

@@ -155,6 +155,7 @@ def test_run_that_would_overflow_the_static_cache(q4_build):
     ("quantize", 'group_size = 24', "quantize.group_size"),
     ("quantize", 'group_size = 8', "quantize.group_size"),
     ("executorch", 'attention = "flash"', "executorch.attention"),
+    ("executorch", 'logits = "first"', "executorch.logits"),
 ])
 def test_bad_snapdragon_recipe(tmp_path, section, text, key):
     base = (RECIPES_DIR / "snapdragon-8da4w.toml").read_text()
@@ -243,3 +244,28 @@ def test_profile_validation(tmp_path):
                                                                                "bandwidth_gbps = -1"))
     with pytest.raises(UserError, match="device.bandwidth_gbps"):
         load_profile(bad)
+
+
+def test_xnnpack_friendly_norm_rope_and_last_logits(tiny_ckpt):
+    """The static decoder's RMSNorm / rotate_half rewrites are the checkpoint's math, and last-position logits
+    equal the last row of the full ones."""
+    import torch
+
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.graphs.decoder import RMSNorm, RotateHalf, rotate_half
+    from mobilevlm_export.graphs.split import split_static
+
+    x = torch.randn(1, 4, 5, 16)
+    assert torch.equal(RotateHalf(16)(x), rotate_half(x))
+    ckpt = load_checkpoint(tiny_ckpt)
+    norm = ckpt.model.language_model.model.norm
+    h = torch.randn(1, 7, norm.weight.shape[0])
+    torch.testing.assert_close(RMSNorm(norm)(h), norm(h), rtol=1e-6, atol=1e-6)
+    full, last = (next(g for g in split_static(ckpt, 32, False, last_logits=lo) if g.name == "decoder")
+                  for lo in (False, True))
+    assert last.contract.outputs[0].dims[1] == 1 and full.contract.outputs[0].dims[1] == "seq"
+    embeds, pos = torch.randn(1, 6, h.shape[-1]), torch.arange(6)
+    with torch.no_grad():
+        want, got = full.module(embeds, pos), last.module(embeds, pos)
+    assert got.shape == (1, 1, want.shape[-1])
+    torch.testing.assert_close(got, want[:, -1:], rtol=1e-5, atol=1e-5)

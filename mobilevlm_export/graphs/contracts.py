@@ -86,8 +86,9 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
 
 
 def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
-                    fused_image_encoder: bool = False) -> list[GraphContract]:
-    """The graphs a split makes. ``kv``: "dynamic" (ONNX/TensorRT) or "static" (ExecuTorch, in-place cache)."""
+                    fused_image_encoder: bool = False, last_logits: bool = False) -> list[GraphContract]:
+    """The graphs a split makes. ``kv``: "dynamic" (ONNX/TensorRT) or "static" (ExecuTorch, in-place cache).
+    ``last_logits`` (static only): the decoder returns logits [1, 1, vocab] of the last position only."""
     pixel = TensorSpec("pixel_values", dtype, ("batch", 3, d.image_size, d.image_size))
     feats = TensorSpec("image_features", dtype, ("batch", d.patches, d.vision_hidden))
     embeds = TensorSpec("image_embeds", dtype, ("batch", d.image_tokens, d.hidden))
@@ -126,7 +127,7 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
         graphs.append(GraphContract(
             "decoder", (TensorSpec("inputs_embeds", dtype, (1, "seq", d.hidden)),
                         TensorSpec("input_pos", "int64", ("seq",))),
-            (TensorSpec("logits", "float32", (1, "seq", d.vocab)),), tuple(state)))
+            (TensorSpec("logits", "float32", (1, 1 if last_logits else "seq", d.vocab)),), tuple(state)))
     else:
         raise ValueError(f"kv must be 'dynamic' or 'static', got {kv!r}")
     return graphs

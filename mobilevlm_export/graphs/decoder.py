@@ -35,13 +35,47 @@ class Rope(nn.Module):
         rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
         if rope_type not in ("default", "linear"):
             raise UserError(f"config.json: rope_type '{rope_type}' is not supported for export (default, linear)")
-        self.register_buffer("inv_freq", rotary_emb.inv_freq.detach().clone().float(), persistent=False)
+        inv_freq = rotary_emb.inv_freq.detach().float()
+        # both halves' frequencies: the angles need no concatenation at run time
+        self.register_buffer("inv_freq", torch.cat((inv_freq, inv_freq)), persistent=False)
         self.scale = float(getattr(rotary_emb, "attention_scaling", 1.0))
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
+        emb = position_ids[..., None].float() * self.inv_freq
         return (emb.cos() * self.scale).to(dtype)[:, None], (emb.sin() * self.scale).to(dtype)[:, None]
+
+
+class RotateHalf(nn.Module):
+    """``rotate_half`` as a product with a constant signed permutation matrix, for backends that cannot slice a
+    tensor of dynamic length (XNNPACK): exact, each output is one input times +-1."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        half = head_dim // 2
+        rot = torch.zeros(head_dim, head_dim)  # x @ rot == rotate_half(x)
+        rot[half:, :half] = -torch.eye(half)
+        rot[:half, half:] = torch.eye(half)
+        self.register_buffer("weight", rot.T.contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype))
+
+
+class RMSNorm(nn.Module):
+    """A checkpoint's LLaMA RMSNorm (same weight, same eps) with the mean of squares as a product with a constant
+    1/H row, which XNNPACK runs (it has no mean over the last axis of a 3-D tensor)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        width = norm.weight.shape[-1]
+        self.register_buffer("mean_row", torch.full((1, width), 1.0 / width), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        var = nn.functional.linear(x32 * x32, self.mean_row)
+        return self.weight * (x32 * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
 class _Attention(nn.Module):
@@ -51,14 +85,14 @@ class _Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.scale = head_dim ** -0.5
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate=rotate_half):
         """New q, k (rotated) and v: [B, heads|kv_heads, S, D]."""
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = q * cos + rotate(q) * sin
+        k = k * cos + rotate(k) * sin
         return q, k, v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -125,13 +159,22 @@ class DynamicKVDecoder(_Layers):
 
 
 class StaticKVDecoder(_Layers):
-    """forward(inputs_embeds [1, T, H], input_pos [T]) -> logits [1, T, vocab]; the KV cache lives in buffers."""
+    """forward(inputs_embeds [1, T, H], input_pos [T]) -> logits [1, T, vocab] (``last_logits``: [1, 1, vocab]);
+    the KV cache lives in buffers."""
 
-    def __init__(self, llm: nn.Module, max_cache: int, custom_ops: bool, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, llm: nn.Module, max_cache: int, custom_ops: bool, last_logits: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__(llm)
         self.max_cache = max_cache
+        self.last_logits = last_logits
         self.custom_ops = custom_ops
         attn = self.attns[0]
+        # XNNPACK-friendly forms of RMSNorm and rotate_half (same math): one partition per layer piece instead of
+        # several split by portable mean / slice kernels
+        self.input_norms = nn.ModuleList(RMSNorm(n) for n in self.input_norms)
+        self.post_norms = nn.ModuleList(RMSNorm(n) for n in self.post_norms)
+        self.norm = RMSNorm(self.norm)
+        self.rotate = RotateHalf(attn.head_dim)
         shape = (1, max_cache, attn.kv_heads, attn.head_dim)
         for i in range(self.num_layers):
             self.register_buffer(f"k_cache_{i}", torch.zeros(shape, dtype=dtype))
@@ -152,7 +195,7 @@ class StaticKVDecoder(_Layers):
             visible = torch.arange(self.max_cache, device=h.device)[None, :] <= input_pos[:, None]
         for i in range(self.num_layers):
             attn = self.attns[i]
-            q, k, v = attn.project(self.input_norms[i](h), cos, sin)
+            q, k, v = attn.project(self.input_norms[i](h), cos, sin, self.rotate)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [1, T, heads, D]
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             if self.custom_ops:
@@ -165,6 +208,8 @@ class StaticKVDecoder(_Layers):
                 out = self._masked_attention(attn, q, k_cache, v_cache, visible)
             h = h + attn.o_proj(out.reshape(1, s, attn.heads * attn.head_dim))
             h = h + self.mlps[i](self.post_norms[i](h))
+        if self.last_logits:  # what generation reads: no lm_head over the whole prompt
+            h = h[:, -1:]
         return self.lm_head(self.norm(h)).float()
 
     @staticmethod

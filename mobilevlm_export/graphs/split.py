@@ -75,7 +75,7 @@ def split(ckpt: LoadedCheckpoint, precision: str = "fp32", fused_image_encoder: 
     return graphs
 
 
-def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool) -> list[Graph]:
+def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool, last_logits: bool = False) -> list[Graph]:
     """The static-KV graphs (ExecuTorch) of ``ckpt``, fp32: ``image_encoder`` (vision + projector fused),
     ``embed_tokens`` and ``decoder`` with its cache as buffers of ``max_cache`` positions. The modules share the
     model's weights (quantization in place quantizes the model too)."""
@@ -84,7 +84,8 @@ def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool) -> li
     modules: dict[str, nn.Module] = {
         "image_encoder": ImageEncoder(vision, Projector(model.projector)),
         "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
-        "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops),
+        "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops, last_logits),
     }
-    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), "float32", "static", fused_image_encoder=True)
+    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), "float32", "static", fused_image_encoder=True,
+                                last_logits=last_logits)
     return [Graph(c, modules[c.name].eval()) for c in contracts]
