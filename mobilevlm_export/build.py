@@ -152,13 +152,15 @@ def build(opts: BuildOptions, progress=None):
         seq = torch.export.Dim("seq", min=1, max=recipe.executorch.max_cache)
         dynamic = {"token_embedding": {"input_ids": {1: seq}},
                    "text_decoder": {"inputs_embeds": {1: seq}, "input_pos": {0: seq}}}
-        advance = step("Export + XNNPACK lowering", len(modules) + 2)
-        info = export_program(modules, samples, dynamic, tmp / PTE, consts,
-                              recipe.executorch.kv_cache_init == "serialized", advance)
         graph_records = {g.name: {"file": PTE, "method": METHODS[g.name], "contract": g.contract.to_dict(),
                                   **({"max_cache": recipe.executorch.max_cache} if g.name == "decoder" else {})}
                          for g in graphs}
-        del graphs, modules, ckpt
+        # from here `modules` is the weights' only owner, and export_program consumes it: the checkpoint's weights
+        # are let go once XNNPACK has packed its own copies, not held on through serialization
+        del graphs, ckpt
+        advance = step("Export + XNNPACK lowering", len(modules) + 2)
+        info = export_program(modules, samples, dynamic, tmp / PTE, consts,
+                              recipe.executorch.kv_cache_init == "serialized", advance)
         write_manifest(tmp, {
             "tool": "mobilevlm_export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "backend": "executorch", "target": opts.target, "precision": recipe.precision,

@@ -11,6 +11,7 @@ checkpoint (image size, mean/std, pad colour, the image placeholder id and token
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,7 +68,10 @@ def _check_matmuls(report: MethodReport) -> None:
 def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, object], path: Path,
                    constant_methods: dict, mutable_buffers_init: bool, progress=None) -> ProgramInfo:
     """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them to
-    XNNPACK in one call (dynamic-quant linears first, then everything else) and write the program to ``path``."""
+    XNNPACK in one call (dynamic-quant linears first, then everything else) and write the program to ``path``.
+
+    Consumes ``modules``: each is popped once exported, so weights nobody else holds are freed when lowering has
+    replaced them with XNNPACK's packed copies, before the program is serialized."""
     import torch
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -80,10 +84,11 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     t0 = time.perf_counter()
     programs = {}
     with torch.no_grad():
-        for method, module in modules.items():
-            programs[method] = torch.export.export(module, samples[method], dynamic_shapes=dynamic.get(method),
-                                                   strict=False)
+        for method in list(modules):
+            programs[method] = torch.export.export(modules.pop(method), samples[method],
+                                                   dynamic_shapes=dynamic.get(method), strict=False)
             advance()
+    names = list(programs)
     t1 = time.perf_counter()
 
     def partitioners():
@@ -94,7 +99,7 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
         programs, partitioner={m: partitioners() for m in programs}, constant_methods=constant_methods,
         compile_config=EdgeCompileConfig(_check_ir_validity=False))
     del programs
-    reports = [_delegation(m, edge.exported_program(m).graph_module) for m in modules]
+    reports = [_delegation(m, edge.exported_program(m).graph_module) for m in names]
     for r in reports:
         _check_matmuls(r)
     advance()
@@ -102,11 +107,14 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     et = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True, passes=passes,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        sym_shape_eval_pass={m: ConstraintBasedSymShapeEvalPass() for m in modules}))
+        sym_shape_eval_pass={m: ConstraintBasedSymShapeEvalPass() for m in names}))
     del edge
+    gc.collect()  # export and lowering leave reference cycles that still hold the original weights
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         et.write_to_file(f)
+    del et
+    gc.collect()
     advance()
     return ProgramInfo(path.name, path.stat().st_size, reports, constant_methods, round(t1 - t0, 2),
                        round(time.perf_counter() - t1, 2))

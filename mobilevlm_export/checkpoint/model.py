@@ -167,7 +167,13 @@ def _assign(module: nn.Module, state: dict, dtype: torch.dtype, source: str, pre
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise UserError(f"{source}: unexpected tensor '{prefix}{unexpected[0]}' ({len(unexpected)} in all)")
-    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    # one tensor at a time, each stored copy let go as soon as it is cast (consumes ``state``): peak memory is the
+    # model at ``dtype`` plus one tensor, not the whole checkpoint twice
+    cast = {}
+    for k in list(state):
+        v = state.pop(k)
+        cast[k] = v.to(dtype) if v.is_floating_point() else v
+        del v
     module.load_state_dict(cast, strict=False, assign=True)
 
 
