@@ -17,11 +17,11 @@ compute_efficiency = 0.5
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.recipes import read_named_toml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
 _NUMBERS = ("memory_gb", "bandwidth_gbps", "int8_gops", "bandwidth_efficiency", "compute_efficiency")
@@ -59,16 +59,8 @@ class DeviceProfile:
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """A profile by name (``device_profiles/NAME.toml``) or path; ``UserError`` names the file and key."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = PROFILES_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.toml")))
-        raise UserError(f"--profile {name_or_path}: no such device profile (known: {known})")
-    try:
-        data = tomllib.loads(path.read_text()).get("device")
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    path, data = read_named_toml(name_or_path, PROFILES_DIR, "--profile", "device profile")
+    data = data.get("device")
     if not isinstance(data, dict):
         raise UserError(f"{path}: key 'device' missing (a [device] table)")
     known = set(DeviceProfile.__dataclass_fields__) - {"source"}

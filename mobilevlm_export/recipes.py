@@ -117,18 +117,24 @@ class Recipe:
 _TOL_KEYS = set(Tolerance.__dataclass_fields__)
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by name (``recipes/NAME.toml``) or path. ``UserError`` names the file and key at fault."""
+def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: str) -> tuple[Path, dict]:
+    """A TOML data file by name (``directory/NAME.toml``) or path, and its parsed contents. ``UserError`` names
+    the flag (``--recipe``) when there is no such file, the file when it is not valid TOML."""
     path = Path(name_or_path)
     if not path.suffix:
-        path = RECIPES_DIR / f"{name_or_path}.toml"
+        path = directory / f"{name_or_path}.toml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml")))
-        raise UserError(f"--recipe {name_or_path}: no such recipe (known: {known})")
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.toml")))
+        raise UserError(f"{flag} {name_or_path}: no such {kind} (known: {known})")
     try:
-        data = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe by name (``recipes/NAME.toml``) or path. ``UserError`` names the file and key at fault."""
+    path, data = read_named_toml(name_or_path, RECIPES_DIR, "--recipe", "recipe")
 
     def bad(key: str, why: str) -> UserError:
         return UserError(f"{path}: key '{key}' {why}")
