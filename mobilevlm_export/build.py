@@ -155,8 +155,8 @@ def build(opts: BuildOptions, progress=None):
         graph_records = {g.name: {"file": PTE, "method": METHODS[g.name], "contract": g.contract.to_dict(),
                                   **({"max_cache": recipe.executorch.max_cache} if g.name == "decoder" else {})}
                          for g in graphs}
-        # from here `modules` is the weights' only owner, and export_program consumes it: the checkpoint's weights
-        # are let go once XNNPACK has packed its own copies, not held on through serialization
+        # the build drops its own references to the weights here and export_program pops the modules as it
+        # exports them (ExecuTorch's lowered modules still keep their original programs, and so the weights)
         del graphs, ckpt
         advance = step("Export + XNNPACK lowering", len(modules) + 2)
         info = export_program(modules, samples, dynamic, tmp / PTE, consts,

@@ -11,7 +11,6 @@ checkpoint (image size, mean/std, pad colour, the image placeholder id and token
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,8 +69,8 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them to
     XNNPACK in one call (dynamic-quant linears first, then everything else) and write the program to ``path``.
 
-    Consumes ``modules``: each is popped once exported, so weights nobody else holds are freed when lowering has
-    replaced them with XNNPACK's packed copies, before the program is serialized."""
+    Consumes ``modules``: each is popped once exported, so this function holds no module reference of its own
+    through lowering and serialization."""
     import torch
     from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -109,12 +108,9 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
         sym_shape_eval_pass={m: ConstraintBasedSymShapeEvalPass() for m in names}))
     del edge
-    gc.collect()  # export and lowering leave reference cycles that still hold the original weights
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         et.write_to_file(f)
-    del et
-    gc.collect()
     advance()
     return ProgramInfo(path.name, path.stat().st_size, reports, constant_methods, round(t1 - t0, 2),
                        round(time.perf_counter() - t1, 2))

@@ -173,7 +173,6 @@ def _assign(module: nn.Module, state: dict, dtype: torch.dtype, source: str, pre
     for k in list(state):
         v = state.pop(k)
         cast[k] = v.to(dtype) if v.is_floating_point() else v
-        del v
     module.load_state_dict(cast, strict=False, assign=True)
 
 
