@@ -23,6 +23,9 @@ CkptArg = Annotated[Path | None, typer.Argument(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (for CI).")]
 TowerOpt = Annotated[Path | None, typer.Option(
     "--vision-tower", help="Directory of the CLIP vision tower (config, weights, image processor) to use.")]
+SamplesOpt = Annotated[Path | None, typer.Option(
+    help="Folder with images + questions.json for the end-to-end check (default: the demo's samples).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")]
 # generation flags shared by `generate` (reference) and `run` (artifacts)
 ImageOpt = Annotated[Path, typer.Option("--image", help="Image file (any mode/size PIL reads).")]
 PromptOpt = Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")]
@@ -136,9 +139,8 @@ def export(
     precision: Annotated[str, typer.Option(help="fp32 | fp16 (weights and activations).")] = "fp32",
     recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; "
                                                     "default FORMAT-PRECISION.")] = None,
-    samples: Annotated[Path | None, typer.Option(help="Folder with images + questions.json for the "
-                                                      "end-to-end check (default: the demo's samples).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    samples: SamplesOpt = None,
+    force: ForceOpt = False,
     no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")] = False,
     vision_tower: TowerOpt = None,
     as_json: JsonOpt = False,
@@ -167,11 +169,10 @@ def build(
                                                     "target's (snapdragon-8da4w).")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile name (device_profiles/NAME.toml) or path.")]
     = None,
-    samples: Annotated[Path | None, typer.Option(help="Folder with images + questions.json for the "
-                                                      "end-to-end check (default: the demo's samples).")] = None,
+    samples: SamplesOpt = None,
     threads: Annotated[int | None, typer.Option(help="Runtime threads for verify/bench.", min=1)] = None,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the latency measurement.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output directory.")] = False,
+    force: ForceOpt = False,
     vision_tower: TowerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
