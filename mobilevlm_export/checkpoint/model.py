@@ -167,8 +167,8 @@ def _assign(module: nn.Module, state: dict, dtype: torch.dtype, source: str, pre
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise UserError(f"{source}: unexpected tensor '{prefix}{unexpected[0]}' ({len(unexpected)} in all)")
-    # one tensor at a time, each stored copy let go as soon as it is cast (consumes ``state``): peak memory is the
-    # model at ``dtype`` plus one tensor, not the whole checkpoint twice
+    # one tensor at a time, each stored copy dropped once cast (consumes ``state``). Measured: no lower peak for
+    # safetensors shards, whose tensors stay memory-mapped until the whole file is released
     cast = {}
     for k in list(state):
         v = state.pop(k)
