@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a check failed (parity), 2 bad input (one line on stder
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -346,7 +347,13 @@ def _print_inspect(info: dict) -> None:
     console.print(graphs)
 
 
+def _terminated(signum, _frame) -> None:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so a build's staging directory is removed."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     app()
 
 

@@ -173,3 +173,22 @@ def test_fused_image_encoder_from_recipe(tiny_ckpt, samples, tmp_path):
     assert res.exit_code == 0, res.output
     v = json.loads(res.stdout)["verification"]
     assert v["passed"] and {m["graph"] for m in v["metrics"]} == {"image_encoder", "embed_tokens", "decoder"}
+
+
+def test_sigterm_removes_staging(tiny_ckpt, samples, tmp_path):
+    """A build stopped by SIGTERM (a CI timeout, `kill`) leaves neither the output nor its staging directory."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mobilevlm_export.cli", "export", str(tiny_ckpt), "-o", str(out),
+                             "--samples", str(samples)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the export ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
