@@ -101,6 +101,16 @@ def constant_methods(ckpt, recipe: Recipe) -> dict:
     }
 
 
+def _sample_args(graph) -> tuple:
+    """Export-time sample inputs of ``graph`` in contract order (3 tokens where the sequence is dynamic)."""
+    import torch
+
+    from mobilevlm_export.graphs.split import TORCH_DTYPES
+
+    feeds = graph.sample_inputs({"seq": 3})
+    return tuple(torch.from_numpy(feeds[t.name]).to(TORCH_DTYPES[t.dtype]) for t in graph.contract.inputs)
+
+
 def build(opts: BuildOptions, progress=None):
     """Run a build. Returns (manifest, VerifyReport)."""
     import torch
@@ -109,7 +119,7 @@ def build(opts: BuildOptions, progress=None):
     from mobilevlm_export.bench import model_costs
     from mobilevlm_export.checkpoint.model import load_checkpoint
     from mobilevlm_export.golden import demo_pairs, load_pairs, make_golden, save_golden
-    from mobilevlm_export.graphs.split import TORCH_DTYPES, split_static
+    from mobilevlm_export.graphs.split import split_static
     from mobilevlm_export.manifest import read_manifest, update_manifest, versions, write_manifest
     from mobilevlm_export.quantize import quantize_modules
     from mobilevlm_export.runtime.artifacts import ArtifactSet
@@ -144,11 +154,7 @@ def build(opts: BuildOptions, progress=None):
         t1 = time.perf_counter()
         quant_log = quantize_modules(modules, recipe.quantize)
         quant_s = time.perf_counter() - t1
-        samples = {}
-        for g in graphs:
-            feeds = g.sample_inputs({"seq": 3})
-            samples[METHODS[g.name]] = tuple(torch.from_numpy(feeds[t.name]).to(TORCH_DTYPES[t.dtype])
-                                             for t in g.contract.inputs)
+        samples = {METHODS[g.name]: _sample_args(g) for g in graphs}  # no loop variable left holding a graph
         seq = torch.export.Dim("seq", min=1, max=recipe.executorch.max_cache)
         dynamic = {"token_embedding": {"input_ids": {1: seq}},
                    "text_decoder": {"inputs_embeds": {1: seq}, "input_pos": {0: seq}}}

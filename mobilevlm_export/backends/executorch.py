@@ -111,9 +111,28 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         et.write_to_file(f)
+    del et
+    _release_lowering_memory()
     advance()
     return ProgramInfo(path.name, path.stat().st_size, reports, constant_methods, round(t1 - t0, 2),
                        round(time.perf_counter() - t1, 2))
+
+
+def _release_lowering_memory() -> None:
+    """Free what lowering left behind. Two process-wide caches keep lowered graphs, their exported programs and
+    so the weights alive after the program is written: ExecuTorch's ``exir.backend.utils.is_same_node`` (an
+    unbounded ``lru_cache`` over graph nodes) and PyTorch's fake-tensor dispatch cache (its keys hold the lowered
+    modules); the graphs are cyclic, hence the collection. Measured on a 1 GB fp32 program: RSS after export
+    2473 -> 2150 MB. Other holders inside ExecuTorch (a shape environment's cache, the XNNPACK partitioner's
+    rejection loggers) keep about 0.6 of the weights' size alive until the process ends."""
+    import gc
+
+    from executorch.exir.backend.utils import is_same_node
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    is_same_node.cache_clear()
+    FakeTensorMode.cache_clear()
+    gc.collect()
 
 
 def set_threads(threads: int | None) -> None:
