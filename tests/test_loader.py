@@ -24,13 +24,25 @@ from mobilevlm_export.graphs.contracts import ModelDims
 IMAGE_TOKENS = {"ldpnetv2": 144, "ldpnet": 144, "mlp2x_gelu": 576, "linear": 576}
 
 
+def _read_independently(files) -> dict:
+    """The files' tensors as the safetensors library and torch.load read them (not through our reader)."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in files:
+        state.update(load_file(f) if f.suffix == ".safetensors" else torch.load(f, weights_only=True))
+    return state
+
+
 @pytest.mark.parametrize("projector,fmt,shards", CHECKPOINT_KINDS)
 def test_load_round_trip_and_shapes(ckpt_factory, projector, fmt, shards):
     path = ckpt_factory(projector, fmt, shards)
     files = weight_files(path)
     assert len(files) == shards
     assert all(f.suffix == (".safetensors" if fmt == "safetensors" else ".bin") for f in files)
-    stored = read_state_dict(files)
+    stored = _read_independently(files)
+    assert {k: (v.dtype, v.shape) for k, v in read_state_dict(files).items()} == {
+        k: (v.dtype, v.shape) for k, v in stored.items()}
     ckpt = load_checkpoint(path)
     loaded = checkpoint_state_dict(ckpt.model)
     tower_in_ckpt = "v2" in projector
@@ -56,7 +68,7 @@ def test_non_v2_tower_weights_come_from_tower_dir(ckpt_factory):
     """ldpnet reloads the tower from mm_vision_tower, as the original does; its in-checkpoint copy is unused."""
     path = ckpt_factory("ldpnet", "safetensors", 2)
     ckpt = load_checkpoint(path)
-    tower_file = read_state_dict(weight_files(path / "vision_tower"))
+    tower_file = _read_independently(weight_files(path / "vision_tower"))
     for k, v in ckpt.model.vision_tower.state_dict().items():
         if k != "embeddings.position_ids":
             assert torch.equal(v, tower_file["vision_model." + k]), k
@@ -76,7 +88,7 @@ def test_vision_tower_override_reloads_config_weights_and_processor(tmp_path, ti
     over = load_checkpoint(tiny_ckpt, vision_tower=other)
     assert over.report.tower.startswith("--vision-tower")
     assert over.preprocess.mean == (0.5, 0.5, 0.5)
-    want = read_state_dict(weight_files(other))["vision_model.embeddings.patch_embedding.weight"]
+    want = _read_independently(weight_files(other))["vision_model.embeddings.patch_embedding.weight"]
     assert torch.equal(over.model.vision_tower.embeddings.patch_embedding.weight, want)
     assert not torch.equal(base.model.vision_tower.embeddings.patch_embedding.weight, want)
 

@@ -1,8 +1,14 @@
-"""Reading checkpoint weights: ``*.safetensors`` or ``pytorch_model*.bin``, single or sharded with an index."""
+"""Reading checkpoint weights: ``*.safetensors`` or ``pytorch_model*.bin``, single or sharded with an index.
+
+Safetensors tensors are read on demand (``StoredTensor``), one at a time with plain file reads: the loader casts
+each into the model as it reads it, so a checkpoint is never resident twice (its stored fp16 copy beside the
+fp32 model) and never memory-mapped whole (mapped pages count towards the process's RSS until unmapped).
+"""
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
@@ -57,11 +63,62 @@ def read_state_dict(files: list[Path]) -> dict:
     return state
 
 
-def _read_safetensors(f: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# safetensors dtype codes (https://github.com/huggingface/safetensors, format spec) -> torch dtype names
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
+
+class StoredTensor:
+    """One tensor of a safetensors file: its dtype and shape from the header, its bytes read only by ``to``."""
+
+    def __init__(self, path: Path, name: str, dtype: str, shape: list[int], start: int, end: int) -> None:
+        import torch
+
+        self.path, self.name, self.start, self.end = path, name, start, end
+        self.dtype = getattr(torch, dtype)
+        self.shape = torch.Size(shape)
+
+    def is_floating_point(self) -> bool:
+        return self.dtype.is_floating_point
+
+    def to(self, dtype):
+        """Read the tensor and return it as ``dtype`` (a fresh tensor; the bytes read are dropped after a cast)."""
+        import torch
+
+        buf = bytearray(self.end - self.start)
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            if f.readinto(buf) != len(buf):
+                raise UserError(f"{self.path}: truncated safetensors file (tensor '{self.name}' is cut short)")
+        if not buf:  # torch.frombuffer refuses an empty buffer
+            return torch.empty(self.shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=self.dtype).reshape(self.shape).to(dtype)
+
+
+def _read_safetensors(f: Path) -> dict:
+    """The header of a safetensors file as ``StoredTensor``s; ``UserError`` names the file when it is corrupt
+    or shorter than its header says."""
     try:
-        return load_file(str(f))
-    except (SafetensorError, OSError, ValueError) as exc:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            raw = fh.read(8)
+            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
+            if n is None or n > size - 8:
+                raise ValueError("header length past the end of the file")
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
+    base = 8 + n
+    out = {}
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            start, end = info["data_offsets"]
+            if not 0 <= start <= end or base + end > size:
+                raise ValueError(f"tensor '{name}' lies past the end of the file")
+            out[name] = StoredTensor(f, name, dtype, list(info["shape"]), base + start, base + end)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{f}: corrupt or truncated safetensors file ({type(exc).__name__}: {exc})") from None
+    return out
