@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
     import torch
     from executorch.runtime import Runtime, Verification
+    from peers import last_argmax  # this script's directory is on sys.path when it runs
 
     from mobilevlm_export.runtime.artifacts import open_artifacts
 
@@ -58,8 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def theirs() -> tuple[float, float]:
         def forward(tokens: list[int], pos: int) -> int:
-            logits = peer.execute([torch.tensor([tokens]), torch.tensor([pos])])[0]
-            return int(logits.reshape(-1, logits.shape[-1])[-1].argmax())
+            return int(last_argmax(peer.execute([torch.tensor([tokens]), torch.tensor([pos])])[0]))
 
         t0 = time.perf_counter()
         token = forward(ids, 0)

@@ -166,7 +166,7 @@ def _timed_generation(prefill: Callable[[Any], Any], step: Callable[[Any, int], 
     return {"prefill_s": t1 - t0, "decode_s": t2 - t1}
 
 
-def _last_argmax(logits: Any) -> Any:
+def last_argmax(logits: Any) -> Any:
     """The greedy next token, [1, 1] int64, from logits shaped [1, V] or [1, T, V]."""
     last = logits[:, -1, :] if logits.dim() == 3 else logits
     return last.argmax(dim=-1).reshape(1, 1)
@@ -240,10 +240,10 @@ def measure_llama_pte(path: Path, prompt_len: int = 64, decode_tokens: int = 64,
     def prefill(tokens: torch.Tensor) -> torch.Tensor:
         for start in range(0, prompt_len, chunk):
             logits = forward(tokens[:, start:start + chunk].contiguous(), start)
-        return _last_argmax(logits)
+        return last_argmax(logits)
 
     def step(token: torch.Tensor, pos: int) -> torch.Tensor:
-        return _last_argmax(forward(token, pos))
+        return last_argmax(forward(token, pos))
 
     _timed_generation(prefill, step, prompt, prompt_len, decode_tokens)
     load_before = load_average()
@@ -293,12 +293,12 @@ def measure_eager(prompt_len: int = 64, decode_tokens: int = 32, threads: int = 
     def prefill(tokens: torch.Tensor) -> torch.Tensor:
         out = model(input_ids=tokens, use_cache=True, logits_to_keep=1)
         cache["kv"] = out.past_key_values
-        return _last_argmax(out.logits)
+        return last_argmax(out.logits)
 
     def step(token: torch.Tensor, pos: int) -> torch.Tensor:
         out = model(input_ids=token, past_key_values=cache["kv"], use_cache=True)
         cache["kv"] = out.past_key_values
-        return _last_argmax(out.logits)
+        return last_argmax(out.logits)
 
     with torch.inference_mode():
         _timed_generation(prefill, step, prompt, prompt_len, decode_tokens)

@@ -97,7 +97,7 @@ def summarize(rounds: list[dict], names: list[str]) -> dict:
     med = {n: {k: round(statistics.median(r[n][k] for r in rounds), 2) for k in rounds[0][n] if k != "load_avg"}
            for n in names}
     versus = {}
-    for n in names:
+    for n in names if "export_llm" in names else []:  # --skip-peers: no ratios
         if n == "export_llm":
             continue
         v = {}
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the host is noisy)")
     ap.add_argument("--skip-peers", action="store_true")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = make_checkpoint(args.out)
     builds = {r: build_ours(ckpt, args.out, r, args.threads) for r in args.recipes}
@@ -136,9 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.build_only:
         return
     rounds = []
+    order = list(args.recipes) + (["export_llm"] if exported else [])
     for i in range(args.rounds):
         row = {}
-        order = list(args.recipes) + (["export_llm"] if exported else [])
         for name in order if i % 2 == 0 else order[::-1]:  # alternate who goes first
             if name == "export_llm":
                 row[name] = time_export_llm(Path(exported["pte"]), args.threads, args.prompt_tokens,
