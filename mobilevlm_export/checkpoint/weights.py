@@ -102,8 +102,7 @@ def _read_safetensors(f: Path) -> dict:
         size = f.stat().st_size
         with open(f, "rb") as fh:
             raw = fh.read(8)
-            (n,) = struct.unpack("<Q", raw) if len(raw) == 8 else (None,)
-            if n is None or n > size - 8:
+            if len(raw) < 8 or (n := struct.unpack("<Q", raw)[0]) > size - 8:
                 raise ValueError("header length past the end of the file")
             header = json.loads(fh.read(n))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
