@@ -67,6 +67,18 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
         return load_checkpoint(path, vision_tower)
 
 
+@app.callback()
+def _quiet_libraries() -> None:
+    """Library warnings stay out of the CLI's output (a bad input gets our one line, not transformers' notes
+    about it): transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise."""
+    import logging
+    import os
+
+    level = os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # already configured in this process: its level was read then
+        logging.getLogger("transformers").setLevel(level.upper())
+
+
 @app.command()
 def inspect(ckpt: CkptArg = None, vision_tower: TowerOpt = None, as_json: JsonOpt = False) -> None:
     """Architecture, parameter counts, dims and the graphs a split will make."""
