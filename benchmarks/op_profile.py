@@ -74,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from executorch.extension.pybindings import portable_lib
 
+    from mobilevlm_export.backends.executorch import set_threads
+
     manifest = json.loads((args.ours / "manifest.json").read_text())
     dims = manifest["model"]["dims"]
     if args.prompt + BURST > manifest["graphs"]["decoder"]["max_cache"]:
         raise SystemExit(f"--prompt {args.prompt} + {BURST} decode steps exceed the cache")
-    portable_lib._unsafe_reset_threadpool(args.threads)
+    set_threads(args.threads)
     ours = portable_lib._load_for_executorch(str(args.ours / "model.pte"), enable_etdump=True)
     peer = portable_lib._load_for_executorch(str(args.peer), enable_etdump=True) if args.peer else None
     gen = torch.Generator().manual_seed(0)

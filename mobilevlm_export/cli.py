@@ -74,9 +74,10 @@ def _quiet_libraries() -> None:
     import logging
     import os
 
-    level = os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if "transformers" in sys.modules:  # already configured in this process: its level was read then
-        logging.getLogger("transformers").setLevel(level.upper())
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:  # a user's own setting is transformers' to read
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        if "transformers" in sys.modules:  # already configured in this process: it read the variable then
+            logging.getLogger("transformers").setLevel(logging.ERROR)
 
 
 @app.command()
