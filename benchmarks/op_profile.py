@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
     manifest = json.loads((args.ours / "manifest.json").read_text())
     dims = manifest["model"]["dims"]
-    if args.prompt + BURST > manifest["graphs"]["decoder"]["max_cache"]:
+    if args.prompt + BURST > manifest["graphs"]["decoder"]["contract"]["ranges"]["seq"]["max"]:
         raise SystemExit(f"--prompt {args.prompt} + {BURST} decode steps exceed the cache")
     set_threads(args.threads)
     ours = portable_lib._load_for_executorch(str(args.ours / "model.pte"), enable_etdump=True)

@@ -69,13 +69,14 @@ def build_ours(ckpt: Path, root: Path, recipe: str, threads: int) -> dict:
     return {"recipe": recipe, "pte_bytes": pte["bytes"], "export_wall_s": round(built["wall_s"], 1),
             "export_peak_rss_mb": round(built["peak_rss_mb"], 1), "parity_passed": built["rc"] == 0,
             "token_agreement": manifest["verification"]["token_agreement"],
-            "quantization": manifest["program"]["quantization"], "versions": manifest["versions"]}
+            "quantization": manifest["compile"]["log"], "versions": manifest["versions"]}
 
 
 def time_ours(root: Path, recipe: str, threads: int, prompt: int, decode: int) -> dict:
     """`mvlm-export bench` on ROOT/<recipe> in a fresh process: vision ms, prefill and decode tokens/s."""
     res = subprocess.run([*CLI, "bench", str(root / recipe), "--threads", str(threads), "--prompt-tokens",
-                          str(prompt), "--decode-tokens", str(decode), "--json"], capture_output=True, text=True,
+                          str(prompt), "--decode-tokens", str(decode), "--text-only", "--json"],
+                         capture_output=True, text=True,
                          check=True)
     host = json.loads(res.stdout)["host"]
     return {"vision_ms": host["vision_ms"], "prefill_tok_s": host["prefill_tokens_per_s"],

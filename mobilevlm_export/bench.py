@@ -1,19 +1,29 @@
-"""Latency of an artifact directory on this host, and the target device's figures predicted from its profile.
+"""Latency of a built directory on this host, and the target device's figures predicted from its profile.
 
-Measured (medians over ``repeats``): vision encoder ms, prefill tokens/s for a ``prompt_tokens``-long prompt
-(time to first token = vision + prefill), decode tokens/s over ``decode_tokens`` steps, and the process's peak
-RSS. Predicted: a roofline per device profile (``profiles.DeviceProfile.predict``) from the model's dims and the
-decoder's weight bytes per token.
+Measured with the runtime's own stages (``runtime.pipeline.VLMPipeline``), medians over ``repeats`` after a
+warm-up: vision encoder ms; prefill (embed + splice + decoder over the prompt: one image's tokens, unless
+``text_only``, plus ``prompt_tokens`` text tokens) ms and positions/s; time to first token = vision + prefill;
+greedy decode tokens/s over ``decode_tokens`` steps; the process's peak RSS. Predicted: a roofline per device
+profile (``profiles.DeviceProfile.predict``) from the costs the build recorded. Torch-free.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 
 import numpy as np
 
-from mobilevlm_export.export import peak_rss_mb
+from mobilevlm_export.errors import UserError
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
+
+# synthetic prompt ids are drawn above the special ids (unk, bos, eos)
+FIRST_TEXT_ID = 3
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -25,61 +35,52 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tokens: int = 32,
-            repeats: int = 3) -> dict:
-    """Measure the artifacts' stages with synthetic inputs (greedy decode feeds back each argmax)."""
+def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tokens: int = 32, repeats: int = 3,
+            text_only: bool = False) -> dict:
+    """Measure DIR's stages with synthetic inputs (greedy decode feeds back each argmax). ``UserError`` when the
+    prompt and the decoded tokens do not fit the decoder's capacity (nothing is clamped)."""
     pipe = art.pipeline(art.runners(threads))
     dims = art.manifest["model"]["dims"]
     rng = np.random.default_rng(0)
+    ids = rng.integers(FIRST_TEXT_ID, dims["vocab"], prompt_tokens).tolist()
+    if not text_only:
+        ids = [IMAGE_TOKEN_INDEX, *ids]
+    positions = pipe.prompt_length(ids, dims["image_tokens"])
+    if positions + decode_tokens > pipe.decoder.capacity:
+        raise UserError(f"--prompt-tokens {prompt_tokens} ({positions} positions with the image) + --decode-tokens "
+                        f"{decode_tokens} exceed the decoder's capacity of {pipe.decoder.capacity} positions")
     size = dims["image_size"]
     pixels = rng.standard_normal((1, 3, size, size)).astype(np.float32)
-    capacity = pipe.decoder.capacity
-    prompt_tokens = min(prompt_tokens, capacity - decode_tokens - 1)
-    ids = rng.integers(3, dims["vocab"], prompt_tokens).tolist()
-    pipe.image_embeds(pixels)  # warm up
+    image = pipe.image_embeds(pixels)  # warm-up
+    pipe.prefill(ids, image)
     vision_ms = _median_ms(lambda: pipe.image_embeds(pixels), repeats)
-    embeds = pipe.embed(ids)
-    prefill_ms = _median_ms(lambda: pipe.decoder.prefill(embeds), repeats)
+    prefill_ms = _median_ms(lambda: pipe.prefill(ids, image), repeats)
 
     def decode() -> float:
-        logits = pipe.decoder.prefill(embeds)[-1]
+        logits = pipe.prefill(ids, image)
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
-            logits = pipe.decoder.step(pipe.embed([int(logits.argmax())]))[-1]
+            logits = pipe.step(int(logits.argmax()))
         return time.perf_counter() - t0
 
     decode_s = statistics.median(decode() for _ in range(repeats))
     return {"threads": threads, "vision_ms": round(vision_ms, 2), "prompt_tokens": prompt_tokens,
-            "prefill_ms": round(prefill_ms, 2), "prefill_tokens_per_s": round(prompt_tokens / prefill_ms * 1e3, 1),
+            "image_in_prompt": not text_only, "prefill_positions": positions, "prefill_ms": round(prefill_ms, 2),
+            "prefill_tokens_per_s": round(positions / prefill_ms * 1e3, 1),
             "ttft_ms": round(vision_ms + prefill_ms, 2), "decode_tokens": decode_tokens,
             "decode_tokens_per_s": round(decode_tokens / decode_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-BYTES_PER_WEIGHT = {"fp32": lambda g: 4.0, "8da8w": lambda g: 1.0, "8da4w": lambda g: 0.5 + 2.0 / g}  # + bf16 scales
-
-
-def model_costs(modules: dict, q, image_tokens_in: int) -> dict:
-    """Per-token weight bytes and ops (2 per multiply-add) of the decoder's linears, and the vision encoder's
-    linear ops per image (``image_tokens_in`` = patch positions it runs on); attention's own matmuls are left out.
-    Computed from the fp32 modules and the recipe's schemes, before quantization."""
-    from torch import nn
-
-    def linears(m: nn.Module):
-        return [x for x in m.modules() if isinstance(x, nn.Linear)]
-
-    dec = modules["text_decoder"]
-    head = dec.lm_head.weight.numel()
-    body = sum(x.weight.numel() for x in linears(dec)) - head
-    weight_bytes = body * BYTES_PER_WEIGHT[q.linear](q.group_size) + head * BYTES_PER_WEIGHT[q.lm_head](q.group_size)
-    vision = sum(x.weight.numel() for x in linears(modules["vision_encoder"]))
-    return {"decoder_bytes_per_token": weight_bytes, "decoder_ops_per_token": 2.0 * (body + head),
-            "vision_ops": 2.0 * vision * image_tokens_in}
+def predict(art, profile) -> dict | None:
+    """The profile's roofline prediction for DIR's recorded costs (None without costs or a profile)."""
+    costs = art.manifest.get("costs")
+    return profile.predict(**costs) if costs and profile is not None else None
 
 
 def bench_artifacts(art, threads: int | None, profile) -> dict:
     """Host measurement plus the profile's prediction, as recorded in a build's manifest."""
     result = {"host": measure(art, threads)}
-    costs = art.manifest.get("program", {}).get("costs")
-    if costs and profile is not None:
-        result["predicted"] = profile.predict(**costs)
+    predicted = predict(art, profile)
+    if predicted:
+        result["predicted"] = predicted
     return result

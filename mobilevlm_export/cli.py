@@ -17,7 +17,7 @@ import typer
 from mobilevlm_export.errors import CheckFailed, UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Deployment toolchain for MobileVLM: inspect, generate, export, verify, build.")
+                  help="Deployment toolchain for MobileVLM: inspect, generate, build (export), run, verify, bench.")
 
 CkptArg = Annotated[Path | None, typer.Argument(
     help="MobileVLM checkpoint directory (HF layout). Omitted: the bundled demo checkpoint.", show_default=False)]
@@ -111,9 +111,9 @@ def generate(
     with _exit_codes():
         import time
 
-        from mobilevlm_export.checkpoint.preprocess import load_image
         from mobilevlm_export.checkpoint.reference import Reference
         from mobilevlm_export.generation import SamplingParams
+        from mobilevlm_export.runtime.preprocess import load_image
 
         img = load_image(image)
         loaded = _load(ckpt, vision_tower, as_json)
@@ -145,93 +145,106 @@ def _progress(quiet: bool):
         yield step
 
 
-@app.command()
-def export(
-    ckpt: CkptArg = None,
-    out: Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")] = ...,
-    fmt: Annotated[str, typer.Option("--format", help="Artifact format: onnx.")] = "onnx",
-    precision: Annotated[str, typer.Option(help="fp32 | fp16 (weights and activations).")] = "fp32",
-    recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; "
-                                                    "default FORMAT-PRECISION.")] = None,
-    samples: SamplesOpt = None,
-    force: ForceOpt = False,
-    no_simplify: Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim.")] = False,
-    vision_tower: TowerOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Split the checkpoint into graphs, export them, verify parity, and write DIR with its manifest."""
-    with _exit_codes():
-        from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-        from mobilevlm_export.export import ExportOptions
-        from mobilevlm_export.export import export as run_export
+OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Runtime threads for verify/bench.", min=1)]
+NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim (ONNX-based targets).")]
 
-        opts = ExportOptions(ckpt=ckpt or demo_checkpoint_dir(), out=out, format=fmt, precision=precision,
-                             recipe=recipe, force=force, vision_tower=vision_tower, samples=samples,
-                             simplify=not no_simplify)
-        with _progress(as_json) as step:
-            manifest, report = run_export(opts, step)
-        _report(report, as_json, {"output": str(out), "build": manifest["build"],
-                                  "artifacts": manifest["artifacts"]})
+
+def _run_build(cfg, as_json: bool) -> None:
+    """Run the pipeline, print its summary (or one JSON object), exit 1 when parity failed."""
+    from mobilevlm_export.pipeline import build as run_pipeline
+
+    with _progress(as_json) as step:
+        result = run_pipeline(cfg, step)
+    manifest = result.manifest
+    extra = {"output": str(cfg.out), "target": manifest["target"], "build": manifest["build"],
+             "artifacts": manifest["artifacts"], "latency": manifest.get("latency"),
+             "log": manifest["compile"]["log"], "compile": manifest["compile"]}
+    if not as_json:
+        _print_build(manifest)
+    _report(result.report, as_json, extra)
 
 
 @app.command()
 def build(
     ckpt: CkptArg = None,
-    out: Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")] = ...,
-    target: Annotated[str, typer.Option(help="Deployment target: snapdragon (ExecuTorch/XNNPACK .pte).")] = ...,
+    out: OutOpt = ...,
+    target: Annotated[str, typer.Option(help="Deployment target: onnx (ONNX Runtime graphs) | snapdragon "
+                                             "(ExecuTorch/XNNPACK .pte).")] = ...,
     recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; default: the "
-                                                    "target's (snapdragon-8da4w).")] = None,
+                                                    "target's (onnx-fp32, snapdragon-8da4w).")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile name (device_profiles/NAME.toml) or path.")]
     = None,
     samples: SamplesOpt = None,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads for verify/bench.", min=1)] = None,
+    threads: ThreadsOpt = None,
     no_bench: Annotated[bool, typer.Option("--no-bench", help="Skip the latency measurement.")] = False,
+    no_simplify: NoSimplifyOpt = False,
     force: ForceOpt = False,
     vision_tower: TowerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Split, quantize (recipe), compile for a device target, verify parity, benchmark, write DIR + manifest."""
+    """Split, quantize (recipe), compile for a target, verify parity, benchmark, write DIR + manifest."""
     with _exit_codes():
-        from mobilevlm_export.build import BuildOptions
-        from mobilevlm_export.build import build as run_build
         from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+        from mobilevlm_export.pipeline import BuildConfig
 
-        opts = BuildOptions(ckpt=ckpt or demo_checkpoint_dir(), out=out, target=target, recipe=recipe,
-                            profile=profile, force=force, vision_tower=vision_tower, samples=samples,
-                            threads=threads, bench=not no_bench)
-        with _progress(as_json) as step:
-            manifest, report = run_build(opts, step)
-        extra = {"output": str(out), "build": manifest["build"], "artifacts": manifest["artifacts"],
-                 "latency": manifest.get("latency"), "quantization": manifest["program"]["quantization"],
-                 "delegation": manifest["program"]["methods"]}
-        if not as_json:
-            _print_build(manifest)
-        _report(report, as_json, extra)
+        _run_build(BuildConfig(ckpt=ckpt or demo_checkpoint_dir(), out=out, target=target, recipe=recipe,
+                               profile=profile, force=force, vision_tower=vision_tower, samples=samples,
+                               threads=threads, bench=not no_bench, simplify=not no_simplify), as_json)
+
+
+@app.command()
+def export(
+    ckpt: CkptArg = None,
+    out: OutOpt = ...,
+    fmt: Annotated[str, typer.Option("--format", help="Artifact format: onnx.")] = "onnx",
+    precision: Annotated[str | None, typer.Option(help="fp32 | fp16 (weights and activations); default: the "
+                                                       "recipe's, else fp32.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; "
+                                                    "default FORMAT-PRECISION.")] = None,
+    samples: SamplesOpt = None,
+    force: ForceOpt = False,
+    no_simplify: NoSimplifyOpt = False,
+    vision_tower: TowerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Alias of `build --target onnx --no-bench`: export the graphs, verify parity, write DIR + manifest."""
+    with _exit_codes():
+        from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+        from mobilevlm_export.pipeline import BuildConfig, export_recipe
+
+        if fmt != "onnx":
+            raise UserError(f"--format {fmt}: unknown (known: onnx; device targets: `build --target`)")
+        _run_build(BuildConfig(ckpt=ckpt or demo_checkpoint_dir(), out=out, target="onnx",
+                               recipe=export_recipe(recipe, precision), force=force, vision_tower=vision_tower,
+                               samples=samples, bench=False, simplify=not no_simplify), as_json)
 
 
 @app.command()
 def bench(
-    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     threads: Annotated[int | None, typer.Option(help="Runtime threads.", min=1)] = None,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1)] = 64,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Text tokens after the image.")] = 64,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1)] = 32,
     repeats: Annotated[int, typer.Option(min=1)] = 3,
+    text_only: Annotated[bool, typer.Option("--text-only", help="Prefill text tokens only (no image), as "
+                                                                "decoder-only peers measure.")] = False,
     profile: Annotated[str | None, typer.Option(help="Device profile to predict (default: the build's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure vision ms, prefill and decode tokens/s on this host from DIR alone; predict the device's."""
     with _exit_codes():
-        from mobilevlm_export.bench import measure
+        from mobilevlm_export.bench import measure, predict
         from mobilevlm_export.profiles import load_profile
         from mobilevlm_export.runtime.artifacts import open_artifacts
 
         art = open_artifacts(artifacts)
-        result = {"artifacts": str(artifacts), "backend": art.manifest["backend"],
-                  "host": measure(art, threads, prompt_tokens, decode_tokens, repeats)}
-        costs = art.manifest.get("program", {}).get("costs")
+        result = {"artifacts": str(artifacts), "target": art.manifest["target"],
+                  "host": measure(art, threads, prompt_tokens, decode_tokens, repeats, text_only)}
         prof = profile or (art.manifest.get("profile") or {}).get("name")
-        if costs and prof:
-            result["predicted"] = load_profile(prof).predict(**costs)
+        predicted = predict(art, load_profile(prof)) if prof else None
+        if predicted:
+            result["predicted"] = predicted
         if as_json:
             _print_json(result)
         else:
@@ -245,14 +258,14 @@ def _print_build(manifest: dict) -> None:
     from rich.table import Table
 
     console = Console()
-    prog = manifest["program"]
-    for line in prog["quantization"]:
-        console.print(f"quantize: {line}")
-    table = Table("method", "XNNPACK nodes", "portable nodes", "subgraphs", title=f"{prog['file']} "
-                  f"({prog['bytes'] / 1e6:.1f} MB)")
-    for m in prog["methods"]:
-        table.add_row(m["method"], str(m["delegated_nodes"]), str(m["portable_nodes"]), str(m["delegated_subgraphs"]))
-    console.print(table)
+    comp = manifest["compile"]
+    for line in comp["log"]:
+        console.print(f"{manifest['target']}: {line}")
+    if comp["table"]:
+        table = Table(*comp["table"][0], title=f"{manifest['target']} artifacts")
+        for row in comp["table"]:
+            table.add_row(*map(str, row.values()))
+        console.print(table)
     lat = manifest.get("latency") or {}
     for section in ("host", "predicted"):
         if section in lat:
@@ -261,7 +274,7 @@ def _print_build(manifest: dict) -> None:
 
 @app.command()
 def run(
-    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     image: ImageOpt = ...,
     prompt: PromptOpt = ...,
     max_new_tokens: MaxNewOpt = 64,
@@ -270,6 +283,7 @@ def run(
     top_k: TopKOpt = 0,
     seed: SeedOpt = 0,
     raw_prompt: RawPromptOpt = False,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads.", min=1)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
@@ -278,11 +292,14 @@ def run(
         from mobilevlm_export.runtime.artifacts import answer, open_artifacts
 
         art = open_artifacts(artifacts)
+        if art.passed is False:
+            typer.echo(f"warning: {artifacts} failed its parity check at build time (manifest verification.passed "
+                       "= false); its answers may differ from the model's", err=True)
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 top_k=top_k, seed=seed)
-        result = answer(art, image, prompt, params, raw_prompt)
+        result = answer(art, image, prompt, params, raw_prompt, threads)
         if as_json:
-            _print_json({"artifacts": str(artifacts), "backend": art.manifest["backend"], "image": str(image),
+            _print_json({"artifacts": str(artifacts), "target": art.manifest["target"], "image": str(image),
                          "prompt": prompt, **result})
         else:
             typer.echo(result["text"])
@@ -290,7 +307,7 @@ def run(
 
 @app.command()
 def verify(
-    artifacts: Annotated[Path, typer.Argument(help="Directory written by export/build.")],
+    artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report here.")] = None,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: up to 4).")] = None,
     as_json: JsonOpt = False,

@@ -1,8 +1,5 @@
-"""Golden data: fixed inputs and the PyTorch reference's outputs, saved beside the artifacts.
-
-``golden/golden.npz`` holds, per graph and case, ``{graph}/{case}/in/{name}`` and ``{graph}/{case}/out/{name}``;
-``golden/e2e.json`` lists (image, question, prompt ids, reference greedy tokens) and the npz holds each pair's
-pixel values as ``e2e/{i}/pixel_values``. Outputs come from the checkpoint's own model (transformers CLIP and
+"""Writing golden data (build side, torch): fixed inputs and the PyTorch reference's outputs, saved beside the
+artifacts in the layout ``runtime/golden.py`` reads. Outputs come from the checkpoint's own model (transformers CLIP and
 LLaMA, fp32), never from the split graphs, so a mistake in the split shows up as a parity failure.
 """
 
@@ -16,14 +13,16 @@ import numpy as np
 import torch
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
-from mobilevlm_export.checkpoint.preprocess import load_image
-from mobilevlm_export.checkpoint.prompt import IMAGE_TOKEN_INDEX
-from mobilevlm_export.checkpoint.reference import Reference, build_prompt_ids
+from mobilevlm_export.checkpoint.reference import Reference
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.graphs.contracts import kv_names
+from mobilevlm_export.runtime.golden import E2E_JSON, GOLDEN_NPZ
+from mobilevlm_export.runtime.preprocess import load_image
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
 
-GOLDEN_NPZ, E2E_JSON = "golden/golden.npz", "golden/e2e.json"
+# the image graphs' golden case of a dynamic-batch build runs this many images at once (static builds: one)
+DYNAMIC_IMAGE_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: 
         for k, v in outs.items():
             arrays[f"{graph}/{case}/out/{k}"] = np.asarray(v, dtype=np.float32)
 
-    batch = torch.from_numpy(np.stack(pixels[:1] if kv == "static" else pixels[:2]))
+    batch = torch.from_numpy(np.stack(pixels[:1] if kv == "static" else pixels[:DYNAMIC_IMAGE_BATCH]))
     feats = model.image_features(batch)
     embeds = model.projector(feats)
     if fused_image_encoder:
@@ -156,26 +155,3 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             with zf.open(info, "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-
-
-def load_golden(root: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
-    npz, e2e = root / GOLDEN_NPZ, root / E2E_JSON
-    for f in (npz, e2e):
-        if not f.is_file():
-            raise UserError(f"{f}: missing golden data (re-export to create it)")
-    with np.load(npz) as data:
-        arrays = {k: data[k] for k in data.files}
-    return arrays, json.loads(e2e.read_text())
-
-
-def cases(arrays: dict[str, np.ndarray]) -> dict[tuple[str, str], tuple[dict, dict]]:
-    """``{(graph, case): (inputs, reference outputs)}`` from the flat npz names."""
-    out: dict[tuple[str, str], tuple[dict, dict]] = {}
-    for key, value in arrays.items():
-        parts = key.split("/")
-        if len(parts) != 4:
-            continue
-        graph, case, kind, name = parts
-        ins, outs = out.setdefault((graph, case), ({}, {}))
-        (ins if kind == "in" else outs)[name] = value
-    return out

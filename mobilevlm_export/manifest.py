@@ -12,7 +12,7 @@ from mobilevlm_export import __version__
 from mobilevlm_export.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one pipeline for every target (``target``, typed recipe, contract ranges)
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnxsim", "executorch", "torchao",
              "tensorrt", "numpy", "safetensors", "tokenizers")
 
@@ -58,7 +58,8 @@ def read_manifest(root: Path, check: bool = True) -> dict:
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise UserError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION} "
+                        "(rebuild it with this version)")
     if check:
         for entry in manifest.get("artifacts", []):
             f = Path(root) / entry["path"]

@@ -1,18 +1,21 @@
-"""Device profiles (``device_profiles/*.toml``): what a target device can do, validated on load.
+"""Device profiles (``device_profiles/<target>-*.toml``): what a target device can do, validated on load.
 
 ```toml
 [device]
 name = "snapdragon-8-gen-3"
-target = "snapdragon"              # onnx | orin | snapdragon
-precisions = ["fp32", "8da4w"]     # what the device's runtime executes
-threads = 4
+target = "snapdragon"              # a registered target
+precisions = ["fp32", "8da4w"]     # what the device's runtime executes (schema.Precision)
 memory_gb = 12
 bandwidth_gbps = 76.8              # peak DRAM bandwidth (cite the source in a comment)
 int8_gops = 1000                   # peak int8 throughput of the cores used
 max_context = 2048                 # the longest KV cache to build for
+max_batch = 1                      # the largest batch to build for
 bandwidth_efficiency = 0.49        # fraction of peak a decoder reaches (calibrated on published figures)
 compute_efficiency = 0.5
+threads = 4                        # CPU targets: runtime threads
+cpu_cores = { prime = 1, performance = 5, efficiency = 2 }
 ```
+A target may add its own typed table (``[<target>]``, its ``profile_options``). Torch-free.
 """
 
 from __future__ import annotations
@@ -20,30 +23,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mobilevlm_export.errors import UserError
-from mobilevlm_export.recipes import read_named_toml
+from mobilevlm_export.schema import Precision, Where, bounded, parse_table, read_named_toml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
-_NUMBERS = ("memory_gb", "bandwidth_gbps", "int8_gops", "bandwidth_efficiency", "compute_efficiency")
 
 
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
     target: str
-    precisions: tuple[str, ...]
-    threads: int
-    memory_gb: float
-    bandwidth_gbps: float
-    int8_gops: float
-    max_context: int
-    bandwidth_efficiency: float
-    compute_efficiency: float
+    precisions: tuple[Precision, ...]
+    memory_gb: float = bounded(min=1e-3)
+    bandwidth_gbps: float = bounded(min=1e-3)
+    int8_gops: float = bounded(min=1e-3)
+    max_context: int = bounded(min=2)
+    bandwidth_efficiency: float = bounded(min=1e-3, max=1)
+    compute_efficiency: float = bounded(min=1e-3, max=1)
+    max_batch: int = bounded(1, min=1)
+    threads: int | None = bounded(None, min=1)
     cpu_cores: dict = field(default_factory=dict)
-    source: str = ""
+    options: object = field(default=None, init=False, compare=False)
+    source: str = field(default="", init=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["precisions"] = [p.value for p in self.precisions]
+        if self.options is not None:
+            d["options"] = asdict(self.options)
+        return d
 
     def predict(self, decoder_bytes_per_token: float, decoder_ops_per_token: float, vision_ops: float) -> dict:
         """Roofline predictions: decode is bandwidth-bound (weights read once per token), prefill and the vision
@@ -57,24 +64,30 @@ class DeviceProfile:
                                f"{self.int8_gops} GOPS x {self.compute_efficiency}"}
 
 
+def parse_profile(data: dict, source: str) -> DeviceProfile:
+    """A validated profile from its TOML form; ``UserError`` names ``source`` and the key at fault."""
+    from mobilevlm_export.targets import TARGETS
+
+    bad = Where(source).bad
+    device = data.get("device") if isinstance(data, dict) else None
+    if not isinstance(device, dict):
+        raise bad("device", "missing (a [device] table)")
+    target = TARGETS.get(device.get("target"))
+    if target is None:
+        raise bad("device.target", f"is {device.get('target')!r}; known: {', '.join(TARGETS)}")
+    sections = ("device", *([target.name] if target.profile_options else []))
+    for key in data:
+        if key not in sections:
+            raise bad(key, f"is not a section of a {target.name} profile ({', '.join(sections)})")
+    profile = parse_table(DeviceProfile, device, "device", bad)
+    object.__setattr__(profile, "source", source)
+    if target.profile_options:
+        object.__setattr__(profile, "options", parse_table(target.profile_options, data.get(target.name, {}),
+                                                          target.name, bad))
+    return profile
+
+
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """A profile by name (``device_profiles/NAME.toml``) or path; ``UserError`` names the file and key."""
     path, data = read_named_toml(name_or_path, PROFILES_DIR, "--profile", "device profile")
-    data = data.get("device")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: key 'device' missing (a [device] table)")
-    known = set(DeviceProfile.__dataclass_fields__) - {"source"}
-    for key in set(data) - known:
-        raise UserError(f"{path}: key 'device.{key}' is unknown (known: {', '.join(sorted(known))})")
-    for key in known - {"cpu_cores"}:
-        if key not in data:
-            raise UserError(f"{path}: key 'device.{key}' missing")
-    for key in _NUMBERS:
-        if not isinstance(data[key], int | float) or data[key] <= 0:
-            raise UserError(f"{path}: key 'device.{key}' must be a positive number")
-    if any(data[k] > 1 for k in ("bandwidth_efficiency", "compute_efficiency")):
-        raise UserError(f"{path}: key 'device.bandwidth_efficiency'/'compute_efficiency' must be <= 1")
-    for key in ("threads", "max_context"):
-        if not isinstance(data[key], int) or data[key] < 1:
-            raise UserError(f"{path}: key 'device.{key}' must be a positive integer")
-    return DeviceProfile(**{**data, "precisions": tuple(data["precisions"]), "source": str(path)})
+    return parse_profile(data, str(path))

@@ -1,17 +1,17 @@
-"""Recipes (``recipes/*.toml``): what to build and the parity each build must meet, validated on load.
+"""Recipes (``recipes/<target>-*.toml``): what to build and the parity each build must meet, validated on load.
 
 ```toml
 [recipe]
-name = "onnx-fp32"
-target = "onnx"            # onnx | orin | snapdragon
-precision = "fp32"         # fp32 | fp16 | ...
-fused_image_encoder = false
+name = "snapdragon-8da4w"
+target = "snapdragon"      # a registered target (mobilevlm_export.targets)
+precision = "8da4w"        # the build's precision label; the target says which it builds
+fused_image_encoder = true # one image_encoder graph (tower + projector) instead of vision_encoder + projector
 
 [tolerances.default]       # applies to every graph output without its own entry
 max_abs = 1e-4
 cosine_min = 0.99999
 
-[tolerances.logits]        # per output name
+[tolerances.logits]        # per output name (``present`` covers present.{i}.key/value)
 max_abs = 1e-4
 top1_min = 1.0
 
@@ -19,81 +19,80 @@ top1_min = 1.0
 token_agreement_min = 1.0  # fraction of (image, question) pairs whose greedy tokens equal the reference's
 max_new_tokens = 8
 
-[quantize]                 # snapdragon: what each part of the model is stored/computed as
-linear = "8da4w"           # decoder linears: fp32 | 8da4w | 8da8w (int8 dynamic activations, int4/int8 weights)
-group_size = 32            # power of two >= 16; layers it does not divide fall back to per-channel 8da8w
-lm_head = "8da4w"          # fp32 | 8da4w | 8da8w
-embedding = "int4"         # fp32 | int8 | int4 (weight-only, grouped)
-embedding_group_size = 32
-vision = "8da8w"           # fp32 | 8da4w | 8da8w
-qparams = "hqq_scale_only" # hqq_scale_only | affine
+[quantize.decoder]         # per part: a graph name (image_encoder, vision_encoder, projector, embed_tokens,
+scheme = "8da4w"           # decoder) or lm_head (the decoder's output layer); schemes: schema.Precision
+group_size = 64            # power of two >= 16; absent: the target's default
+algorithm = "hqq"          # schema.QuantAlgorithm; the target says which it runs
 
-[executorch]
-max_cache = 512            # static KV-cache positions (prompt + image tokens + answer)
-attention = "custom_sdpa"  # custom_sdpa (llama.update_cache/custom_sdpa) | portable (index_copy_ + masked softmax)
-kv_cache_init = "serialized"  # serialized (zeros stored in the .pte) | runtime (left to the runtime's zeroed arena)
-logits = "last"            # last (text_decoder returns the last position's logits, as ExecuTorch's LLM export does:
-                           # no lm_head over the whole prompt) | all (every position's, checked by verify)
+[executorch]               # the target's own typed section (targets/<target>.py: recipe_options)
+max_cache = 512
 ```
+Parts without a ``[quantize.PART]`` table keep the build's float precision.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobilevlm_export.errors import UserError
+from mobilevlm_export.schema import (
+    Precision,
+    QuantAlgorithm,
+    Where,
+    bounded,
+    parse_table,
+    read_named_toml,
+    to_table,
+)
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-TARGETS = {"onnx": ("fp32", "fp16"), "orin": ("fp32", "fp16"), "snapdragon": ("fp32", "8da4w", "8da8w")}
-LINEAR_SCHEMES = ("fp32", "8da4w", "8da8w")
-EMBEDDING_SCHEMES = ("fp32", "int8", "int4")
+SECTIONS = ("recipe", "tolerances", "e2e", "quantize")
+QUANT_PARTS = ("image_encoder", "vision_encoder", "projector", "embed_tokens", "decoder", "lm_head")
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    max_abs: float | None = None
-    mean_abs: float | None = None
-    cosine_min: float | None = None
-    top1_min: float | None = None
+    max_abs: float | None = bounded(None, min=0)
+    mean_abs: float | None = bounded(None, min=0)
+    cosine_min: float | None = bounded(None, min=-1, max=1)
+    top1_min: float | None = bounded(None, min=0, max=1)
 
 
 @dataclass(frozen=True)
-class Quantize:
-    linear: str = "fp32"
-    group_size: int = 32
-    lm_head: str = "fp32"
-    embedding: str = "fp32"
-    embedding_group_size: int = 32
-    vision: str = "fp32"
-    qparams: str = "hqq_scale_only"
-
-    @property
-    def any(self) -> bool:
-        return any(v != "fp32" for v in (self.linear, self.lm_head, self.embedding, self.vision))
+class E2E:
+    token_agreement_min: float = bounded(1.0, min=0, max=1)
+    max_new_tokens: int = bounded(8, min=1)
 
 
 @dataclass(frozen=True)
-class ExecuTorchOptions:
-    max_cache: int = 512
-    attention: str = "custom_sdpa"
-    kv_cache_init: str = "serialized"
-    logits: str = "last"
+class QuantSpec:
+    """How one part is quantized. ``group_size`` None: the target's default."""
+
+    scheme: Precision = Precision.FP32
+    group_size: int | None = bounded(None, min=16, power_of_two=True)
+    algorithm: QuantAlgorithm = QuantAlgorithm.RTN
+
+
+@dataclass(frozen=True)
+class RecipeHeader:
+    target: str
+    precision: Precision
+    name: str = ""
+    fused_image_encoder: bool = False
+    notes: str = ""
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     target: str
-    precision: str
+    precision: Precision
     fused_image_encoder: bool = False
     default_tolerance: Tolerance = Tolerance()
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
-    token_agreement_min: float = 1.0
-    max_new_tokens: int = 8
-    quantize: Quantize = Quantize()
-    executorch: ExecuTorchOptions = ExecuTorchOptions()
+    e2e: E2E = E2E()
+    quantize: dict[str, QuantSpec] = field(default_factory=dict)
+    options: object = None  # the target's typed section, or None
     source: str = ""
     notes: str = ""
 
@@ -103,133 +102,85 @@ class Recipe:
             return self.tolerances[output]
         return self.tolerances.get(output.split(".")[0], self.default_tolerance)
 
+    def quant(self, part: str) -> QuantSpec:
+        """The quantization of ``part`` (absent: kept in the build's float precision)."""
+        return self.quantize.get(part, QuantSpec())
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe in its TOML form (what ``from_dict`` and ``load_recipe`` read)."""
+        from mobilevlm_export.targets import get_target
+
+        d = {"recipe": to_table(RecipeHeader(self.target, self.precision, self.name, self.fused_image_encoder,
+                                             self.notes)),
+             "tolerances": {"default": to_table(self.default_tolerance),
+                            **{k: to_table(v) for k, v in self.tolerances.items()}},
+             "e2e": to_table(self.e2e), "quantize": {k: to_table(v) for k, v in self.quantize.items()}}
+        section = get_target(self.target).recipe_section
+        if section and self.options is not None:
+            d[section] = to_table(self.options)
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Recipe:
-        return cls(**{**d, "default_tolerance": Tolerance(**d["default_tolerance"]),
-                      "tolerances": {k: Tolerance(**v) for k, v in d["tolerances"].items()},
-                      "quantize": Quantize(**d.get("quantize", {})),
-                      "executorch": ExecuTorchOptions(**d.get("executorch", {}))})
+    def from_dict(cls, data: dict, source: str = "manifest.json") -> Recipe:
+        return parse_recipe(data, source)
 
 
-_TOL_KEYS = set(Tolerance.__dataclass_fields__)
+def parse_recipe(data: dict, source: str) -> Recipe:
+    """A validated ``Recipe`` from the TOML form; ``UserError`` names ``source`` and the key at fault."""
+    from mobilevlm_export.targets import TARGETS
 
-
-def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: str) -> tuple[Path, dict]:
-    """A TOML data file by name (``directory/NAME.toml``) or path, and its parsed contents. ``UserError`` names
-    the flag (``--recipe``) when there is no such file, the file when it is not valid TOML."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = directory / f"{name_or_path}.toml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in directory.glob("*.toml")))
-        raise UserError(f"{flag} {name_or_path}: no such {kind} (known: {known})")
-    try:
-        return path, tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    where = Where(source)
+    bad = where.bad
+    if not isinstance(data, dict):
+        raise bad("recipe", "must be a table")
+    target_name = (data.get("recipe") or {}).get("target") if isinstance(data.get("recipe"), dict) else None
+    if target_name not in TARGETS:
+        raise bad("recipe.target", f"is {target_name!r}; known: {', '.join(TARGETS)}")
+    target = TARGETS[target_name]
+    sections = (*SECTIONS, *([target.recipe_section] if target.recipe_section else []))
+    for key in data:
+        if key not in sections:
+            raise bad(key, f"is not a section of a {target.name} recipe ({', '.join(sections)})")
+    head = parse_table(RecipeHeader, data.get("recipe", {}), "recipe", bad)
+    if head.precision not in target.precisions:
+        raise bad("recipe.precision", f"is {head.precision.value!r}; target {target.name} builds: "
+                                      f"{', '.join(p.value for p in target.precisions)}")
+    tols_table = data.get("tolerances", {})
+    if not isinstance(tols_table, dict):
+        raise bad("tolerances", "must be a table")
+    tols = {out: parse_table(Tolerance, spec, f"tolerances.{out}", bad) for out, spec in tols_table.items()}
+    quant_table = data.get("quantize", {})
+    if not isinstance(quant_table, dict):
+        raise bad("quantize", "must be a table")
+    quantize = {}
+    for part, spec in quant_table.items():
+        allowed = target.quantize_parts.get(part)
+        if allowed is None:
+            known = ", ".join(target.quantize_parts) or "none"
+            raise bad(f"quantize.{part}", f"is not a part target {target.name} quantizes (known: {known})")
+        q = parse_table(QuantSpec, spec, f"quantize.{part}", bad)
+        if q.scheme not in allowed:
+            raise bad(f"quantize.{part}.scheme", f"is {q.scheme.value!r}; target {target.name} runs "
+                                                 f"{', '.join(p.value for p in allowed)} for {part}")
+        if q.algorithm not in target.algorithms:
+            raise bad(f"quantize.{part}.algorithm", f"is {q.algorithm.value!r}; target {target.name} runs "
+                                                    f"{', '.join(a.value for a in target.algorithms)}")
+        quantize[part] = q
+    options = None
+    if target.recipe_options is not None:
+        options = parse_table(target.recipe_options, data.get(target.recipe_section, {}), target.recipe_section,
+                              bad)
+    recipe = Recipe(
+        name=head.name or Path(source).stem, target=target.name, precision=head.precision,
+        fused_image_encoder=head.fused_image_encoder, default_tolerance=tols.pop("default", Tolerance()),
+        tolerances=tols, e2e=parse_table(E2E, data.get("e2e", {}), "e2e", bad), quantize=quantize,
+        options=options, source=source, notes=head.notes,
+    )
+    target.check_recipe(recipe, bad)
+    return recipe
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A recipe by name (``recipes/NAME.toml``) or path. ``UserError`` names the file and key at fault."""
     path, data = read_named_toml(name_or_path, RECIPES_DIR, "--recipe", "recipe")
-
-    def bad(key: str, why: str) -> UserError:
-        return UserError(f"{path}: key '{key}' {why}")
-
-    unknown = set(data) - {"recipe", "tolerances", "e2e", "quantize", "executorch"}
-    if unknown:
-        raise bad(sorted(unknown)[0], "is not a known section (recipe, tolerances, e2e, quantize, executorch)")
-    r = data.get("recipe", {})
-    for key in set(r) - {"name", "target", "precision", "fused_image_encoder", "notes"}:
-        raise bad(f"recipe.{key}", "is unknown")
-    target = r.get("target")
-    if target not in TARGETS:
-        raise bad("recipe.target", f"is {target!r}; known: {', '.join(TARGETS)}")
-    precision = r.get("precision")
-    if precision not in TARGETS[target]:
-        raise bad("recipe.precision", f"is {precision!r}; target {target} can run: {', '.join(TARGETS[target])}")
-    tols: dict[str, Tolerance] = {}
-    for out, spec in data.get("tolerances", {}).items():
-        if not isinstance(spec, dict):
-            raise bad(f"tolerances.{out}", "must be a table")
-        for key, value in spec.items():
-            if key not in _TOL_KEYS:
-                raise bad(f"tolerances.{out}.{key}", f"is unknown (known: {', '.join(sorted(_TOL_KEYS))})")
-            if not isinstance(value, int | float) or value < 0:
-                raise bad(f"tolerances.{out}.{key}", "must be a non-negative number")
-        tols[out] = Tolerance(**{k: float(v) for k, v in spec.items()})
-    e2e = data.get("e2e", {})
-    for key in set(e2e) - {"token_agreement_min", "max_new_tokens"}:
-        raise bad(f"e2e.{key}", "is unknown")
-    agreement = e2e.get("token_agreement_min", 1.0)
-    if not isinstance(agreement, int | float) or not 0 <= agreement <= 1:
-        raise bad("e2e.token_agreement_min", "must be a number in [0, 1]")
-    max_new = e2e.get("max_new_tokens", 8)
-    if not isinstance(max_new, int) or max_new < 1:
-        raise bad("e2e.max_new_tokens", "must be a positive integer")
-    quantize = _quantize_section(data.get("quantize", {}), target, precision, bad)
-    et = _executorch_section(data.get("executorch", {}), target, bad)
-    return Recipe(
-        name=str(r.get("name", path.stem)), target=target, precision=precision, quantize=quantize, executorch=et,
-        fused_image_encoder=bool(r.get("fused_image_encoder", False)),
-        default_tolerance=tols.pop("default", Tolerance()), tolerances=tols,
-        token_agreement_min=float(agreement), max_new_tokens=max_new, source=str(path), notes=str(r.get("notes", "")),
-    )
-
-
-def _choice(section: dict, key: str, choices: tuple, default, bad, prefix: str):
-    value = section.get(key, default)
-    if value not in choices:
-        raise bad(f"{prefix}.{key}", f"is {value!r}; known: {', '.join(map(str, choices))}")
-    return value
-
-
-def _power_of_two(section: dict, key: str, default: int, bad, prefix: str) -> int:
-    value = section.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value & (value - 1):
-        raise bad(f"{prefix}.{key}", f"is {value!r}; must be a power of two >= 16 (16, 32, 64, 128, ...)")
-    return value
-
-
-def _quantize_section(q: dict, target: str, precision: str, bad) -> Quantize:
-    known = set(Quantize.__dataclass_fields__)
-    for key in set(q) - known:
-        raise bad(f"quantize.{key}", f"is unknown (known: {', '.join(sorted(known))})")
-    if q and target != "snapdragon":
-        raise bad("quantize", f"is not used by target {target}")
-    default = precision if precision in LINEAR_SCHEMES else "fp32"
-    linear = _choice(q, "linear", LINEAR_SCHEMES, default, bad, "quantize")
-    if linear != default:
-        raise bad("quantize.linear", f"is {linear!r} but recipe.precision is {precision!r}")
-    return Quantize(
-        linear=linear, group_size=_power_of_two(q, "group_size", 32, bad, "quantize"),
-        lm_head=_choice(q, "lm_head", LINEAR_SCHEMES, linear, bad, "quantize"),
-        embedding=_choice(q, "embedding", EMBEDDING_SCHEMES, "fp32", bad, "quantize"),
-        embedding_group_size=_power_of_two(q, "embedding_group_size", 32, bad, "quantize"),
-        vision=_choice(q, "vision", LINEAR_SCHEMES, "fp32", bad, "quantize"),
-        qparams=_choice(q, "qparams", ("hqq_scale_only", "affine"), "hqq_scale_only", bad, "quantize"),
-    )
-
-
-def _executorch_section(e: dict, target: str, bad) -> ExecuTorchOptions:
-    known = set(ExecuTorchOptions.__dataclass_fields__)
-    for key in set(e) - known:
-        raise bad(f"executorch.{key}", f"is unknown (known: {', '.join(sorted(known))})")
-    if e and target != "snapdragon":
-        raise bad("executorch", f"is not used by target {target}")
-    max_cache = e.get("max_cache", ExecuTorchOptions.max_cache)
-    if not isinstance(max_cache, int) or isinstance(max_cache, bool) or max_cache < 2:
-        raise bad("executorch.max_cache", f"is {max_cache!r}; must be an integer >= 2")
-    return ExecuTorchOptions(
-        max_cache=max_cache,
-        attention=_choice(e, "attention", ("custom_sdpa", "portable"), "custom_sdpa", bad, "executorch"),
-        kv_cache_init=_choice(e, "kv_cache_init", ("serialized", "runtime"), "serialized", bad, "executorch"),
-        logits=_choice(e, "logits", ("last", "all"), "last", bad, "executorch"),
-    )
-
-
-def default_recipe(target: str, precision: str) -> str:
-    return f"{target}-{precision}"
+    return parse_recipe(data, str(path))

@@ -2,7 +2,8 @@
 
 Metrics per output: max and mean absolute error, cosine similarity, and for logits the top-1 agreement (the
 fraction of positions whose argmax equals the reference's). Each is checked against the recipe's tolerance
-for that output; the report lists the failures worst first (value relative to its bound).
+for that output; the report lists the failures worst first (value relative to its bound). Torch-free: it runs
+on a device with the backend's runtime, numpy and the golden data only.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mobilevlm_export.generation import SamplingParams
-from mobilevlm_export.golden import cases
 from mobilevlm_export.recipes import Recipe, Tolerance
+from mobilevlm_export.runtime.golden import cases, load_golden
 
 
 @dataclass
@@ -173,20 +174,16 @@ def write_junit(report: VerifyReport, path: Path) -> None:
 
 def verify_artifacts(art, threads: int | None = None, progress=None) -> VerifyReport:
     """Verify an opened artifact directory (``runtime.artifacts.ArtifactSet``) against its golden data."""
-    from mobilevlm_export.golden import load_golden
-
     golden, e2e = load_golden(art.root)
     recipe = art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
-    results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.max_new_tokens, progress)
-    return VerifyReport(metrics, results, recipe.token_agreement_min)
+    results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.e2e.max_new_tokens, progress)
+    return VerifyReport(metrics, results, recipe.e2e.token_agreement_min)
 
 
 def verify_steps(art) -> int:
     """How many progress steps ``verify_artifacts`` reports (graph cases + e2e pairs)."""
-    from mobilevlm_export.golden import cases, load_golden
-
     golden, e2e = load_golden(art.root)
     graphs = set(art.manifest["graphs"])
     return sum(g in graphs for g, _ in cases(golden)) + len(e2e)

@@ -12,8 +12,8 @@ from conftest import copy_checkpoint
 from PIL import Image
 from typer.testing import CliRunner
 
-from mobilevlm_export.checkpoint.prompt import IMAGE_TOKEN_INDEX
 from mobilevlm_export.cli import app
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
 
 runner = CliRunner()
 

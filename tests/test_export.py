@@ -1,4 +1,5 @@
-"""export -> run -> verify on ONNX Runtime: parity, determinism, failure detection, bad input."""
+"""build --target onnx (and its alias, export) -> run -> verify -> bench on ONNX Runtime: parity, determinism,
+failure detection and marking, the torch-free artifact side, bad input."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_fp32_parity(exported):
     manifest = json.loads((out / MANIFEST).read_text())
     assert set(manifest["graphs"]) == {"vision_encoder", "projector", "embed_tokens", "decoder"}
     assert all(len(a["sha256"]) == 64 and a["bytes"] > 0 for a in manifest["artifacts"])
-    assert manifest["versions"]["torch"].startswith("2.13") and manifest["recipe"]["name"] == "onnx-fp32"
+    assert manifest["versions"]["torch"].startswith("2.13") and manifest["recipe"]["recipe"]["name"] == "onnx-fp32"
+    assert manifest["target"] == "onnx" and manifest["graphs"]["decoder"]["contract"]["ranges"]["past"]["min"] == 0
     assert manifest["verification"]["passed"]
 
 
@@ -156,13 +158,14 @@ def test_export_bad_input(exported, tiny_ckpt, samples, tmp_path):
 
 
 def test_fp16_export_reports_parity(tiny_ckpt, samples, tmp_path):
-    res = _export(tiny_ckpt, tmp_path / "fp16", samples, "--precision", "fp16")
+    res = _export(tiny_ckpt, tmp_path / "fp16", samples, "--recipe", "onnx-fp16")  # --precision from the recipe
     assert res.exit_code == 0, res.output
     v = json.loads(res.stdout)["verification"]
     assert v["passed"]
     assert any(m["output"] == "logits" and m["top1"] is not None for m in v["metrics"])
     manifest = json.loads((tmp_path / "fp16" / MANIFEST).read_text())
     assert manifest["graphs"]["decoder"]["contract"]["inputs"][0]["dtype"] == "float16"
+    assert manifest["precision"] == "fp16" and manifest["recipe"]["recipe"]["name"] == "onnx-fp16"
 
 
 def test_fused_image_encoder_from_recipe(tiny_ckpt, samples, tmp_path):
@@ -192,3 +195,62 @@ def test_sigterm_removes_staging(tiny_ckpt, samples, tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_build_target_onnx_equals_export_and_marks_failed_parity(exported, tiny_ckpt, samples, tmp_path):
+    """`build --target onnx` writes the alias's graphs byte for byte; a build that fails parity is committed but
+    marked (manifest verification.passed = false, exit 1) and `run` warns."""
+    strict = tmp_path / "onnx-strict.toml"
+    text = (Path(__file__).parent.parent / "recipes" / "onnx-fp32.toml").read_text()
+    strict.write_text(text.replace("max_abs = 1e-4\ncosine_min", "max_abs = 1e-12\ncosine_min", 1))
+    out = tmp_path / "built"
+    res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "--recipe", str(strict), "-o", str(out),
+                              "--samples", str(samples), "--no-bench", "--json"])
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["verification"]["passed"] is False
+    graphs = lambda d: {a["path"]: a["sha256"] for a in json.loads((d / MANIFEST).read_text())["artifacts"]  # noqa: E731
+                        if a["path"].startswith("graphs/")}
+    assert graphs(out) == graphs(exported[0]) and len(graphs(out)) == 4
+    assert json.loads((out / MANIFEST).read_text())["verification"]["passed"] is False
+    res = runner.invoke(app, ["run", str(out), "--image", str(samples / "0.png"), "--prompt", "What?",
+                              "--max-new-tokens", "2"])
+    assert res.exit_code == 0 and "failed its parity check" in res.stderr, res.output
+
+
+def test_bench_refuses_what_does_not_fit(exported):
+    _bad(["bench", str(exported[0]), "--prompt-tokens", "2000", "--decode-tokens", "100"], "--decode-tokens",
+         "capacity")
+    res = runner.invoke(app, ["bench", str(exported[0]), "--threads", "1", "--prompt-tokens", "8",
+                              "--decode-tokens", "4", "--repeats", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    host = json.loads(res.stdout)["host"]
+    assert host["prefill_positions"] == 8 + 144 and host["decode_tokens_per_s"] > 0 and host["ttft_ms"] > 0
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"importing {name} is blocked: the artifact side must not need it")
+sys.meta_path.insert(0, Block())
+sys.argv = ["mvlm-export", *sys.argv[1:]]
+from mobilevlm_export.cli import main
+main()
+"""
+
+
+def test_artifact_side_without_torch(exported, samples, tmp_path):
+    """`run`, `verify` and `bench` on a built DIR in a process where importing torch or transformers fails."""
+    import subprocess
+    import sys
+
+    out = str(exported[0])
+    for args in (["verify", out, "--json"],
+                 ["run", out, "--image", str(samples / "1.png"), "--prompt", "What shape is this?", "--json"],
+                 ["bench", out, "--prompt-tokens", "4", "--decode-tokens", "2", "--repeats", "1", "--json"]):
+        res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True,
+                             cwd=tmp_path)
+        assert res.returncode == 0, (args, res.stderr[-2000:])
+        assert "blocked" not in res.stderr
+        json.loads(res.stdout)

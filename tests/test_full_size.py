@@ -45,10 +45,11 @@ def test_full_size_load_and_generate(full_ckpt):
 
 def test_full_size_onnx_export_parity(full_ckpt, tmp_path):
     """fp32 ONNX of every graph (the decoder with external data) passes onnx-fp32 parity."""
-    from mobilevlm_export.export import ExportOptions, export
+    from mobilevlm_export.pipeline import BuildConfig, build
 
     t0 = time.perf_counter()
-    manifest, report = export(ExportOptions(ckpt=full_ckpt, out=tmp_path / "onnx", simplify=False))
+    result = build(BuildConfig(ckpt=full_ckpt, out=tmp_path / "onnx", target="onnx", bench=False, simplify=False))
+    manifest, report = result.manifest, result.report
     assert report.passed, report.worst()
     sizes = {a["path"]: a["bytes"] for a in manifest["artifacts"]}
     assert any(p.endswith(".onnx.data") for p in sizes)

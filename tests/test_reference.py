@@ -9,11 +9,11 @@ from conftest import CHECKPOINT_KINDS
 from PIL import Image
 
 from mobilevlm_export.checkpoint.model import load_checkpoint
-from mobilevlm_export.checkpoint.preprocess import ImagePreprocess
-from mobilevlm_export.checkpoint.prompt import IMAGE_TOKEN_INDEX, SYSTEM_V1, conversation_v1
-from mobilevlm_export.checkpoint.reference import Reference, build_prompt_ids
+from mobilevlm_export.checkpoint.reference import Reference
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
+from mobilevlm_export.runtime.preprocess import ImagePreprocess
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, SYSTEM_V1, build_prompt_ids, conversation_v1
 
 
 def _image(w=300, h=200, mode="RGB", seed=0):

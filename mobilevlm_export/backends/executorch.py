@@ -20,8 +20,6 @@ import numpy as np
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import GraphContract
 
-# our graph name -> the method name the stock runner calls
-METHODS = {"image_encoder": "vision_encoder", "embed_tokens": "token_embedding", "decoder": "text_decoder"}
 # ops that must run inside XNNPACK: a method where one of these stays on portable kernels fails the build
 MATMUL_OPS = ("aten_linear", "aten_mm", "aten_addmm", "aten_bmm", "aten_matmul", "aten_convolution")
 
@@ -136,44 +134,50 @@ def _release_lowering_memory() -> None:
 
 
 def set_threads(threads: int | None) -> None:
-    """The runtime's CPU threadpool size (XNNPACK and the LLM custom ops); None: the runtime's default."""
+    """Size the runtime's CPU threadpool (XNNPACK and the LLM custom ops) to ``threads`` when it differs; None
+    leaves it. The threadpool is process-wide, so each runner applies its own setting before it runs."""
     if threads:
-        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+        from executorch.extension.pybindings.portable_lib import (
+            _threadpool_get_thread_count,
+            _unsafe_reset_threadpool,
+        )
 
-        _unsafe_reset_threadpool(int(threads))
-
-
-_PROGRAMS: dict[str, object] = {}
+        if _threadpool_get_thread_count() != int(threads):
+            _unsafe_reset_threadpool(int(threads))
 
 
 def load_program(path: Path):
-    """One loaded ``Program`` per file, shared by the runners of its methods (the decoder's cache lives in
-    its loaded method)."""
+    """Load a ``.pte`` (the caller shares it between the runners of its methods: the decoder's cache lives in its
+    loaded method). Not cached: a file rebuilt at the same path loads anew."""
     import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
     import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
     from executorch.runtime import Runtime, Verification
 
-    key = str(Path(path).resolve())
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = Runtime.get().load_program(Path(path), verification=Verification.Minimal)
-    return _PROGRAMS[key]
+    try:
+        return Runtime.get().load_program(Path(path), verification=Verification.Minimal)
+    except (RuntimeError, ValueError) as exc:
+        from mobilevlm_export.errors import UserError
+
+        raise UserError(f"{path}: not a loadable ExecuTorch program ({exc})") from None
 
 
 class ExecuTorchRunner:
-    """Runs one method of a ``.pte``: feeds in contract order, outputs named after the contract."""
+    """Runs one method of a loaded program: feeds in contract order, outputs named after the contract.
+    ``threads``: the runtime threadpool size this runner runs with (None: the runtime's default)."""
 
-    def __init__(self, path: Path, contract: GraphContract, method: str, threads: int | None = None) -> None:
-        set_threads(threads)
+    def __init__(self, program, path: Path, contract: GraphContract, method: str, threads: int | None = None) -> None:
         self.contract = contract
         self.method_name = method
+        self.threads = threads
         try:
-            self.method = load_program(path).load_method(method)
+            self.method = program.load_method(method)
         except RuntimeError as exc:
             raise UserError(f"{path}: cannot load method '{method}' ({exc})") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        set_threads(self.threads)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.contract.inputs]
         outs = self.method.execute(args)
         return {t.name: o.numpy().copy() for t, o in zip(self.contract.outputs, outs, strict=True)}

@@ -2,6 +2,7 @@
 
 Export names every input/output and symbolic dim after the graph's contract, checks that no dynamic dim was
 specialized, and keeps an ``onnxsim``-simplified graph only when ONNX Runtime gives the same outputs for it.
+The runner side (``OnnxRunner``) needs numpy and onnxruntime only; torch is imported by export alone.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilevlm_export.graphs.contracts import GraphContract
-from mobilevlm_export.graphs.split import SAMPLE_SIZES, Graph
+from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract
 
 OPSET = 21
+DEFAULT_MAX_THREADS = 4  # intra-op threads when none are asked for (more rarely helps these small graphs)
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
 # shape sets the simplified graph is checked on: prefill (past = 0), decode (seq = 1), batch 1 and 2
 CHECK_SIZES = [SAMPLE_SIZES, {**SAMPLE_SIZES, "batch": 1, "past": 0, "seq": 7},
@@ -35,8 +36,9 @@ class ExportInfo:
         return asdict(self)
 
 
-def export_graph(graph: Graph, path: Path, simplify: bool = True) -> ExportInfo:
-    """Write ``graph`` to ``path`` (an ``.onnx`` file, plus ``.onnx.data`` when the weights exceed 1.8 GB)."""
+def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
+    """Write ``graph`` (a ``graphs.split.Graph``) to ``path`` (an ``.onnx`` file, plus ``.onnx.data`` when the
+    weights exceed 1.8 GB)."""
     import time
 
     import onnx
@@ -116,7 +118,7 @@ def _simplify_if_equal(model, c: GraphContract):
     a, b = _session(model.SerializeToString()), _session(simple.SerializeToString())
     worst = 0.0
     for sizes in CHECK_SIZES:
-        feeds = _random_feeds(c, sizes)
+        feeds = c.sample_inputs(sizes)
         for x, y in zip(a.run(None, feeds), b.run(None, feeds), strict=True):
             if x.shape != y.shape:
                 return model, False, f"kept original: onnxsim changed an output shape {x.shape} -> {y.shape}"
@@ -127,17 +129,13 @@ def _simplify_if_equal(model, c: GraphContract):
     return simple, True, f"simplified {n0} -> {n1} nodes, outputs equal (max abs diff {worst:.3g})"
 
 
-def _random_feeds(c: GraphContract, sizes: dict[str, int]) -> dict[str, np.ndarray]:
-    from mobilevlm_export.graphs.split import Graph
-
-    return Graph(c, None).sample_inputs(sizes)  # type: ignore[arg-type]
-
-
 def _session(model_bytes_or_path, threads: int | None = None):
+    """A CPU session; ``threads`` (intra-op) is the session's own setting (default: up to
+    ``DEFAULT_MAX_THREADS`` cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, DEFAULT_MAX_THREADS)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # exact int4 Q/DQ matmuls (ORT otherwise fuses them into MatMulNBits with int8 activations)

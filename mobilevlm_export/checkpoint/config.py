@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobilevlm_export.checkpoint.preprocess import ImagePreprocess
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.runtime.preprocess import ImagePreprocess
 
 KNOWN_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(

@@ -20,10 +20,10 @@ from mobilevlm_export.checkpoint.config import (
     read_config,
     resolve_vision_tower,
 )
-from mobilevlm_export.checkpoint.preprocess import ImagePreprocess
 from mobilevlm_export.checkpoint.projector import build_projector
 from mobilevlm_export.checkpoint.weights import read_state_dict, weight_files
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.runtime.preprocess import ImagePreprocess
 
 TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 PROJECTOR_PREFIX = "model.mm_projector."

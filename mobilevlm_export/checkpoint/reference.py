@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
-from mobilevlm_export.checkpoint.prompt import STOP_STRING, conversation_v1, segments, tokenize_with_images
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams, select_token
+from mobilevlm_export.runtime.prompt import build_prompt_ids, decode_text, segments
 
 
 @dataclass
@@ -27,16 +27,6 @@ class GenerationResult:
     def to_dict(self) -> dict:
         return {"prompt_ids": self.prompt_ids, "output_ids": self.output_ids, "text": self.text,
                 "image_tokens": self.image_tokens}
-
-
-def build_prompt_ids(tokenizer, prompt: str, raw_prompt: bool = False, num_images: int = 1) -> list[int]:
-    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``."""
-    return tokenize_with_images(tokenizer, prompt if raw_prompt else conversation_v1(prompt), num_images)
-
-
-def decode_text(tokenizer, ids: list[int], eos_id: int) -> str:
-    text = tokenizer.decode([t for t in ids if t != eos_id], skip_special_tokens=True).strip()
-    return text.removesuffix(STOP_STRING).strip()
 
 
 class Reference:

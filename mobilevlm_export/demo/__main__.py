@@ -9,10 +9,10 @@ import json
 import sys
 
 from mobilevlm_export.checkpoint.model import load_checkpoint
-from mobilevlm_export.checkpoint.preprocess import load_image
 from mobilevlm_export.checkpoint.reference import Reference
 from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
 from mobilevlm_export.generation import SamplingParams
+from mobilevlm_export.runtime.preprocess import load_image
 
 
 def main() -> int:

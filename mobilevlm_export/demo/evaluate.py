@@ -26,8 +26,8 @@ def _reference_answerer(ckpt_dir, params):
 
 
 def _artifacts_answerer(artifacts, params):
-    from mobilevlm_export.checkpoint.reference import build_prompt_ids, decode_text
     from mobilevlm_export.runtime.artifacts import open_artifacts
+    from mobilevlm_export.runtime.prompt import build_prompt_ids, decode_text
 
     art = open_artifacts(artifacts)
     pipe, eos = art.pipeline(), art.manifest["model"]["eos_token_id"]

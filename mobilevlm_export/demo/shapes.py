@@ -68,7 +68,7 @@ def render(seed: int, index: int) -> Sample:
 
 def corpus() -> list[str]:
     """Every text the task can produce, for training the demo tokenizer."""
-    from mobilevlm_export.checkpoint.prompt import SYSTEM_V1
+    from mobilevlm_export.runtime.prompt import SYSTEM_V1
 
     lines = [SYSTEM_V1, "USER:", "ASSISTANT:"]
     lines += list(QUESTIONS.values())

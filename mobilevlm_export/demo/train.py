@@ -75,8 +75,7 @@ class Task:
     """Prompt ids per question kind, split at the image, and the answer ids (answer + eos)."""
 
     def __init__(self, tokenizer) -> None:
-        from mobilevlm_export.checkpoint.prompt import IMAGE_TOKEN_INDEX
-        from mobilevlm_export.checkpoint.reference import build_prompt_ids
+        from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
 
         self.eos = int(tokenizer.eos_token_id)
         self.tokenizer = tokenizer

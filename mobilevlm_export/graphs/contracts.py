@@ -1,14 +1,48 @@
-"""Graph I/O contracts as data: names, dtypes and dims (ints, or symbols for dynamic axes).
+"""Graph I/O contracts as data: names, dtypes, dims (ints, or symbols for dynamic axes) and each symbol's range.
 
-Export, verification and benchmarks all read these. Symbols: ``batch``, ``seq`` (new tokens), ``past``
-(cached tokens), ``past+seq``, ``max_cache`` (static KV length).
+Export, verification, benchmarks and engine builders all read these. Symbols: ``batch``, ``seq`` (new tokens),
+``past`` (cached tokens), ``past+seq``, ``max_cache`` (static KV length, fixed per build). Each dynamic symbol of a
+graph has a ``DimRange`` (min/opt/max): ExecuTorch's ``torch.export.Dim`` bounds and TensorRT's optimization
+profiles are made from them; ONNX keeps the symbols as named dynamic axes. Torch-free: the artifact side reads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 Dim = int | str
+# sizes of the symbolic dims in sample inputs: distinct and > 1 so tracing keeps them symbolic
+SAMPLE_SIZES = {"batch": 2, "seq": 3, "past": 5, "max_cache": 16}
+# token ids of sample inputs: above the special ids (0-2) and inside any vocabulary a test checkpoint has
+SAMPLE_ID_RANGE = (3, 100)
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """The sizes a symbolic dim takes at run time: ``min <= opt <= max`` (``opt``: what engines tune for)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"dim range must satisfy 0 <= min <= opt <= max, got {self}")
+
+    def to_dict(self) -> dict:
+        return {"min": self.min, "opt": self.opt, "max": self.max}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a build is sized for: the largest batch, prompt (image tokens included) and context (prompt +
+    answer, the KV cache's length)."""
+
+    max_batch: int
+    max_prompt: int
+    max_context: int
 
 
 @dataclass(frozen=True)
@@ -34,13 +68,53 @@ class GraphContract:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     state: tuple[TensorSpec, ...] = ()  # mutable buffers (static KV cache), not inputs or outputs
+    ranges: dict[str, DimRange] = field(default_factory=dict)  # every symbol of the inputs: its sizes
+
+    def symbols(self) -> list[str]:
+        """The dynamic dim symbols of the inputs, in first-use order (compound ones like ``past+seq`` split)."""
+        out: list[str] = []
+        for t in self.inputs:
+            for d in t.dims:
+                for s in (d.split("+") if isinstance(d, str) else ()):
+                    if s not in out:
+                        out.append(s)
+        return out
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],
              "outputs": [t.to_dict() for t in self.outputs]}
         if self.state:
             d["state"] = [t.to_dict() for t in self.state]
+        if self.ranges:
+            d["ranges"] = {k: r.to_dict() for k, r in self.ranges.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphContract:
+        def specs(items):
+            return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["dims"])) for t in items)
+
+        return cls(d["name"], specs(d["inputs"]), specs(d["outputs"]), specs(d.get("state", [])),
+                   {k: DimRange(**r) for k, r in d.get("ranges", {}).items()})
+
+    def sample_inputs(self, sizes: dict[str, int] = SAMPLE_SIZES, seed: int = 0) -> dict[str, np.ndarray]:
+        """Random inputs of the contract's shapes (ids and positions valid for the model)."""
+        rng = np.random.default_rng(seed)
+        feeds: dict[str, np.ndarray] = {}
+        for t in self.inputs:
+            shape = t.shape(sizes)
+            if t.name == "input_ids":
+                feeds[t.name] = rng.integers(*SAMPLE_ID_RANGE, shape).astype(t.dtype)
+            elif t.name == "attention_mask":
+                feeds[t.name] = np.ones(shape, t.dtype)
+            elif t.name == "position_ids":
+                feeds[t.name] = np.broadcast_to(np.arange(sizes["past"], sizes["past"] + shape[1]), shape).astype(
+                    t.dtype)
+            elif t.name == "input_pos":
+                feeds[t.name] = np.arange(shape[0], dtype=t.dtype)
+            else:
+                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
+        return feeds
 
 
 @dataclass(frozen=True)
@@ -86,22 +160,29 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
 
 
 def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
-                    fused_image_encoder: bool = False, last_logits: bool = False) -> list[GraphContract]:
+                    fused_image_encoder: bool = False, last_logits: bool = False,
+                    limits: Limits | None = None) -> list[GraphContract]:
     """The graphs a split makes. ``kv``: "dynamic" (ONNX/TensorRT) or "static" (ExecuTorch, in-place cache).
-    ``last_logits`` (static only): the decoder returns logits [1, 1, vocab] of the last position only."""
+    ``last_logits`` (static only): the decoder returns logits [1, 1, vocab] of the last position only.
+    ``limits`` sizes the dims' ranges (default: batch 1, the model's whole context)."""
+    limits = limits or Limits(max_batch=1, max_prompt=d.max_context, max_context=d.max_context)
+    batch = DimRange(1, 1, limits.max_batch)
     pixel = TensorSpec("pixel_values", dtype, ("batch", 3, d.image_size, d.image_size))
     feats = TensorSpec("image_features", dtype, ("batch", d.patches, d.vision_hidden))
     embeds = TensorSpec("image_embeds", dtype, ("batch", d.image_tokens, d.hidden))
-    graphs = []
+    image_ranges = {"batch": batch}
     if fused_image_encoder:
-        graphs.append(GraphContract("image_encoder", (pixel,), (embeds,)))
+        graphs = [GraphContract("image_encoder", (pixel,), (embeds,), ranges=image_ranges)]
     else:
-        graphs.append(GraphContract("vision_encoder", (pixel,), (feats,)))
-        graphs.append(GraphContract("projector", (feats,), (embeds,)))
+        graphs = [GraphContract("vision_encoder", (pixel,), (feats,), ranges=image_ranges),
+                  GraphContract("projector", (feats,), (embeds,), ranges=image_ranges)]
+    # text ids: a prompt's text (the image tokens are spliced in after embedding) or one new token
+    seq = DimRange(1, min(64, limits.max_prompt), limits.max_prompt)
     graphs.append(GraphContract("embed_tokens", (TensorSpec("input_ids", "int64", ("batch", "seq")),),
-                                (TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden)),)))
+                                (TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden)),),
+                                ranges={"batch": batch, "seq": seq}))
     inputs_embeds = TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden))
-    logits = TensorSpec("logits", "float32", ("batch", "seq", d.vocab))
+    logits = TensorSpec("logits", "float32", ("batch", 1 if last_logits else "seq", d.vocab))
     cache = ("batch", d.kv_heads, "past", d.head_dim)
     if kv == "dynamic":
         ins = [inputs_embeds, TensorSpec("attention_mask", "int64", ("batch", "past+seq")),
@@ -112,22 +193,27 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
             ins += [TensorSpec(pk, dtype, cache), TensorSpec(pv, dtype, cache)]
             outs += [TensorSpec(ok, dtype, cache[:2] + ("past+seq",) + cache[3:]),
                      TensorSpec(ov, dtype, cache[:2] + ("past+seq",) + cache[3:])]
-        graphs.append(GraphContract("decoder", tuple(ins), tuple(outs)))
+        past = DimRange(0, min(limits.max_prompt, limits.max_context - 1), limits.max_context - 1)
+        graphs.append(GraphContract("decoder", tuple(ins), tuple(outs),
+                                    ranges={"batch": batch, "seq": seq, "past": past}))
     elif kv == "static":
         # ExecuTorch: batch 1; the cache is [1, max_cache, kv_heads, head_dim] buffers written at input_pos
-        graphs = [GraphContract(g.name, tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d
-                                                                                    for d in t.dims))
-                                              for t in g.inputs),
-                                tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d for d in t.dims))
-                                      for t in g.outputs)) for g in graphs]
+        graphs = [GraphContract(g.name, _batch_one(g.inputs), _batch_one(g.outputs),
+                                ranges={k: r for k, r in g.ranges.items() if k != "batch"}) for g in graphs]
         state = []
         for i in range(d.layers):
             state += [TensorSpec(f"k_cache_{i}", dtype, (1, "max_cache", d.kv_heads, d.head_dim)),
                       TensorSpec(f"v_cache_{i}", dtype, (1, "max_cache", d.kv_heads, d.head_dim))]
+        cache_seq = DimRange(1, seq.opt, limits.max_context)  # prefill in one call up to the whole cache
         graphs.append(GraphContract(
             "decoder", (TensorSpec("inputs_embeds", dtype, (1, "seq", d.hidden)),
                         TensorSpec("input_pos", "int64", ("seq",))),
-            (TensorSpec("logits", "float32", (1, 1 if last_logits else "seq", d.vocab)),), tuple(state)))
+            (TensorSpec("logits", "float32", (1, 1 if last_logits else "seq", d.vocab)),), tuple(state),
+            ranges={"seq": cache_seq}))
     else:
         raise ValueError(f"kv must be 'dynamic' or 'static', got {kv!r}")
     return graphs
+
+
+def _batch_one(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d for d in t.dims)) for t in specs)

@@ -116,7 +116,12 @@ class DynamicKVDecoder(_Layers):
     """forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present).
 
     ``past`` is flat: layer 0 key, layer 0 value, layer 1 key, ... each [B, kv_heads, past, head_dim].
+    ``last_logits``: logits [B, 1, vocab] of the last position only (prefill skips the lm_head over the prompt).
     """
+
+    def __init__(self, llm: nn.Module, last_logits: bool = False) -> None:
+        super().__init__(llm)
+        self.last_logits = last_logits
 
     def forward(self, inputs_embeds, attention_mask, position_ids, *past):
         h = inputs_embeds
@@ -138,6 +143,8 @@ class DynamicKVDecoder(_Layers):
             present += [k, v]
             h = h + attn.attend(q, k, v, mask)
             h = h + self.mlps[i](self.post_norms[i](h))
+        if self.last_logits:
+            h = h[:, -1:]
         logits = self.lm_head(self.norm(h)).float()
         return (logits, *present)
 

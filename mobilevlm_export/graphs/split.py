@@ -9,14 +9,13 @@ import torch
 from torch import nn
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
-from mobilevlm_export.graphs.contracts import GraphContract, ModelDims, graph_contracts
+from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract, Limits, ModelDims, graph_contracts
 from mobilevlm_export.graphs.decoder import DynamicKVDecoder, StaticKVDecoder
 from mobilevlm_export.graphs.vision import EmbedTokens, ImageEncoder, Projector, VisionEncoder
+from mobilevlm_export.schema import Precision
 
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64}
-PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16"}
-# sizes of the symbolic dims in sample inputs: distinct and > 1 so tracing keeps them symbolic
-SAMPLE_SIZES = {"batch": 2, "seq": 3, "past": 5, "max_cache": 16}
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
+PRECISION_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16"}
 
 
 @dataclass
@@ -29,29 +28,19 @@ class Graph:
         return self.contract.name
 
     def sample_inputs(self, sizes: dict[str, int] = SAMPLE_SIZES, seed: int = 0) -> dict[str, np.ndarray]:
-        """Random inputs of the contract's shapes (ids and positions valid for the model)."""
-        rng = np.random.default_rng(seed)
-        feeds: dict[str, np.ndarray] = {}
-        for t in self.contract.inputs:
-            shape = t.shape(sizes)
-            if t.name == "input_ids":
-                feeds[t.name] = rng.integers(3, 100, shape).astype(np.int64)
-            elif t.name == "attention_mask":
-                feeds[t.name] = np.ones(shape, np.int64)
-            elif t.name == "position_ids":
-                feeds[t.name] = np.broadcast_to(np.arange(sizes["past"], sizes["past"] + shape[1]), shape).copy()
-            elif t.name == "input_pos":
-                feeds[t.name] = np.arange(shape[0], dtype=np.int64)
-            elif t.name == "pixel_values" and "batch" not in t.dims:
-                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
-            else:
-                feeds[t.name] = rng.standard_normal(shape).astype(t.dtype)
-        return feeds
+        return self.contract.sample_inputs(sizes, seed)
+
+    def sample_args(self, sizes: dict[str, int] = SAMPLE_SIZES) -> tuple[torch.Tensor, ...]:
+        """Sample inputs as tensors in contract order (what ``torch.export`` traces with)."""
+        feeds = self.sample_inputs(sizes)
+        return tuple(torch.from_numpy(feeds[t.name]).to(TORCH_DTYPES[t.dtype]) for t in self.contract.inputs)
 
 
-def split(ckpt: LoadedCheckpoint, precision: str = "fp32", fused_image_encoder: bool = False) -> list[Graph]:
-    """The dynamic-KV graphs (ONNX/TensorRT) of ``ckpt`` in ``precision``. Modules share the model's weights
-    in fp32; for fp16 they are copies (the reference stays fp32)."""
+def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_image_encoder: bool = False,
+          limits: Limits | None = None, last_logits: bool = False) -> list[Graph]:
+    """The dynamic-KV graphs (ONNX/TensorRT) of ``ckpt`` in ``precision`` (fp32 or fp16), their contracts' ranges
+    sized by ``limits``. Modules share the model's weights in fp32; for fp16 they are copies (the reference stays
+    fp32)."""
     dtype = PRECISION_DTYPES[precision]
     model = ckpt.model
     vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
@@ -61,13 +50,14 @@ def split(ckpt: LoadedCheckpoint, precision: str = "fp32", fused_image_encoder: 
         "projector": projector,
         "image_encoder": ImageEncoder(vision, projector),
         "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
-        "decoder": DynamicKVDecoder(model.language_model),
+        "decoder": DynamicKVDecoder(model.language_model, last_logits),
     }
-    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), dtype, "dynamic", fused_image_encoder)
+    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), dtype, "dynamic", fused_image_encoder,
+                                last_logits, limits)
     graphs = []
     for c in contracts:
         module = modules[c.name].eval()
-        if precision == "fp16":
+        if precision == Precision.FP16:
             import copy
 
             module = copy.deepcopy(module).half()
@@ -75,10 +65,11 @@ def split(ckpt: LoadedCheckpoint, precision: str = "fp32", fused_image_encoder: 
     return graphs
 
 
-def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool, last_logits: bool = False) -> list[Graph]:
+def split_static(ckpt: LoadedCheckpoint, limits: Limits, custom_ops: bool, last_logits: bool = False) -> list[Graph]:
     """The static-KV graphs (ExecuTorch) of ``ckpt``, fp32: ``image_encoder`` (vision + projector fused),
-    ``embed_tokens`` and ``decoder`` with its cache as buffers of ``max_cache`` positions. The modules share the
-    model's weights (quantization in place quantizes the model too)."""
+    ``embed_tokens`` and ``decoder`` with its cache as buffers of ``limits.max_context`` positions. The modules
+    share the model's weights (quantization in place quantizes the model too)."""
+    max_cache = limits.max_context
     model = ckpt.model
     vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
     modules: dict[str, nn.Module] = {
@@ -87,5 +78,5 @@ def split_static(ckpt: LoadedCheckpoint, max_cache: int, custom_ops: bool, last_
         "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops, last_logits),
     }
     contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), "float32", "static", fused_image_encoder=True,
-                                last_logits=last_logits)
+                                last_logits=last_logits, limits=limits)
     return [Graph(c, modules[c.name].eval()) for c in contracts]

@@ -1,5 +1,9 @@
 """preprocessed image -> vision -> projector -> embed + splice -> prefill -> decode loop, on any backend's runners.
 
+Prefill, as ``run``'s timings and ``bench`` report it: embedding the prompt's text tokens, splicing the image
+embeddings in, and the decoder over every prompt position (image tokens included), up to the first token's
+logits. The image encoder is not part of it: time to first token = vision + prefill.
+
 The loop talks to the decoder through a ``DecoderSession`` (prefill / step); ``DynamicKVSession`` carries the
 cache between calls of a dynamic-KV graph (ONNX, TensorRT). A static-cache backend keeps its cache in place and
 only needs positions, behind the same two methods.
@@ -14,10 +18,10 @@ from typing import Protocol
 import numpy as np
 
 from mobilevlm_export.backends import Runner
-from mobilevlm_export.checkpoint.prompt import segments
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams, select_token
 from mobilevlm_export.graphs.contracts import kv_names
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, segments
 
 
 class DecoderSession(Protocol):
@@ -100,8 +104,8 @@ class StaticKVSession:
 @dataclass
 class Timings:
     vision_ms: float = 0.0
-    prefill_ms: float = 0.0  # embed + splice + prefill; time to first token = vision + prefill
-    prompt_tokens: int = 0
+    prefill_ms: float = 0.0  # embed + splice + decoder over the prompt; time to first token = vision + prefill
+    prompt_tokens: int = 0  # positions prefilled, image tokens included
     decode_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -140,6 +144,19 @@ class VLMPipeline:
             parts.append(image_embeds[ids[0]] if kind == "image" else self.embed(ids)[0])
         return np.concatenate(parts)[None]
 
+    def prompt_length(self, prompt_ids: list[int], image_tokens: int) -> int:
+        """Positions the prompt takes in the decoder: its text tokens plus each image's tokens."""
+        images = sum(1 for t in prompt_ids if t == IMAGE_TOKEN_INDEX)
+        return len(prompt_ids) - images + images * image_tokens
+
+    def prefill(self, prompt_ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
+        """Embed + splice + decoder over the whole prompt (a new sequence); the last position's logits."""
+        return self.decoder.prefill(self.splice(prompt_ids, image_embeds))[-1]
+
+    def step(self, token: int) -> np.ndarray:
+        """One decode step: embed ``token``, run the decoder on it; its logits."""
+        return self.decoder.step(self.embed([token]))[-1]
+
     def generate_ids(self, prompt_ids: list[int], pixel_values: np.ndarray,
                      params: SamplingParams = SamplingParams()) -> tuple[list[int], Timings]:
         """Generated ids (stop token included when produced) and the timings of each stage."""
@@ -147,15 +164,14 @@ class VLMPipeline:
         t0 = time.perf_counter()
         image = self.image_embeds(pixel_values[None] if pixel_values.ndim == 3 else pixel_values)
         t1 = time.perf_counter()
-        embeds = self.splice(prompt_ids, image)
-        length = embeds.shape[1]
+        length = self.prompt_length(prompt_ids, image.shape[1])
         if length + params.max_new_tokens > self.decoder.capacity:
             raise UserError(
                 f"--prompt: {length} prompt tokens (image included) + {params.max_new_tokens} new tokens exceed "
                 f"the decoder's capacity of {self.decoder.capacity} positions; shorten the prompt or lower "
                 "--max-new-tokens"
             )
-        logits = self.decoder.prefill(embeds)[-1]
+        logits = self.prefill(prompt_ids, image)
         t2 = time.perf_counter()
         t.vision_ms, t.prefill_ms, t.prompt_tokens = (t1 - t0) * 1e3, (t2 - t1) * 1e3, length
         rng = np.random.default_rng(params.seed)
@@ -166,5 +182,5 @@ class VLMPipeline:
             if token == self.eos_id or len(out) >= params.max_new_tokens:
                 return out, t
             s = time.perf_counter()
-            logits = self.decoder.step(self.embed([token]))[-1]
+            logits = self.step(token)
             t.decode_ms.append((time.perf_counter() - s) * 1e3)

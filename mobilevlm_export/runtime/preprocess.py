@@ -18,24 +18,27 @@ from mobilevlm_export.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_IMAGE_SIZE = 336  # ViT-L/14-336
+PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
+RGB_MAX = 255
 
 
 @dataclass(frozen=True)
 class ImagePreprocess:
     """Parameters of the image processor. ``resample`` uses PIL's codes (3 = bicubic)."""
 
-    crop_size: int = 336
-    shortest_edge: int = 336
+    crop_size: int = CLIP_IMAGE_SIZE
+    shortest_edge: int = CLIP_IMAGE_SIZE
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    rescale_factor: float = 1 / 255
-    resample: int = 3
+    rescale_factor: float = 1 / RGB_MAX
+    resample: int = PIL_BICUBIC
     pad_to_square: bool = True
 
     @property
     def pad_color(self) -> tuple[int, int, int]:
         """The background colour of the square padding: int(255 * mean) per channel, as the original."""
-        return tuple(int(255 * m) for m in self.mean)  # type: ignore[return-value]
+        return tuple(int(RGB_MAX * m) for m in self.mean)  # type: ignore[return-value]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +62,7 @@ class ImagePreprocess:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: cannot read the image processor config ({exc})") from None
-        size = data.get("size", 336)
+        size = data.get("size", CLIP_IMAGE_SIZE)
         if isinstance(size, dict):
             if "shortest_edge" not in size:
                 raise UserError(f"{path}: key 'size' must give 'shortest_edge', got {size}")
@@ -74,8 +77,8 @@ class ImagePreprocess:
             shortest_edge=int(size),
             mean=tuple(data.get("image_mean", CLIP_MEAN)),  # type: ignore[arg-type]
             std=tuple(data.get("image_std", CLIP_STD)),  # type: ignore[arg-type]
-            rescale_factor=float(data.get("rescale_factor", 1 / 255)),
-            resample=int(data.get("resample", 3)),
+            rescale_factor=float(data.get("rescale_factor", 1 / RGB_MAX)),
+            resample=int(data.get("resample", PIL_BICUBIC)),
             pad_to_square=pad_to_square,
         )
 

@@ -1,4 +1,9 @@
-"""Conversation template "v1" and the tokenization of a prompt around ``<image>`` (id -200)."""
+"""Conversation template "v1", the tokenization of a prompt around ``<image>`` (id -200), and answer text.
+
+Shared by the PyTorch reference and the artifact runtime. A tokenizer here is anything with
+``encode(text) -> ids`` (special tokens added as the tokenizer adds them), ``decode(ids, skip_special_tokens)``
+and ``bos_token_id``: transformers' tokenizers on the build side, ``runtime.tokenizer.Tokenizer`` on a device.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ def tokenize_with_images(tokenizer, prompt: str, num_images: int = 1) -> list[in
         raise UserError(
             f"--prompt has {tags} '{IMAGE_TAG}' tag(s) but {num_images} image(s) were given"
         )
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_TAG)]
+    chunks = [list(tokenizer.encode(chunk)) for chunk in prompt.split(IMAGE_TAG)]
     bos = tokenizer.bos_token_id
     offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
     ids: list[int] = [chunks[0][0]] if offset else []
@@ -66,3 +71,14 @@ def segments(input_ids: Sequence[int]) -> list[tuple[str, list[int]]]:
     if text:
         out.append(("text", text))
     return out
+
+
+def build_prompt_ids(tokenizer, prompt: str, raw_prompt: bool = False, num_images: int = 1) -> list[int]:
+    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``."""
+    return tokenize_with_images(tokenizer, prompt if raw_prompt else conversation_v1(prompt), num_images)
+
+
+def decode_text(tokenizer, ids: list[int], eos_id: int) -> str:
+    """The answer's text: special tokens and the stop string dropped."""
+    text = tokenizer.decode([t for t in ids if t != eos_id], skip_special_tokens=True).strip()
+    return text.removesuffix(STOP_STRING).strip()

@@ -1,0 +1,188 @@
+"""The one build pipeline: ``build(config) -> BuildResult`` for every target, stages in one order.
+
+load -> golden data (the fp32 reference, before anything touches the weights) -> target.split -> target.compile
+(quantize + lower + write) -> manifest -> verify -> bench -> commit. Everything is written into a staging sibling
+of the output directory and renamed into place at the end, so a failed build leaves nothing that looks finished.
+A build whose parity fails is still committed (to inspect) with ``verification.passed = false`` in its manifest;
+the CLI exits 1 and ``run`` warns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mobilevlm_export.errors import UserError
+
+# the vision tower runs on its patches plus the CLS position
+CLS_POSITIONS = 1
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """A build's inputs. ``recipe``/``profile``: a name (``recipes/NAME.toml``) or a path; None: the target's
+    default. ``samples``: a folder with questions.json for the end-to-end check (None: the demo's samples).
+    ``threads``: runtime threads for verify/bench. ``simplify``: ONNX-based targets keep an onnxsim-simplified
+    graph when it computes the same."""
+
+    ckpt: Path
+    out: Path
+    target: str
+    recipe: str | None = None
+    profile: str | None = None
+    force: bool = False
+    vision_tower: Path | None = None
+    samples: Path | None = None
+    threads: int | None = None
+    bench: bool = True
+    simplify: bool = True
+
+
+@dataclass
+class BuildResult:
+    manifest: dict
+    report: object  # verify.VerifyReport
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+
+def resolve(cfg: BuildConfig):
+    """The target, recipe and device profile of a build, each checked against the target (``UserError`` names
+    the flag)."""
+    from mobilevlm_export.profiles import load_profile
+    from mobilevlm_export.recipes import load_recipe
+    from mobilevlm_export.targets import get_target
+
+    target = get_target(cfg.target)
+    recipe = load_recipe(cfg.recipe or target.default_recipe)
+    if recipe.target != target.name:
+        raise UserError(f"--recipe {cfg.recipe}: is a {recipe.target} recipe, not {target.name}")
+    profile = None
+    name = cfg.profile or target.default_profile
+    if name:
+        profile = load_profile(name)
+        if profile.target != target.name:
+            raise UserError(f"--profile {name}: is a {profile.target} device, not {target.name}")
+    return target, recipe, profile
+
+
+def build(cfg: BuildConfig, progress=None) -> BuildResult:
+    """Run a build. ``progress(description, total)`` returns an ``advance()`` callable (rich bars in the CLI)."""
+    from mobilevlm_export.bench import bench_artifacts, peak_rss_mb
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.costs import model_costs
+    from mobilevlm_export.golden import demo_pairs, load_pairs, make_golden, save_golden
+    from mobilevlm_export.graphs.contracts import ModelDims
+    from mobilevlm_export.manifest import read_manifest, update_manifest, versions, write_manifest
+    from mobilevlm_export.outdir import Staging, check_output_dir
+    from mobilevlm_export.runtime.artifacts import ArtifactSet
+    from mobilevlm_export.targets import CompileContext
+    from mobilevlm_export.verify import verify_artifacts, verify_steps
+
+    target, recipe, profile = resolve(cfg)
+    check_output_dir(cfg.out, cfg.force)
+    pairs = load_pairs(cfg.samples) if cfg.samples else demo_pairs()
+    step = progress or (lambda _d, _t: (lambda: None))
+    t0 = time.perf_counter()
+    done = step("Loading checkpoint", 1)
+    ckpt = load_checkpoint(cfg.ckpt, cfg.vision_tower)
+    done()
+    dims = ModelDims.from_checkpoint(ckpt)
+    limits = target.check(recipe, profile, dims)
+    _check_pairs_fit(ckpt, pairs, recipe, limits.max_context)
+    model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
+    staging = Staging(cfg.out, cfg.force)
+    with staging as tmp:
+        done = step("Reference outputs (golden data)", 1)
+        arrays, e2e = make_golden(ckpt, pairs, recipe.fused_image_encoder, recipe.e2e.max_new_tokens, kv=target.kv)
+        save_golden(tmp, arrays, e2e)
+        del arrays
+        done()
+        write_tokenizer(ckpt, tmp / "tokenizer")
+        graphs = target.split(ckpt, recipe, limits)
+        del ckpt  # the graphs hold what is still needed; compile consumes them
+        costs = model_costs(graphs, recipe, dims.patches + CLS_POSITIONS, target.default_group_size)
+        compiled = target.compile(graphs, recipe, profile, CompileContext(tmp, model, cfg.simplify, step))
+        del graphs
+        write_manifest(tmp, {
+            "tool": "mobilevlm_export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "target": target.name, "backend": target.backend, "precision": recipe.precision.value,
+            "checkpoint": ckpt_record, "recipe": recipe.to_dict(),
+            "profile": profile.to_dict() if profile else None, "model": model, "graphs": compiled.graphs,
+            "compile": {**compiled.info, "log": compiled.log, "table": compiled.table}, "costs": costs,
+            "versions": versions(),
+        })
+        art = ArtifactSet(tmp, read_manifest(tmp, check=False))
+        advance = step("Verifying parity", verify_steps(art))
+        report = verify_artifacts(art, cfg.threads, progress=advance)
+        fields = {"verification": report.to_dict()}
+        if cfg.bench:
+            done = step("Benchmark", 1)
+            fields["latency"] = bench_artifacts(art, cfg.threads, profile)
+            done()
+        del art
+        fields["build"] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        manifest = update_manifest(tmp, **fields)
+        staging.commit()
+    return BuildResult(manifest, report)
+
+
+def _check_pairs_fit(ckpt, pairs, recipe, capacity: int) -> None:
+    """Every end-to-end pair's prompt, image tokens and answer fit the build's context (``UserError``)."""
+    from mobilevlm_export.graphs.contracts import ModelDims
+    from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
+
+    image_tokens = ModelDims.from_checkpoint(ckpt).image_tokens
+    for p in pairs:
+        ids = build_prompt_ids(ckpt.tokenizer, p.question)
+        need = len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (image_tokens - 1)
+        if need + recipe.e2e.max_new_tokens > capacity:
+            raise UserError(f"{recipe.source}: the build's context of {capacity} positions is smaller than the "
+                            f"prompt plus image tokens ({need}) + e2e.max_new_tokens ({recipe.e2e.max_new_tokens}) "
+                            f"of '{p.image.name}: {p.question}'")
+
+
+def write_tokenizer(ckpt, out: Path) -> None:
+    """The checkpoint's tokenizer as the runtime (``runtime.tokenizer``) and ExecuTorch's C++ runner read it."""
+    ckpt.tokenizer.save_pretrained(str(out))
+    sp_model = ckpt.config.path / "tokenizer.model"
+    if sp_model.is_file():
+        shutil.copyfile(sp_model, out / "tokenizer.model")
+
+
+def model_record(ckpt, dims) -> dict:
+    """The manifest's ``model``: what the artifact side needs besides the graphs."""
+    from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
+
+    return {"dims": dims.__dict__, "eos_token_id": ckpt.eos_token_id,
+            "bos_token_id": ckpt.tokenizer.bos_token_id, "image_token_index": IMAGE_TOKEN_INDEX,
+            "preprocess": ckpt.preprocess.to_dict(), "vision_tower_source": ckpt.report.tower,
+            "projector": ckpt.config.projector_type}
+
+
+def checkpoint_record(ckpt) -> dict:
+    return {"path": str(ckpt.config.path.resolve()),
+            "config_sha256": hashlib.sha256((ckpt.config.path / "config.json").read_bytes()).hexdigest()}
+
+
+def export_recipe(recipe: str | None, precision: str | None) -> str:
+    """The recipe of ``export --format onnx [--precision P] [--recipe R]`` (the alias of ``build --target onnx``):
+    ``R`` when given (``P``, if given too, must be its precision), else ``onnx-P`` (default ``onnx-fp32``)."""
+    from mobilevlm_export.recipes import load_recipe
+    from mobilevlm_export.targets import get_target
+
+    known = [p.value for p in get_target("onnx").precisions]
+    if precision is not None and precision not in known:
+        raise UserError(f"--precision {precision}: unknown for onnx (known: {', '.join(known)})")
+    if recipe is None:
+        return f"onnx-{precision or 'fp32'}"
+    if precision is not None and load_recipe(recipe).precision.value != precision:
+        raise UserError(f"--recipe {recipe}: is a {load_recipe(recipe).precision.value} recipe, not --precision "
+                        f"{precision}")
+    return recipe

@@ -1,0 +1,115 @@
+"""Quantization of the split modules per a recipe's ``[quantize.PART]`` tables, with torchao (ExecuTorch/XNNPACK).
+
+- Linears: ``8da4w`` / ``8da8w`` = int8 dynamic per-token activations with int4 grouped / int8 per-channel
+  weights (``Int8DynamicActivationIntxWeightConfig``), which XNNPACK's dynamic-quant partitioner lowers. A
+  linear whose input width the group size does not divide falls back to per-channel 8da8w, and the log says so.
+- Embeddings: ``int8`` (per row) or ``int4`` (grouped) weight-only, as ExecuTorch's ``quantized_decomposed``
+  embedding ops (packed two nibbles per byte for int4), which gather rows without dequantizing the table.
+
+Quantization replaces weights in place: modules shared with the reference model are quantized too, so golden
+reference outputs must be computed before (the pipeline does).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mobilevlm_export.recipes import QuantSpec
+from mobilevlm_export.schema import Precision, QuantAlgorithm
+
+# what torchao calls each algorithm (its intx_choose_qparams_algorithm)
+QPARAMS = {QuantAlgorithm.RTN: "affine", QuantAlgorithm.HQQ: "hqq_scale_only"}
+
+
+def _linear_config(scheme: str, group_size: int | None, qparams: str):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    weight_dtype = torch.int4 if scheme == "8da4w" else torch.int8
+    granularity = PerGroup(group_size) if scheme == "8da4w" and group_size else PerAxis(0)
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=granularity,
+                                                 intx_choose_qparams_algorithm=qparams)
+
+
+def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: str, name: str,
+                     skip: tuple[str, ...] = ()) -> list[str]:
+    """Quantize every ``nn.Linear`` of ``module`` (but those whose qualified name starts with ``skip``) in
+    place; returns log lines (what was quantized, what fell back)."""
+    if scheme == "fp32":
+        return [f"{name}: linears kept fp32"]
+    from torchao.quantization import quantize_
+
+    linears = {fqn: m for fqn, m in module.named_modules() if isinstance(m, nn.Linear) and not fqn.startswith(skip)}
+    grouped = {f for f, m in linears.items() if scheme != "8da4w" or m.in_features % group_size == 0}
+    fallback = sorted(set(linears) - grouped)
+    with torch.no_grad():
+        quantize_(module, _linear_config(scheme, group_size, qparams), filter_fn=lambda m, f: f in grouped)
+        if fallback:
+            quantize_(module, _linear_config("8da8w", None, qparams), filter_fn=lambda m, f: f in fallback)
+    detail = f" group {group_size}" if scheme == "8da4w" else " per-channel"
+    lines = [f"{name}: {len(grouped)} linears {scheme}{detail}"]
+    if fallback:
+        widths = sorted({linears[f].in_features for f in fallback})
+        lines.append(f"{name}: {len(fallback)} linears with input width {widths} not divisible by group {group_size} "
+                     f"fall back to per-channel 8da8w: {', '.join(fallback[:6])}{' ...' if len(fallback) > 6 else ''}")
+    return lines
+
+
+class QuantizedEmbedding(nn.Module):
+    """Weight-only int8/int4 embedding through ``quantized_decomposed.embedding_byte/embedding_4bit``."""
+
+    def __init__(self, embedding: nn.Embedding, bits: int, group_size: int, qparams: str) -> None:
+        super().__init__()
+        import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (registers the ops)
+        from torchao.quantization import IntxWeightOnlyConfig, quantize_
+        from torchao.quantization.granularity import PerAxis, PerGroup
+
+        width = embedding.weight.shape[1]
+        if bits == 4 and width % group_size:
+            group_size = 0  # per row
+        tmp = nn.Embedding(*embedding.weight.shape)
+        tmp.weight = nn.Parameter(embedding.weight.detach().float(), requires_grad=False)
+        config = IntxWeightOnlyConfig(weight_dtype=torch.int4 if bits == 4 else torch.int8,
+                                      granularity=PerGroup(group_size) if bits == 4 and group_size else PerAxis(0),
+                                      intx_choose_qparams_algorithm=qparams)
+        with torch.no_grad():
+            quantize_(tmp, config, lambda m, f: isinstance(m, nn.Embedding))
+        q, scales = tmp.weight.qdata.to(torch.int8), tmp.weight.scale.float()
+        if bits == 4:  # two signed nibbles per byte, the first in the high half, stored offset by 8
+            u = (q.to(torch.int16) + 8).to(torch.uint8)
+            q = (u[:, ::2] << 4 | u[:, 1::2]).contiguous()
+        self.bits = bits
+        self.register_buffer("weight", q)
+        self.register_buffer("scales", scales.reshape(scales.shape[0], -1).squeeze(-1).contiguous())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.bits == 4:
+            return torch.ops.quantized_decomposed.embedding_4bit.dtype(
+                self.weight, self.scales, None, -8, 7, input_ids, dtype=torch.float32)
+        return torch.ops.quantized_decomposed.embedding_byte.dtype(
+            self.weight, self.scales, None, -128, 127, input_ids, dtype=torch.float32)
+
+
+def quantize_graphs(modules: dict[str, nn.Module], spec: dict[str, QuantSpec], default_group: int) -> list[str]:
+    """Quantize the static-KV graphs' modules in place per the recipe's parts; returns the build log's lines.
+
+    ``modules``: ``image_encoder`` (an ``ImageEncoder``), ``embed_tokens`` (an ``EmbedTokens``) and ``decoder``
+    (a ``StaticKVDecoder``); ``spec``: ``recipe.quant(part)`` for image_encoder, embed_tokens, decoder, lm_head.
+    ``default_group``: the group size of a spec that names none."""
+    def args(part: str) -> tuple[str, int, str]:
+        q = spec[part]
+        return q.scheme.value, q.group_size or default_group, QPARAMS[q.algorithm]
+
+    dec = modules["decoder"]
+    log = quantize_linears(dec, *args("decoder"), "decoder", skip=("lm_head",))
+    log += quantize_linears(dec.lm_head, *args("lm_head"), "lm_head")
+    log += quantize_linears(modules["image_encoder"], *args("image_encoder"), "image_encoder")
+    emb = spec["embed_tokens"]
+    if emb.scheme != Precision.FP32:
+        bits = 4 if emb.scheme == Precision.INT4 else 8
+        group = emb.group_size or default_group
+        module = modules["embed_tokens"]
+        module.embedding = QuantizedEmbedding(module.embedding, bits, group, QPARAMS[emb.algorithm])
+        log.append(f"embed_tokens: {emb.scheme.value} weight-only" + (f" group {group}" if bits == 4 else " per row"))
+    return log

@@ -1,0 +1,158 @@
+"""Typed configuration: the enums recipes and device profiles use, and one validating reader of TOML tables into
+frozen dataclasses (unknown keys, wrong types, out-of-range numbers and unknown enum values are a ``UserError``
+naming the file and key). Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum, StrEnum
+from pathlib import Path
+
+from mobilevlm_export.errors import UserError
+
+
+class Precision(StrEnum):
+    """How a graph part's weights (and activations) are stored and computed."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"    # weight-only int8, per output channel (or per row for an embedding)
+    INT4 = "int4"    # weight-only int4 in groups along the input dim
+    W8A8 = "w8a8"    # int8 weights per channel, int8 activations with calibrated per-tensor scales
+    DA8W4 = "8da4w"  # int8 dynamic per-token activations, int4 grouped weights
+    DA8W8 = "8da8w"  # int8 dynamic per-token activations, int8 per-channel weights
+
+    def weight_bytes(self, group_size: int | None) -> float:
+        """Bytes per weight as stored: the integer payload plus a 2-byte scale per group of grouped int4."""
+        if self in (Precision.INT4, Precision.DA8W4):
+            return 0.5 + (2.0 / group_size if group_size else 0.0)
+        return {Precision.FP32: 4.0, Precision.FP16: 2.0}.get(self, 1.0)
+
+
+class QuantAlgorithm(StrEnum):
+    """How quantization parameters are chosen."""
+
+    RTN = "rtn"                  # round to nearest with min/max (absmax) scales
+    HQQ = "hqq"                  # half-quadratic scale search, scale only (torchao's hqq_scale_only)
+    AWQ = "awq"                  # activation-aware per-input-channel pre-scales, searched on calibration data
+    SMOOTHQUANT = "smoothquant"  # activation outliers migrated into the weights, calibrated
+
+
+def bounded(default=MISSING, *, min: float | None = None, max: float | None = None,  # noqa: A002
+            power_of_two: bool = False):
+    """A dataclass field whose value the reader checks against ``[min, max]`` (and power of two)."""
+    meta = {"min": min, "max": max, "power_of_two": power_of_two}
+    return field(default=default, metadata=meta)
+
+
+def _choices(enum: type[Enum]) -> str:
+    return ", ".join(str(m.value) for m in enum)
+
+
+def _coerce(value, tp, key: str, bad, meta):
+    """``value`` read from TOML as type ``tp``; ``bad(key, why)`` makes the error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(value, arms[0], key, bad, meta)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise bad(key, "must be a list")
+        return tuple(_coerce(v, typing.get_args(tp)[0], key, bad, meta) for v in value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad(key, "must be a table")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise bad(key, f"is {value!r}; known: {_choices(tp)}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad(key, f"is {value!r}; must be true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad(key, f"is {value!r}; must be a string")
+        return value
+    if tp in (int, float):
+        ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
+        if not ok or isinstance(value, bool) or (tp is float and not math.isfinite(value)):
+            raise bad(key, f"is {value!r}; must be {'an integer' if tp is int else 'a finite number'}")
+        lo, hi = (meta or {}).get("min"), (meta or {}).get("max")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+            raise bad(key, f"is {value!r}; must be {span}")
+        if (meta or {}).get("power_of_two") and value & (value - 1):
+            raise bad(key, f"is {value!r}; must be a power of two")
+        return tp(value)
+    raise TypeError(f"schema: unsupported field type {tp!r} for {key}")  # a bug in a dataclass, not bad input
+
+
+def parse_table(cls: type, table, prefix: str, bad):
+    """An instance of the frozen dataclass ``cls`` from a TOML ``table``; every key checked (``bad(key, why)``
+    makes the ``UserError``). Fields without a default are required."""
+    if not isinstance(table, dict):
+        raise bad(prefix, "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    for key in table:
+        if key not in known:
+            raise bad(f"{prefix}.{key}", f"is unknown (known: {', '.join(known)})")
+    values = {}
+    for f in fields(cls):
+        if not f.init:
+            continue
+        if f.name not in table:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise bad(f"{prefix}.{f.name}", "is missing")
+            continue
+        values[f.name] = _coerce(table[f.name], hints[f.name], f"{prefix}.{f.name}", bad, f.metadata)
+    return cls(**values)
+
+
+def to_table(obj) -> dict:
+    """The TOML-form dict of a dataclass read by ``parse_table`` (enums as their values, ``None`` left out)."""
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or not f.init:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = [v.value if isinstance(v, Enum) else v for v in value]
+        out[f.name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Where:
+    """Names the file a table came from in error messages."""
+
+    source: str
+
+    def bad(self, key: str, why: str) -> UserError:
+        return UserError(f"{self.source}: key '{key}' {why}")
+
+
+def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: str) -> tuple[Path, dict]:
+    """A TOML data file by name (``directory/NAME.toml``) or path, and its parsed contents. ``UserError`` names
+    the flag (``--recipe``) when there is no such file, the file when it is not valid TOML."""
+    import tomllib
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = directory / f"{name_or_path}.toml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in directory.glob("*.toml")))
+        raise UserError(f"{flag} {name_or_path}: no such {kind} (known: {known})")
+    try:
+        return path, tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None

@@ -1,0 +1,344 @@
+"""Weight MatMuls -> Q/DQ (int4 blocked, int8 per channel, w8a8), calibration, the trt-domain form, AWQ scales:
+on hand-made graphs and on the demo checkpoint's exported decoder, run with ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from mobilevlm_export.cli import app
+from mobilevlm_export.quantize import qdq
+
+# ------------------------------------------------------------------------------------------------------------------
+# hand-made graphs
+
+
+def _mlp(k: int = 256, h: int = 128, v: int = 64, dtype=np.float32, seed: int = 0) -> onnx.ModelProto:
+    """x [b, k] -> MatMul(up [k, h]) -> Relu -> MatMul(down [h, k]) -> + x -> MatMul(head [k, v]) = logits,
+    plus an activation-activation MatMul (x @ x^T, no weight) that must be left alone."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    w = {n: (rng.standard_normal(s) / np.sqrt(s[0])).astype(dtype)
+         for n, s in {"up": (k, h), "down": (h, k), "head": (k, v)}.items()}
+    nodes = [
+        helper.make_node("MatMul", ["x", "up"], ["u"], name="mm_up"),
+        helper.make_node("Relu", ["u"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "down"], ["d"], name="mm_down"),
+        helper.make_node("Add", ["d", "x"], ["res"], name="residual"),
+        helper.make_node("MatMul", ["res", "head"], ["logits"], name="mm_head"),
+        helper.make_node("Transpose", ["x"], ["xt"], name="xt", perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "xt"], ["gram"], name="mm_gram"),
+    ]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", elem, ["batch", k])],
+                              [helper.make_tensor_value_info("logits", elem, ["batch", v]),
+                               helper.make_tensor_value_info("gram", elem, ["batch", "batch"])],
+                              [numpy_helper.from_array(a, n) for n, a in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _np_mlp(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    x = x.astype(np.float64)
+    r = np.maximum(x @ w["up"].astype(np.float64), 0)
+    return (r @ w["down"].astype(np.float64) + x) @ w["head"].astype(np.float64)
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    """Max abs difference over max abs value: for "equal up to float rounding"."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _nrel(a: np.ndarray, b: np.ndarray) -> float:
+    """Relative Frobenius error: for "close to the float model" (int4 RTN costs ~10 % per layer on Gaussians)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _dequantized(result: qdq.QdqResult) -> dict[str, np.ndarray]:
+    """Float weights a rewritten model computes with: each weight's DQ evaluated in numpy."""
+    inits = {t.name: t for t in result.model.graph.initializer}
+    out = {}
+    for n in result.model.graph.node:
+        if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
+            continue
+        weight = n.output[0].removesuffix("_dq")
+        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        block = next((a.i for a in n.attribute if a.name == "block_size"), 0)
+        if block:
+            out[weight] = qdq.dequantize_int4_blocked(qdq.int4_values(inits[n.input[0]]), scale, block)
+        else:
+            out[weight] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32) * scale[None, :]
+    return out
+
+
+X = np.random.default_rng(1).standard_normal((5, 256)).astype(np.float32)
+
+
+def test_find_weight_matmuls_and_lm_head():
+    found = qdq.find_weight_matmuls(_mlp())
+    assert [(c.node, c.weight, c.k, c.n, c.lm_head) for c in found] == [
+        ("mm_up", "up", 256, 128, False), ("mm_down", "down", 128, 256, False), ("mm_head", "head", 256, 64, True)]
+    assert not any(c.lm_head for c in qdq.find_weight_matmuls(_mlp(), logits="gram"))
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_int4_blocked_runs_and_equals_numpy_dequantized(block):
+    model = _mlp()
+    res = qdq.quantize_weights(model, "int4", block_size=block, lm_head="int4")
+    onnx.checker.check_model(res.model, full_check=True)
+    assert res.report.counts == {"int4": 3} and res.report.block_size == block
+    inits = {t.name: t for t in res.model.graph.initializer}
+    assert {"up", "down", "head"}.isdisjoint(inits)  # float weights gone
+    dqs = [n for n in res.model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dqs) == 3
+    for n in dqs:
+        attrs = {a.name: a.i for a in n.attribute}
+        assert attrs == {"axis": 0, "block_size": block} and n.domain == "" and len(n.input) == 2  # no zero point
+        q, s = inits[n.input[0]], inits[n.input[1]]
+        assert q.data_type == TensorProto.INT4 and s.data_type == TensorProto.FLOAT
+        assert list(s.dims) == [q.dims[0] // block, q.dims[1]]
+        assert len(q.raw_data) == q.dims[0] * q.dims[1] // 2
+    assert [n.input[1] for n in res.model.graph.node if n.name == "mm_gram"] == ["xt"]
+
+    got = qdq.ort_session(res.model).run(["logits"], {"x": X})[0]
+    assert _rel(got, _np_mlp(X, _dequantized(res))) < 1e-5
+    assert _nrel(got, _np_mlp(X, _weights(model))) < 0.25
+    w = res.report.weights[0]
+    assert (w.bytes_before, w.bytes_after) == (256 * 128 * 4, 256 * 128 // 2 + 256 // block * 128 * 4)
+    assert res.report.bytes_after < res.report.bytes_before / 6
+
+
+def test_int4_fp16_graph_keeps_fp16_scales():
+    model = _mlp(dtype=np.float16)
+    res = qdq.quantize_weights(model, "int4", block_size=64)
+    scales = [t for t in res.model.graph.initializer if t.name.endswith("_scale")]
+    assert scales and all(t.data_type == TensorProto.FLOAT16 for t in scales)
+    assert res.report.counts == {"int4": 2} and [k[0] for k in res.report.kept] == ["mm_head"]
+    got = qdq.ort_session(res.model).run(["logits"], {"x": X.astype(np.float16)})[0]
+    want = _np_mlp(X.astype(np.float16), {**_weights(model), **_dequantized(res)})
+    assert got.dtype == np.float16 and _rel(got, want) < 5e-3  # fp16 arithmetic in ORT
+
+
+def test_int4_block_size_must_divide_k():
+    with pytest.raises(qdq.QdqError, match=r"does not divide K=96 of initializer 'up' \(MatMul 'mm_up'\)"):
+        qdq.quantize_weights(_mlp(k=96), "int4", block_size=64)
+    with pytest.raises(qdq.QdqError, match="block_size 48"):
+        qdq.quantize_weights(_mlp(), "int4", block_size=48)
+    with pytest.raises(qdq.QdqError, match="odd output width N=63"):
+        qdq.quantize_weights(_mlp(v=63), "int4", lm_head="int4")
+    ok = qdq.quantize_weights(_mlp(k=96), "int4", block_size=32)  # 32 divides 96
+    assert ok.report.counts == {"int4": 2}
+
+
+def test_int8_per_channel_and_lm_head_choice():
+    model = _mlp()
+    res = qdq.quantize_weights(model, "int4", lm_head="int8")
+    assert res.report.counts == {"int4": 2, "int8": 1} and res.report.kept == ()
+    head_dq = next(n for n in res.model.graph.node if n.output[0] == "head_dq")
+    inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    assert {a.name: a.i for a in head_dq.attribute} == {"axis": 1}
+    assert inits[head_dq.input[0]].dtype == np.int8 and inits[head_dq.input[1]].shape == (64,)
+    assert not inits[head_dq.input[2]].any() and inits[head_dq.input[2]].dtype == np.int8
+    assert np.abs(inits[head_dq.input[0]]).max() == 127
+
+    res8 = qdq.quantize_weights(model, "int8", select=lambda c: c.node != "mm_down")
+    assert res8.report.counts == {"int8": 1}
+    assert dict(res8.report.kept) == {"mm_down": "rejected by select", "mm_head": "lm_head (lm_head=None)"}
+    got = qdq.ort_session(res8.model).run(["logits"], {"x": X})[0]
+    assert _rel(got, _np_mlp(X, {**_weights(model), **_dequantized(res8)})) < 1e-5
+    assert _nrel(got, _np_mlp(X, _weights(model))) < 0.02
+
+
+def test_calibrate_and_w8a8():
+    model = _mlp()
+    feeds = [{"x": np.random.default_rng(i).standard_normal((4, 256)).astype(np.float32)} for i in range(3)]
+    cal = qdq.calibrate(model, feeds)
+    assert set(cal.amax) == {"x", "r", "res"}
+    xs = np.concatenate([f["x"] for f in feeds])
+    r = np.maximum(xs @ _weights(model)["up"], 0)
+    assert cal.amax["x"] == pytest.approx(np.abs(xs).max()) and cal.amax["r"] == pytest.approx(r.max(), rel=1e-5)
+    np.testing.assert_allclose(cal.channel_mean["x"], np.abs(xs).mean(0), rtol=1e-5)
+    assert cal.samples["x"].shape == (12, 256)
+
+    with pytest.raises(qdq.QdqError, match=r"needs an activation amax .*r \(MatMul mm_down\)"):
+        qdq.quantize_weights(model, "w8a8", act_amax={"x": 1.0})
+    res = qdq.quantize_weights(model, "w8a8", act_amax=cal.amax, lm_head="w8a8")
+    assert res.report.counts == {"w8a8": 3} and res.report.activation_qdq == ("x", "r", "res")
+    onnx.checker.check_model(res.model, full_check=True)
+    q = next(n for n in res.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    assert inits[q.input[1]] == pytest.approx(cal.amax["x"] / 127) and inits[q.input[2]].dtype == np.int8
+    # only the quantized MatMul reads the Q/DQ'd tensor: the residual Add and the gram MatMul keep x
+    readers = {n.name: list(n.input) for n in res.model.graph.node}
+    assert readers["residual"][1] == "x" and readers["mm_gram"] == ["x", "xt"] and readers["mm_up"][0] == "x_qdq"
+    got = qdq.ort_session(res.model).run(["logits"], {"x": X})[0]
+    assert _nrel(got, _np_mlp(X, _weights(model))) < 0.05
+
+
+def test_trt_form_differs_only_in_domain_and_opset():
+    std = qdq.quantize_weights(_mlp(), "int4", lm_head="int8").model
+    trt = qdq.convert_dq_form(std, "trt")
+    _assert_same_but_form(std, trt)
+    assert qdq.quantize_weights(_mlp(), "int4", lm_head="int8", form="trt").model == trt
+    back = qdq.convert_dq_form(trt, "standard")
+    assert back.SerializeToString() == std.SerializeToString()
+    with pytest.raises(qdq.QdqError, match="main opset 17"):
+        qdq.convert_dq_form(_with_opset(trt, 17), "standard")
+
+
+def _with_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    next(o for o in m.opset_import if o.domain == "").version = version
+    return m
+
+
+def _assert_same_but_form(std: onnx.ModelProto, trt: onnx.ModelProto) -> None:
+    assert {(o.domain, o.version) for o in std.opset_import} == {("", 21)}
+    assert {(o.domain, o.version) for o in trt.opset_import} == {("", 20), ("trt", 1)}
+    assert [t.SerializeToString() for t in std.graph.initializer] == [
+        t.SerializeToString() for t in trt.graph.initializer]
+    assert len(std.graph.node) == len(trt.graph.node)
+    moved = 0
+    for a, b in zip(std.graph.node, trt.graph.node, strict=True):
+        blocked = any(x.name == "block_size" for x in a.attribute)
+        assert (a.op_type, list(a.input), list(a.output), a.name) == (b.op_type, list(b.input), list(b.output), b.name)
+        assert [x.SerializeToString() for x in a.attribute] == [x.SerializeToString() for x in b.attribute]
+        assert b.domain == ("trt" if blocked else a.domain)
+        moved += blocked
+    assert moved and std.graph.input == trt.graph.input and std.graph.output == trt.graph.output
+
+
+def test_shared_weight_gets_one_dq():
+    model = _mlp()
+    extra = helper.make_node("MatMul", ["res", "head"], ["logits2"], name="mm_head2")
+    model.graph.node.append(extra)
+    model.graph.output.append(helper.make_tensor_value_info("logits2", TensorProto.FLOAT, ["batch", 64]))
+    res = qdq.quantize_weights(model, "int8", select=lambda c: c.weight == "head", lm_head="int8")
+    readers = [n.input[1] for n in res.model.graph.node if n.name in ("mm_head", "mm_head2")]
+    assert readers == ["head_dq", "head_dq"] and res.report.counts == {"int8": 2}
+    assert sum(n.op_type == "DequantizeLinear" for n in res.model.graph.node) == 1
+    assert "head" not in {t.name for t in res.model.graph.initializer}
+    # a float reader left unquantized keeps the float initializer alive
+    partial = qdq.quantize_weights(model, "int8", select=lambda c: c.node == "mm_head", lm_head="int8")
+    assert "head" in {t.name for t in partial.model.graph.initializer}
+    with pytest.raises(qdq.QdqError, match="shared by MatMuls quantized as"):
+        qdq.quantize_weights(model, "int4", select=lambda c: c.weight == "head", lm_head="int8",
+                             logits="logits2")
+
+
+def test_awq_search_never_worse_than_rtn():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 96)).astype(np.float32)
+    x = rng.standard_normal((64, 128)).astype(np.float32) * np.exp(rng.standard_normal(128) * 1.5)  # outlier chans
+    s, alpha, err, rtn = qdq.awq_search(w, x, block_size=32)
+    assert s.shape == (128,) and np.all(s > 0) and err <= rtn and alpha > 0 and err < 0.8 * rtn
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the demo checkpoint's decoder
+
+SIZES = {"batch": 1, "seq": 6, "past": 3}
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> onnx.ModelProto:
+    """The demo checkpoint's decoder graph, exported through the CLI. The export directory sits in the session's
+    base temp dir, so test_tensorrt_lint.py (same fixture) reuses it when both run in one session."""
+    out = tmp_path_factory.getbasetemp() / "demo_onnx_export"
+    path = out / "graphs" / "decoder.onnx"
+    if not path.exists():
+        res = CliRunner().invoke(app, ["export", "-o", str(out), "--force"])
+        assert res.exit_code == 0, res.output
+    return onnx.load(str(path))
+
+
+def _feeds(model: onnx.ModelProto, seed: int, sizes: dict[str, int] = SIZES) -> dict[str, np.ndarray]:
+    """Random inputs for the decoder graph from its declared inputs (named dims: batch, seq, past, past+seq)."""
+    rng = np.random.default_rng(seed)
+    dims = {**sizes, "past+seq": sizes["past"] + sizes["seq"]}
+    feeds = {}
+    for v in model.graph.input:
+        t = v.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else dims[d.dim_param] for d in t.shape.dim]
+        if v.name == "attention_mask":
+            feeds[v.name] = np.ones(shape, np.int64)
+        elif v.name == "position_ids":
+            feeds[v.name] = np.broadcast_to(np.arange(sizes["past"], sizes["past"] + shape[-1]), shape).copy()
+        else:
+            feeds[v.name] = rng.standard_normal(shape).astype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+    return feeds
+
+
+def _with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in weights:
+            t.CopyFrom(numpy_helper.from_array(weights[t.name].astype(np.float32), t.name))
+    return out
+
+
+def _logits(model: onnx.ModelProto, feeds) -> np.ndarray:
+    return qdq.ort_session(model).run(["logits"], feeds)[0]
+
+
+def test_decoder_linears_are_matmuls_with_kn_initializers(decoder):
+    found = qdq.find_weight_matmuls(decoder)
+    assert len(found) >= 8 and sum(c.lm_head for c in found) == 1
+    assert not any(n.op_type == "Gemm" for n in decoder.graph.node)
+    head = next(c for c in found if c.lm_head)
+    assert decoder.graph.node[head.index].output[0] == "logits" and head.n == 512  # [K=hidden, N=vocab]
+
+
+def test_decoder_int4(decoder):
+    feeds = _feeds(decoder, 0)
+    ref = _logits(decoder, feeds)
+    res = qdq.quantize_weights(decoder, "int4", lm_head="int4")
+    assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder))}
+    got = _logits(res.model, feeds)
+    # exactly the fp32 graph with the dequantized weights (ORT with qdq_matmulnbits_accuracy_level "0")
+    assert _rel(got, _logits(_with_weights(decoder, _dequantized(res)), feeds)) < 1e-5
+    assert _nrel(got, ref) < 0.15  # lm_head int4 too
+    body = qdq.quantize_weights(decoder, "int4")  # lm_head kept fp32 (default)
+    assert _nrel(_logits(body.model, feeds), ref) < 0.06
+    assert (_logits(body.model, feeds).argmax(-1) == ref.argmax(-1)).mean() >= 0.8
+    assert body.report.bytes_after < body.report.bytes_before
+    _assert_same_but_form(res.model, qdq.convert_dq_form(res.model, "trt"))
+
+
+def test_decoder_int8_and_w8a8(decoder):
+    feeds = _feeds(decoder, 0)
+    ref = _logits(decoder, feeds)
+    int8 = qdq.quantize_weights(decoder, "int8", lm_head="int8")
+    assert _nrel(_logits(int8.model, feeds), ref) < 0.02
+    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
+    w8a8 = qdq.quantize_weights(decoder, "w8a8", act_amax=cal.amax)
+    assert w8a8.report.counts == {"w8a8": len(qdq.find_weight_matmuls(decoder)) - 1}
+    assert len(w8a8.report.activation_qdq) == len({c.activation for c in qdq.find_weight_matmuls(decoder)}) - 1
+    assert _nrel(_logits(w8a8.model, feeds), ref) < 0.06
+
+
+def test_decoder_awq_scales(decoder):
+    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
+    scales = qdq.awq_scales(decoder, cal, grid=10)
+    assert set(scales) == {c.activation for c in qdq.find_weight_matmuls(decoder) if not c.lm_head}
+    k = {c.activation: c.k for c in qdq.find_weight_matmuls(decoder)}
+    assert all(e.error <= e.error_rtn and e.scales.shape == (k[a],) for a, e in scales.items())
+    assert sum(e.error for e in scales.values()) < sum(e.error_rtn for e in scales.values())
+    scaled = qdq.apply_awq_scales(decoder, scales)
+    feeds = _feeds(decoder, 0)
+    assert _rel(_logits(scaled, feeds), _logits(decoder, feeds)) < 1e-4  # equivalent before quantization
+    res = qdq.quantize_weights(scaled, "int4")
+    assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder)) - 1}
+    assert _nrel(_logits(res.model, feeds), _logits(decoder, feeds)) < 0.1
