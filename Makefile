@@ -22,6 +22,9 @@ demo: setup
 	$(BIN)/mvlm-export export -o build/demo-onnx --force
 	$(BIN)/mvlm-export run build/demo-onnx --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
 		--prompt "What color is the shape?"
+	$(BIN)/mvlm-export build --target orin -o build/demo-orin --force
+	$(BIN)/mvlm-export run build/demo-orin --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
+		--prompt "What color is the shape?"
 	$(BIN)/mvlm-export build --target snapdragon -o build/demo-snapdragon --force
 	$(BIN)/mvlm-export run build/demo-snapdragon --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
 		--prompt "What color is the shape?"

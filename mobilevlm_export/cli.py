@@ -272,6 +272,24 @@ def _print_build(manifest: dict) -> None:
             console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in lat[section].items()))
 
 
+@app.command("trt-build")
+def trt_build(
+    artifacts: Annotated[Path, typer.Argument(help="An orin bundle written by `build --target orin`.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """On the Jetson: build the bundle's TensorRT engines (build_plan.json) and record them in its manifest; then
+    `verify DIR` and `run DIR` use them."""
+    with _exit_codes():
+        from mobilevlm_export.targets.orin import trt_build as build_engines
+
+        built = build_engines(artifacts, log=lambda line: typer.echo(line, err=True))
+        if as_json:
+            _print_json({"artifacts": str(artifacts), "engines": built})
+        else:
+            for e in built:
+                typer.echo(f"{e['graph']}: {e['file']} ({e['bytes'] / 1e6:.1f} MB, {e['seconds']} s)")
+
+
 @app.command()
 def run(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
@@ -334,11 +352,12 @@ def _report(report, as_json: bool, extra: dict) -> None:
         from rich.table import Table
 
         console = Console()
-        table = Table("graph", "case", "output", "max abs", "mean abs", "cosine", "top-1", "ok",
+        table = Table("graph", "case", "output", "max abs", "mean abs", "cosine", "top-1", "KL", "ok",
                       title="Per-graph parity")
         for m in report.metrics:
             table.add_row(m.graph, m.case, m.output, f"{m.max_abs:.3g}", f"{m.mean_abs:.3g}", f"{m.cosine:.7f}",
-                          "" if m.top1 is None else f"{m.top1:.3f}", "yes" if m.passed else "[red]NO[/]")
+                          "" if m.top1 is None else f"{m.top1:.3f}", "" if m.kl is None else f"{m.kl:.2g}",
+                          "yes" if m.passed else "[red]NO[/]")
         console.print(table)
         matched = sum(r.match for r in report.e2e)
         console.print(f"End-to-end greedy tokens: {matched}/{len(report.e2e)} pairs identical "

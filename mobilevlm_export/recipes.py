@@ -56,6 +56,7 @@ class Tolerance:
     mean_abs: float | None = bounded(None, min=0)
     cosine_min: float | None = bounded(None, min=-1, max=1)
     top1_min: float | None = bounded(None, min=0, max=1)
+    kl_max: float | None = bounded(None, min=0)  # logits: mean KL(reference || artifact) per position, nats
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Parity: per-graph tensor metrics against the golden reference, and end-to-end greedy-token agreement.
 
 Metrics per output: max and mean absolute error, cosine similarity, and for logits the top-1 agreement (the
-fraction of positions whose argmax equals the reference's). Each is checked against the recipe's tolerance
+fraction of positions whose argmax equals the reference's) and the mean KL divergence of the artifact's next-token
+distribution from the reference's (nats per position). Each is checked against the recipe's tolerance
 for that output; the report lists the failures worst first (value relative to its bound). Torch-free: it runs
 on a device with the backend's runtime, numpy and the golden data only.
 """
@@ -27,6 +28,7 @@ class Metric:
     mean_abs: float
     cosine: float
     top1: float | None
+    kl: float | None = None
     failures: list[dict] = field(default_factory=list)  # {"metric", "value", "tolerance", "severity"}
 
     @property
@@ -86,21 +88,23 @@ def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, is_logits: bool) 
     """Metrics of ``got`` against ``want`` and the tolerance failures among them."""
     if got.shape != want.shape:
         fail = {"metric": "shape", "value": list(got.shape), "tolerance": list(want.shape), "severity": float("inf")}
-        return {"max_abs": float("inf"), "mean_abs": float("inf"), "cosine": 0.0, "top1": 0.0 if is_logits else None}, [
-            fail]
+        return {"max_abs": float("inf"), "mean_abs": float("inf"), "cosine": 0.0, "top1": 0.0 if is_logits else None,
+                "kl": float("inf") if is_logits else None}, [fail]
     g, w = got.astype(np.float64), want.astype(np.float64)
     diff = np.abs(g - w)
     denom = np.linalg.norm(g) * np.linalg.norm(w)
     cos = float(np.dot(g.ravel(), w.ravel()) / denom) if denom > 0 else float(np.array_equal(g, w))
     m = {"max_abs": float(diff.max(initial=0.0)), "mean_abs": float(diff.mean()) if diff.size else 0.0,
-         "cosine": cos, "top1": None}
+         "cosine": cos, "top1": None, "kl": None}
     if is_logits:
         m["top1"] = float(np.mean(g.argmax(-1) == w.argmax(-1)))
+        m["kl"] = kl_divergence(w, g)
     if not np.all(np.isfinite(g)):
         return m, [{"metric": "finite", "value": "nan/inf", "tolerance": "finite", "severity": float("inf")}]
     fails = []
     for name, bound, over in (("max_abs", tol.max_abs, True), ("mean_abs", tol.mean_abs, True),
-                              ("cosine", tol.cosine_min, False), ("top1", tol.top1_min, False)):
+                              ("cosine", tol.cosine_min, False), ("top1", tol.top1_min, False),
+                              ("kl", tol.kl_max, True)):
         value = m[name]
         if bound is None or value is None:
             continue
@@ -109,6 +113,16 @@ def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, is_logits: bool) 
             severity = value / bound if over and bound > 0 else (1 - value) / max(1 - bound, 1e-12)
             fails.append({"metric": name, "value": value, "tolerance": bound, "severity": float(severity)})
     return m, fails
+
+
+def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(ref) || softmax(logits)) along the last axis, in nats."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        z = x - x.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref_logits.astype(np.float64)), log_softmax(logits.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
 
 
 def _as_contract(runner, name: str, want: np.ndarray) -> np.ndarray:

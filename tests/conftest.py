@@ -57,3 +57,17 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+# `python -c CLI_WITHOUT_TORCH ARGS...`: the CLI in a process where importing torch or transformers raises
+CLI_WITHOUT_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"importing {name} is blocked: the artifact side must not need it")
+sys.meta_path.insert(0, Block())
+sys.argv = ["mvlm-export", *sys.argv[1:]]
+from mobilevlm_export.cli import main
+main()
+"""

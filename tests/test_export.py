@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLI_WITHOUT_TORCH
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -227,19 +228,6 @@ def test_bench_refuses_what_does_not_fit(exported):
     assert host["prefill_positions"] == 8 + 144 and host["decode_tokens_per_s"] > 0 and host["ttft_ms"] > 0
 
 
-BLOCK_TORCH = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"importing {name} is blocked: the artifact side must not need it")
-sys.meta_path.insert(0, Block())
-sys.argv = ["mvlm-export", *sys.argv[1:]]
-from mobilevlm_export.cli import main
-main()
-"""
-
-
 def test_artifact_side_without_torch(exported, samples, tmp_path):
     """`run`, `verify` and `bench` on a built DIR in a process where importing torch or transformers fails."""
     import subprocess
@@ -249,7 +237,7 @@ def test_artifact_side_without_torch(exported, samples, tmp_path):
     for args in (["verify", out, "--json"],
                  ["run", out, "--image", str(samples / "1.png"), "--prompt", "What shape is this?", "--json"],
                  ["bench", out, "--prompt-tokens", "4", "--decode-tokens", "2", "--repeats", "1", "--json"]):
-        res = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True,
+        res = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TORCH, *args], capture_output=True, text=True,
                              cwd=tmp_path)
         assert res.returncode == 0, (args, res.stderr[-2000:])
         assert "blocked" not in res.stderr

@@ -55,3 +55,21 @@ def test_full_size_onnx_export_parity(full_ckpt, tmp_path):
     assert any(p.endswith(".onnx.data") for p in sizes)
     print(json.dumps({"export_s": round(time.perf_counter() - t0, 1), "build": manifest["build"],
                       "bytes": sizes}))
+
+
+def test_full_size_orin_int4(full_ckpt, tmp_path):
+    """orin-int4 at MobileVLM_V2-1.7B dims: ONNX sizes, build wall time, peak RSS (<= 10 GB), ONNX Runtime parity."""
+    from mobilevlm_export.pipeline import BuildConfig, build
+
+    t0 = time.perf_counter()
+    result = build(BuildConfig(ckpt=full_ckpt, out=tmp_path / "orin", target="orin", bench=False, simplify=False,
+                               threads=2))
+    manifest = result.manifest
+    sizes = {a["path"]: a["bytes"] for a in manifest["artifacts"] if a["path"].endswith((".onnx", ".data"))}
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"build_s": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(rss_gb, 2),
+                      "bytes": sizes, "log": manifest["compile"]["log"],
+                      "worst": result.report.worst(3), "token_agreement": result.report.token_agreement}))
+    assert manifest["compile"]["lint"] == "passed"
+    assert result.report.passed, result.report.worst()
+    assert rss_gb <= 10

@@ -12,8 +12,8 @@ from mobilevlm_export.recipes import RECIPES_DIR
 from mobilevlm_export.targets import TARGETS
 
 runner = CliRunner()
-DIMS = ModelDims(image_size=336, patches=576, vision_hidden=64, image_tokens=144, hidden=64, layers=2, heads=4,
-                 kv_heads=4, head_dim=16, vocab=512, max_context=2048)
+DIMS = ModelDims(image_size=336, patches=576, vision_hidden=64, image_tokens=144, hidden=64, intermediate=128,
+                 layers=2, heads=4, kv_heads=4, head_dim=16, vocab=512, max_context=2048)
 
 
 def _bad(args, *needles):

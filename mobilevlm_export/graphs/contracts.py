@@ -126,6 +126,7 @@ class ModelDims:
     vision_hidden: int
     image_tokens: int
     hidden: int
+    intermediate: int  # the decoder MLP's width (input width of down_proj)
     layers: int
     heads: int
     kv_heads: int
@@ -146,7 +147,8 @@ class ModelDims:
         return cls(
             image_size=vc.image_size, patches=patches, vision_hidden=vc.hidden_size,
             image_tokens=image_token_count(cfg.projector_type, patches), hidden=tc.hidden_size,
-            layers=tc.num_hidden_layers, heads=heads, kv_heads=tc.num_key_value_heads or heads,
+            intermediate=tc.intermediate_size, layers=tc.num_hidden_layers, heads=heads,
+            kv_heads=tc.num_key_value_heads or heads,
             head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // heads,
             vocab=ckpt.model.language_model.get_input_embeddings().weight.shape[0],
             max_context=tc.max_position_embeddings,
@@ -161,10 +163,11 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
 
 def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
                     fused_image_encoder: bool = False, last_logits: bool = False,
-                    limits: Limits | None = None) -> list[GraphContract]:
+                    limits: Limits | None = None, index_dtype: str = "int64") -> list[GraphContract]:
     """The graphs a split makes. ``kv``: "dynamic" (ONNX/TensorRT) or "static" (ExecuTorch, in-place cache).
-    ``last_logits`` (static only): the decoder returns logits [1, 1, vocab] of the last position only.
-    ``limits`` sizes the dims' ranges (default: batch 1, the model's whole context)."""
+    ``last_logits``: the decoder returns logits [batch, 1, vocab] of the last position only.
+    ``limits`` sizes the dims' ranges (default: batch 1, the model's whole context). ``index_dtype``: the dtype of
+    ``input_ids``, ``attention_mask`` and ``position_ids`` in a dynamic-KV split (TensorRT prefers int32)."""
     limits = limits or Limits(max_batch=1, max_prompt=d.max_context, max_context=d.max_context)
     batch = DimRange(1, 1, limits.max_batch)
     pixel = TensorSpec("pixel_values", dtype, ("batch", 3, d.image_size, d.image_size))
@@ -178,15 +181,16 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
                   GraphContract("projector", (feats,), (embeds,), ranges=image_ranges)]
     # text ids: a prompt's text (the image tokens are spliced in after embedding) or one new token
     seq = DimRange(1, min(64, limits.max_prompt), limits.max_prompt)
-    graphs.append(GraphContract("embed_tokens", (TensorSpec("input_ids", "int64", ("batch", "seq")),),
+    ids_dtype = index_dtype if kv == "dynamic" else "int64"
+    graphs.append(GraphContract("embed_tokens", (TensorSpec("input_ids", ids_dtype, ("batch", "seq")),),
                                 (TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden)),),
                                 ranges={"batch": batch, "seq": seq}))
     inputs_embeds = TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden))
     logits = TensorSpec("logits", "float32", ("batch", 1 if last_logits else "seq", d.vocab))
     cache = ("batch", d.kv_heads, "past", d.head_dim)
     if kv == "dynamic":
-        ins = [inputs_embeds, TensorSpec("attention_mask", "int64", ("batch", "past+seq")),
-               TensorSpec("position_ids", "int64", ("batch", "seq"))]
+        ins = [inputs_embeds, TensorSpec("attention_mask", index_dtype, ("batch", "past+seq")),
+               TensorSpec("position_ids", index_dtype, ("batch", "seq"))]
         outs = [logits]
         for i in range(d.layers):
             pk, pv, ok, ov = kv_names(i)

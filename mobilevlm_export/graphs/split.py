@@ -37,10 +37,11 @@ class Graph:
 
 
 def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_image_encoder: bool = False,
-          limits: Limits | None = None, last_logits: bool = False) -> list[Graph]:
+          limits: Limits | None = None, last_logits: bool = False, index_dtype: str = "int64") -> list[Graph]:
     """The dynamic-KV graphs (ONNX/TensorRT) of ``ckpt`` in ``precision`` (fp32 or fp16), their contracts' ranges
-    sized by ``limits``. Modules share the model's weights in fp32; for fp16 they are copies (the reference stays
-    fp32)."""
+    sized by ``limits``; ``last_logits``: the decoder returns the last position's logits only; ``index_dtype``: ids,
+    mask and positions as int64 or int32. Modules share the model's weights in fp32; for fp16 they are copies (the
+    reference stays fp32)."""
     dtype = PRECISION_DTYPES[precision]
     model = ckpt.model
     vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
@@ -53,7 +54,7 @@ def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_i
         "decoder": DynamicKVDecoder(model.language_model, last_logits),
     }
     contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), dtype, "dynamic", fused_image_encoder,
-                                last_logits, limits)
+                                last_logits, limits, index_dtype)
     graphs = []
     for c in contracts:
         module = modules[c.name].eval()

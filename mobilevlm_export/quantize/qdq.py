@@ -30,6 +30,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -41,6 +42,7 @@ SCHEMES = ("int4", "int8", "w8a8")
 BLOCK_SIZES = (32, 64, 128)
 FORMS = ("standard", "trt")
 TRT_DOMAIN = "trt"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
 TRT_OPSET = 20  # the highest standard-domain opset TensorRT 10.0-10.3 parse (onnx-tensorrt docs/operators.md)
 STANDARD_OPSET = 21  # the first opset whose DequantizeLinear has block_size and INT4 inputs
 INT4_MIN_IR = 10  # INT4 tensors need IR version 10 (onnx 1.16)
@@ -522,7 +524,31 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    if not is_large(model):
+        return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
+        path = save_model(copy.deepcopy(model), Path(tmp) / "model.onnx")
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s weights come near protobuf's 2 GB limit for one serialized message."""
+    return _initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to ``path``, its weights to ``path.data`` when they come near protobuf's 2 GB limit (the
+    external-data write moves them out of ``model``: pass a copy to keep using it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_large(model):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
 
 
 def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], tensors: Sequence[str] | None = None,
@@ -530,7 +556,7 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]],
     """Run ``model`` (fp32/fp16, not quantized) with ONNX Runtime on each of ``feeds`` and collect statistics of
     ``tensors`` (default: input 0 of every weight MatMul, lm_head included), which are made graph outputs of a
     temporary copy. ``max_rows`` rows per tensor are kept (evenly strided over each run) for ``awq_search``.
-    The model must fit in one protobuf (< 2 GB)."""
+    A model over 2 GB runs from a temporary file with external data."""
     if tensors is None:
         tensors = list(dict.fromkeys(c.activation for c in find_weight_matmuls(model, logits)))
     tmp = copy.deepcopy(model)

@@ -7,9 +7,10 @@ from __future__ import annotations
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.targets.base import CompileContext, CompileRecord, Target
 from mobilevlm_export.targets.onnx import OnnxTarget
+from mobilevlm_export.targets.orin import OrinTarget
 from mobilevlm_export.targets.snapdragon import SnapdragonTarget
 
-TARGETS: dict[str, Target] = {t.name: t for t in (OnnxTarget(), SnapdragonTarget())}
+TARGETS: dict[str, Target] = {t.name: t for t in (OnnxTarget(), SnapdragonTarget(), OrinTarget())}
 
 
 def get_target(name: str, flag: str = "--target") -> Target:

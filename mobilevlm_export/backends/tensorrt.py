@@ -1,0 +1,309 @@
+"""TensorRT backend: engine build plans made from the graph contracts, the equivalent ``trtexec`` script, and an
+engine builder and runner on the real ``tensorrt`` Python API.
+
+The plan (``build_plan.json``) lists per graph the ONNX file TensorRT parses, the engine to write, whether the
+network is strongly typed (Q/DQ graphs: the ONNX types decide every precision) or built with the FP16 flag, the
+workspace limit, and its optimization profiles, each input's min/opt/max shape computed from the contract's dim
+ranges. The decoder gets two profiles, prefill (past = 0, seq up to the longest prompt) and decode (seq = 1, past
+up to the context), because one profile over both makes TensorRT tune for shapes neither phase runs.
+
+Building and running need ``tensorrt`` (JetPack's python3-libnvinfer on a Jetson) and a CUDA device, with
+``cuda-python`` for device buffers; both are imported inside the functions, so this module imports without them.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mobilevlm_export.errors import CheckFailed, UserError
+from mobilevlm_export.graphs.contracts import DimRange, GraphContract
+
+PLAN = "build_plan.json"
+SCRIPT = "build_engines.sh"
+ENGINES_DIR = "engines"
+TIMING_CACHE = "engines/timing.cache"
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """One optimization profile: input name -> {"min", "opt", "max"} shapes."""
+
+    name: str
+    shapes: dict[str, dict[str, list[int]]]
+
+
+@dataclass
+class EnginePlan:
+    graph: str
+    onnx: str    # relative to DIR: the file TensorRT parses
+    engine: str  # relative to DIR: the engine to write
+    strongly_typed: bool
+    fp16: bool   # BuilderFlag.FP16 (weakly typed networks only)
+    profiles: list[ProfileShapes]
+    contract: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EnginePlan:
+        return cls(**{**d, "profiles": [ProfileShapes(**p) for p in d["profiles"]]})
+
+
+@dataclass
+class BuildPlan:
+    tensorrt: str
+    device: str
+    workspace_bytes: int
+    engines: list[EnginePlan] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"tensorrt": self.tensorrt, "device": self.device, "workspace_bytes": self.workspace_bytes,
+                "engines": [e.to_dict() for e in self.engines]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BuildPlan:
+        return cls(d["tensorrt"], d["device"], int(d["workspace_bytes"]),
+                   [EnginePlan.from_dict(e) for e in d["engines"]])
+
+
+def decoder_profiles(contract: GraphContract) -> list[tuple[str, dict[str, DimRange]]]:
+    """The decoder's two profiles from its ranges: prefill (past 0, seq over the prompt range) and decode (seq 1,
+    past over the cache range)."""
+    r = contract.ranges
+    return [("prefill", {**r, "past": DimRange(0, 0, 0)}),
+            ("decode", {**r, "seq": DimRange(1, 1, 1)})]
+
+
+def profile_shapes(contract: GraphContract, name: str, ranges: dict[str, DimRange]) -> ProfileShapes:
+    """Each input's min/opt/max shape under ``ranges`` (a ``past+seq`` dim sums its parts)."""
+    sizes = {k: {s: getattr(r, k) for s, r in ranges.items()} for k in ("min", "opt", "max")}
+    return ProfileShapes(name, {t.name: {k: list(t.shape(sizes[k])) for k in sizes} for t in contract.inputs})
+
+
+def engine_plan(contract: GraphContract, onnx_file: str, strongly_typed: bool) -> EnginePlan:
+    profiles = decoder_profiles(contract) if contract.name == "decoder" else [("default", contract.ranges)]
+    return EnginePlan(contract.name, onnx_file, f"{ENGINES_DIR}/{contract.name}.engine", strongly_typed,
+                      not strongly_typed, [profile_shapes(contract, n, r) for n, r in profiles], contract.to_dict())
+
+
+def write_plan(plan: BuildPlan, root: Path) -> None:
+    (root / PLAN).write_text(json.dumps(plan.to_dict(), indent=1) + "\n")
+    (root / SCRIPT).write_text(trtexec_script(plan))
+    (root / SCRIPT).chmod(0o755)
+
+
+def read_plan(root: Path) -> BuildPlan:
+    path = Path(root) / PLAN
+    if not path.is_file():
+        raise UserError(f"{root}: no {PLAN} (not an orin bundle)")
+    try:
+        return BuildPlan.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a valid build plan ({type(exc).__name__}: {exc})") from None
+
+
+def _dims(shape: list[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def trtexec_command(e: EnginePlan, workspace_bytes: int) -> list[str]:
+    """``trtexec`` arguments equivalent to ``build_engine(e)``. Each profile is one group of
+    ``--minShapes/--optShapes/--maxShapes`` (trtexec builds one optimization profile per group, in order)."""
+    cmd = ["trtexec", f"--onnx={e.onnx}", f"--saveEngine={e.engine}", f"--timingCacheFile={TIMING_CACHE}",
+           f"--memPoolSize=workspace:{workspace_bytes // MIB}M", "--skipInference"]
+    cmd.append("--stronglyTyped" if e.strongly_typed else "--fp16")
+    for p in e.profiles:
+        for k in ("min", "opt", "max"):
+            cmd.append(f"--{k}Shapes=" + ",".join(f"{name}:{_dims(s[k])}" for name, s in p.shapes.items()))
+    return cmd
+
+
+def trtexec_script(plan: BuildPlan) -> str:
+    lines = ["#!/usr/bin/env bash",
+             "# Build the TensorRT engines of this bundle with trtexec (JetPack ships it: /usr/src/tensorrt/bin).",
+             "# Equivalent to `mvlm-export trt-build DIR` (same profiles, flags and workspace); `mvlm-export verify`",
+             "# and `run` on DIR then use the engines (trt-build also records their sha256 in manifest.json).",
+             f"# TensorRT {plan.tensorrt}, device profile {plan.device}. Run from the bundle directory.",
+             "set -euo pipefail", 'cd "$(dirname "$0")"', f"mkdir -p {ENGINES_DIR}",
+             'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"']
+    for e in plan.engines:
+        cmd = trtexec_command(e, plan.workspace_bytes)
+        lines.append(" \\\n    ".join(['"$TRTEXEC"', *map(shlex.quote, cmd[1:])]))
+    return "\n".join(lines) + "\n"
+
+
+def parse_trtexec_command(line: str) -> dict:
+    """The shapes and flags of one ``trtexec`` command line of the script (what a test compares with the plan)."""
+    args = [a for a in shlex.split(line.replace("\\\n", " ")) if a.startswith("--")]  # the program's name dropped
+    out: dict = {"flags": [], "profiles": []}
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("--minShapes", "--optShapes", "--maxShapes"):
+            which = key[2:5]
+            if which == "min":
+                out["profiles"].append({})
+            for item in value.split(","):
+                name, _, dims = item.rpartition(":")
+                out["profiles"][-1].setdefault(name, {})[which] = [int(d) for d in dims.split("x")]
+        elif value:
+            out[key[2:]] = value
+        else:
+            out["flags"].append(key[2:])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the real TensorRT API
+
+
+def import_tensorrt():
+    """``tensorrt`` or ``UserError`` saying how to get it."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise UserError(f"tensorrt is not importable ({exc}); on a Jetson it comes with JetPack "
+                        "(python3-libnvinfer), elsewhere from NVIDIA's index (pip install tensorrt)") from None
+    return trt
+
+
+def tensorrt_available() -> str | None:
+    """None when TensorRT and a CUDA device are usable here, else why not (one line)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "tensorrt not importable"
+    try:
+        cudart = _cudart()
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count < 1:
+            return "no CUDA device"
+    except ImportError:
+        return "cuda-python not importable"
+    return None
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def _check(result):
+    """cuda-python returns (error, *values): raise on an error, return the values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA error {err}")
+    return values[0] if len(values) == 1 else values
+
+
+def build_engine(e: EnginePlan, root: Path, workspace_bytes: int, log=print) -> dict:
+    """Parse ``e.onnx``, build with the plan's profiles and flags, write ``e.engine`` and update the timing cache.
+    Returns the engine's record (file, bytes, seconds). ``CheckFailed`` when the parser or builder refuses."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if e.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    t0 = time.perf_counter()
+    if not parser.parse_from_file(str(root / e.onnx)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CheckFailed(f"{e.onnx}: TensorRT's ONNX parser refused it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if e.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    cache_path = root / TIMING_CACHE
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    for p in e.profiles:
+        prof = builder.create_optimization_profile()
+        for name, s in p.shapes.items():
+            prof.set_shape(name, s["min"], s["opt"], s["max"])
+        config.add_optimization_profile(prof)
+    log(f"building {e.engine} ({len(e.profiles)} profile(s), "
+        f"{'strongly typed' if e.strongly_typed else 'fp16 flag'})")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CheckFailed(f"{e.onnx}: TensorRT could not build an engine (see its log above)")
+    out = root / e.engine
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(serialized))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return {"graph": e.graph, "file": e.engine, "bytes": out.stat().st_size,
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+class TensorRTRunner:
+    """Runs one engine: sets the profile (decoder: prefill when there is no past, else decode) and the input
+    shapes, copies the feeds to device buffers, runs, and returns the outputs named after the contract."""
+
+    def __init__(self, engine_path: Path, contract: GraphContract) -> None:
+        trt = import_tensorrt()
+        self._trt = trt
+        self._cudart = _cudart()
+        self.contract = contract
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self._engine is None:
+            raise UserError(f"{engine_path}: TensorRT cannot load this engine (built by another TensorRT version or "
+                            "for another GPU? rebuild it with `mvlm-export trt-build`)")
+        self._context = self._engine.create_execution_context()
+        self._stream = _check(self._cudart.cudaStreamCreate())
+        self._profiles = self._engine.num_optimization_profiles
+        self._profile = -1
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < max(nbytes, 1):
+            if ptr:
+                _check(self._cudart.cudaFree(ptr))
+            ptr, size = _check(self._cudart.cudaMalloc(max(nbytes, 1))), max(nbytes, 1)
+            self._buffers[name] = (ptr, size)
+        return ptr
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        trt, cudart, ctx = self._trt, self._cudart, self._context
+        past = next((feeds[t.name].shape[2] for t in self.contract.inputs if t.name.startswith("past_key_values")),
+                    0)
+        profile = 0 if self._profiles == 1 or past == 0 else 1
+        if profile != self._profile:
+            ctx.set_optimization_profile_async(profile, self._stream)
+            self._profile = profile
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for t in self.contract.inputs:
+            arr = np.ascontiguousarray(feeds[t.name], dtype=trt.nptype(self._engine.get_tensor_dtype(t.name)))
+            ctx.set_input_shape(t.name, arr.shape)
+            ptr = self._buffer(t.name, arr.nbytes)
+            if arr.nbytes:
+                _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream))
+            ctx.set_tensor_address(t.name, ptr)
+        outs = {}
+        for t in self.contract.outputs:
+            shape = tuple(ctx.get_tensor_shape(t.name))
+            outs[t.name] = np.empty(shape, dtype=trt.nptype(self._engine.get_tensor_dtype(t.name)))
+            ctx.set_tensor_address(t.name, self._buffer(t.name, outs[t.name].nbytes))
+        if not ctx.execute_async_v3(self._stream):
+            raise CheckFailed(f"{self.contract.name}: TensorRT execution failed")
+        for name, arr in outs.items():
+            if arr.nbytes:
+                _check(cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, d2h, self._stream))
+        _check(cudart.cudaStreamSynchronize(self._stream))
+        return outs
+
+    def __del__(self) -> None:
+        for ptr, _ in getattr(self, "_buffers", {}).values():
+            self._cudart.cudaFree(ptr)

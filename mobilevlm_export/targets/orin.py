@@ -1,0 +1,379 @@
+"""``build --target orin``: TensorRT-ready ONNX for Jetson Orin, quantized as Q/DQ, linted against the profile's
+TensorRT ONNX parser, proven on the host with ONNX Runtime, and an on-device bundle that builds its engines.
+
+Graphs: ``image_encoder`` (tower + projector fused), ``embed_tokens`` and the dynamic-KV ``decoder``, fp16
+weights and activations (logits fp32), int32 ``input_ids``/``attention_mask``/``position_ids``. Quantization
+rewrites the exported graphs' weight MatMuls to Q/DQ (``quantize/qdq.py``): int4 weight-only blocked along K
+(symmetric, zero point 0; AWQ pre-scales optional), int8 weight-only per channel, or W8A8 with calibrated
+per-tensor activation scales. ``graphs/*.onnx`` are the standard form (opset 21) ONNX Runtime runs on the host;
+when the profile's TensorRT parses opsets below 21 (JetPack 6: TensorRT 10.3), ``trt/*.onnx`` hold the same graphs
+with blocked DQ as ``trt::DequantizeLinear`` at opset 20, and the build checks the two differ in nothing else.
+``build_plan.json`` + ``build_engines.sh`` say how to build the engines on the device (``mvlm-export trt-build``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from mobilevlm_export.errors import CheckFailed, UserError
+from mobilevlm_export.graphs.contracts import Limits
+from mobilevlm_export.schema import Precision, QuantAlgorithm, bounded
+from mobilevlm_export.targets.base import CompileContext, CompileRecord
+
+# int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
+DEFAULT_BLOCK = 128
+STANDARD_OPSET = 21  # blocked DequantizeLinear with int4 weights
+# Jetson's CPU and GPU share the memory: what the OS, the CUDA context and the runtime's own buffers leave to an
+# engine (a conservative share; JetPack's desktop alone takes 1-2 GB)
+USABLE_MEMORY_FRACTION = 0.75
+GIB = 1 << 30
+_FLOAT = (Precision.FP16,)
+_WEIGHTS = (Precision.FP16, Precision.INT4, Precision.INT8, Precision.W8A8)
+
+
+class Logits(StrEnum):
+    LAST = "last"  # the decoder returns the last position's logits (prefill skips the lm_head over the prompt)
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """The ``[tensorrt]`` table of an orin recipe: the shapes to build for and the decoder's logits."""
+
+    max_prompt: int = bounded(384, min=1)   # longest prompt, image tokens included (the prefill profile)
+    max_context: int = bounded(512, min=2)  # prompt + answer (the decode profile's longest cache)
+    logits: Logits = Logits.LAST
+    workspace_mb: int = bounded(2048, min=64)  # builder workspace limit
+
+
+@dataclass(frozen=True)
+class OrinDevice:
+    """The ``[orin]`` table of an orin device profile."""
+
+    jetpack: str
+    tensorrt: str  # the TensorRT version JetPack ships: picks the parser's op table and the Q/DQ form
+    fp16_tflops: float = bounded(min=1e-3)  # dense fp16 tensor-core throughput of the GPU
+    compute_capability: str = "8.7"
+
+
+class OrinTarget:
+    name = "orin"
+    backend = "tensorrt"
+    kv = "dynamic"
+    default_recipe = "orin-int4"
+    default_profile = "orin-agx-64gb"
+    precisions = (Precision.FP16, Precision.INT4, Precision.INT8, Precision.W8A8)
+    quantize_parts = {"image_encoder": (Precision.FP16, Precision.INT8, Precision.W8A8),
+                      "embed_tokens": _FLOAT, "decoder": _WEIGHTS, "lm_head": _WEIGHTS[:3]}
+    default_group_size = DEFAULT_BLOCK
+    algorithms = (QuantAlgorithm.RTN, QuantAlgorithm.AWQ)
+    recipe_section = "tensorrt"
+    recipe_options = TensorRTOptions
+    profile_options = OrinDevice
+
+    def check_recipe(self, recipe, bad) -> None:
+        if not recipe.fused_image_encoder:
+            raise bad("recipe.fused_image_encoder", "must be true for orin (one image_encoder engine)")
+        if recipe.options.max_prompt > recipe.options.max_context:
+            raise bad("tensorrt.max_prompt", f"is {recipe.options.max_prompt}, larger than tensorrt.max_context "
+                                             f"{recipe.options.max_context}")
+        for part, q in recipe.quantize.items():
+            if q.group_size is not None and q.scheme != Precision.INT4:
+                raise bad(f"quantize.{part}.group_size", f"applies to int4 only (scheme is {q.scheme.value})")
+            if q.group_size is not None and q.group_size not in (32, 64, 128):
+                raise bad(f"quantize.{part}.group_size", f"is {q.group_size}; TensorRT's int4 blocks: 32, 64, 128")
+            if q.algorithm == QuantAlgorithm.AWQ and q.scheme != Precision.INT4:
+                raise bad(f"quantize.{part}.algorithm", "awq applies to int4 weights only")
+
+    def check(self, recipe, profile, dims) -> Limits:
+        opts = recipe.options
+        if opts.max_context > dims.max_context:
+            raise UserError(f"{recipe.source}: tensorrt.max_context = {opts.max_context} exceeds the model's "
+                            f"max_position_embeddings {dims.max_context}")
+        if opts.max_context > profile.max_context:
+            raise UserError(f"{recipe.source}: tensorrt.max_context = {opts.max_context} exceeds {profile.name}'s "
+                            f"max_context {profile.max_context}")
+        if recipe.precision not in profile.precisions:
+            raise UserError(f"--recipe {recipe.name}: precision {recipe.precision.value} is not one {profile.name} "
+                            f"runs ({', '.join(p.value for p in profile.precisions)})")
+        widths = {"decoder": (dims.hidden, dims.intermediate), "lm_head": (dims.hidden,),
+                  "image_encoder": (dims.vision_hidden,)}
+        for part, q in recipe.quantize.items():
+            if q.scheme != Precision.INT4:
+                continue
+            block = q.group_size or DEFAULT_BLOCK
+            for k in widths.get(part, ()):
+                if k % block:
+                    raise UserError(f"{recipe.source}: quantize.{part}.group_size = {block} does not divide the "
+                                    f"{part} layers' input width {k}")
+        return Limits(max_batch=profile.max_batch, max_prompt=opts.max_prompt, max_context=opts.max_context)
+
+    def split(self, ckpt, recipe, limits: Limits) -> list:
+        from mobilevlm_export.graphs.split import split
+
+        return split(ckpt, Precision.FP16, True, limits, recipe.options.logits == Logits.LAST, index_dtype="int32")
+
+    def compile(self, graphs: list, recipe, profile, ctx: CompileContext) -> CompileRecord:
+        import onnx
+
+        from mobilevlm_export.backends.onnx import export_graph
+        from mobilevlm_export.backends.tensorrt import BuildPlan, engine_plan, write_plan
+
+        record: dict[str, dict] = {}
+        advance = ctx.progress("Exporting graphs to ONNX (fp16)", len(graphs))
+        contracts = {}
+        while graphs:
+            g = graphs.pop(0)
+            info = export_graph(g, ctx.out / "graphs" / f"{g.name}.onnx", simplify=ctx.simplify)
+            record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(),
+                              "export": info.to_dict()}
+            contracts[g.name] = g.contract
+            advance()
+        log = quantize_graphs(ctx.out, record, recipe, ctx)
+        trt_version = profile.options.tensorrt
+        opset_max = _parser_opset(trt_version)
+        advance = ctx.progress(f"TensorRT {trt_version} lint", len(record))
+        findings, plan = [], BuildPlan(trt_version, profile.name, recipe.options.workspace_mb << 20)
+        for name, rec in record.items():
+            model = onnx.load(str(ctx.out / rec["file"]))
+            engine_input = rec["file"]
+            if opset_max < STANDARD_OPSET:  # this parser stops below opset 21: ship the trt-domain form
+                engine_input = f"trt/{name}.onnx"
+                _write_trt_form(model, ctx.out / engine_input)
+                model = onnx.load(str(ctx.out / engine_input))
+            rec["engine_onnx"] = engine_input
+            findings += _lint(model, name, trt_version)
+            qdq = any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+            plan.engines.append(engine_plan(contracts[name], engine_input, strongly_typed=qdq))
+            advance()
+        if findings:
+            shown = "; ".join(str(f) for f in findings[:5])
+            raise CheckFailed(f"TensorRT {trt_version} lint: {len(findings)} finding(s): {shown}")
+        write_plan(plan, ctx.out)
+        fits = fits_on_device(ctx.out, record, ctx.model["dims"], recipe, profile)
+        log.append(fits["summary"])
+        engines = _engines_at_build(plan, ctx)
+        if not isinstance(engines, str):
+            for e in engines:
+                record[e["graph"]]["engine"] = e["file"]
+        info = {"tensorrt": trt_version, "lint": "passed", "plan": "build_plan.json", "fits": fits,
+                "engines": engines}
+        log.append(f"engines: {engines if isinstance(engines, str) else 'built with TensorRT ' + trt_version}")
+        table = [{"graph": n, "onnx": r["engine_onnx"], "bytes": (ctx.out / r["engine_onnx"]).stat().st_size,
+                  "profiles": ", ".join(p.name for p in e.profiles)}
+                 for (n, r), e in zip(record.items(), plan.engines, strict=True)]
+        return CompileRecord(record, info, log, table)
+
+    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
+        """TensorRT engines when they are built (``trt-build`` or ``build_engines.sh``) and TensorRT and a GPU are
+        here; ONNX Runtime on the standard-form graphs otherwise."""
+        from mobilevlm_export.backends.tensorrt import PLAN, TensorRTRunner, read_plan, tensorrt_available
+        from mobilevlm_export.graphs.contracts import GraphContract
+
+        planned = {e.graph: e.engine for e in read_plan(root).engines} if (root / PLAN).is_file() else {}
+        engines = {name: g.get("engine") or planned.get(name) for name, g in graphs.items()}
+        if all(e and (root / e).is_file() for e in engines.values()) and tensorrt_available() is None:
+            return {name: TensorRTRunner(root / engines[name], GraphContract.from_dict(g["contract"]))
+                    for name, g in graphs.items()}
+        from mobilevlm_export.targets.onnx import OnnxTarget
+
+        return OnnxTarget().open_runners(root, graphs, threads)
+
+
+def _parser_opset(trt_version: str) -> int:
+    from mobilevlm_export.backends.tensorrt_lint import load_table
+
+    try:
+        return load_table(trt_version).opset_max
+    except ValueError as exc:
+        raise UserError(f"orin.tensorrt = {trt_version}: {exc}") from None
+
+
+def _lint(model, name: str, trt_version: str) -> list:
+    from mobilevlm_export.backends.tensorrt_lint import lint
+
+    return lint(model, name, trt_version)
+
+
+def _write_trt_form(model, path: Path) -> None:
+    """The graph with blocked DQ in the ``trt`` domain at opset 20; checked to differ in nothing else."""
+    from mobilevlm_export.quantize.qdq import convert_dq_form, save_model
+
+    trt_model = convert_dq_form(model, "trt")
+    back = convert_dq_form(trt_model, "standard")
+    # nodes and opsets (initializers are not touched by the conversion; whole models may exceed 2 GB to serialize)
+    if [n.SerializeToString() for n in back.graph.node] != [n.SerializeToString() for n in model.graph.node] or \
+            list(back.opset_import) != list(model.opset_import):
+        raise CheckFailed(f"{path.name}: the trt-domain form does not convert back to the verified graph")
+    del back
+    save_model(trt_model, path)
+
+
+def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> list[str]:
+    """Rewrite the exported graphs in place per the recipe's ``[quantize.PART]`` tables; returns log lines."""
+    import onnx
+
+    from mobilevlm_export.quantize import qdq
+
+    log = []
+    for name, head in (("decoder", "lm_head"), ("image_encoder", None)):
+        body_q = recipe.quant(name)
+        head_q = recipe.quant(head) if head else None
+        body = _scheme(body_q)
+        head_scheme = _scheme(head_q) if head_q else None
+        if body is None and head_scheme is None:
+            continue
+        path = root / record[name]["file"]
+        model = onnx.load(str(path))
+        block = (body_q.group_size if body == "int4" else None) or (
+            head_q.group_size if head_scheme == "int4" else None) or DEFAULT_BLOCK
+        awq = QuantAlgorithm.AWQ in (body_q.algorithm, head_q.algorithm if head_q else None)
+        calib = None
+        if body == "w8a8" or head_scheme == "w8a8" or awq:
+            calib = qdq.calibrate(model, calibration_feeds(root, record, name))
+        if awq:
+            scales = qdq.awq_scales(model, calib, block_size=block,
+                                    lm_head=bool(head_q and head_q.algorithm == QuantAlgorithm.AWQ))
+            if body_q.algorithm != QuantAlgorithm.AWQ:  # lm_head only
+                scales = {a: s for a, s in scales.items() if any(_is_head(model, w) for w in s.weights)}
+            model = qdq.apply_awq_scales(model, scales)
+            gain = [s.error / s.error_rtn for s in scales.values() if s.error_rtn > 0]
+            log.append(f"{name}: AWQ pre-scales on {len(scales)} activations (int4 error x{min(gain, default=1):.3f}"
+                       f"..{max(gain, default=1):.3f} of round-to-nearest on the calibration rows)")
+        select = None if body is not None else (lambda c: c.lm_head)
+        result = qdq.quantize_weights(model, body or head_scheme, block_size=block, lm_head=head_scheme,
+                                      act_amax=calib.amax if calib else None, select=select)
+        data = path.with_name(path.name + ".data")
+        if data.exists():  # the float weights' external file: replaced by what the quantized graph needs
+            data.unlink()
+        qdq.save_model(result.model, path)
+        rep = result.report
+        log.append(f"{name}: " + ", ".join(f"{n} MatMuls {s}" for s, n in rep.counts.items())
+                   + (f" (int4 block {block})" if "int4" in (body, head_scheme) else "")
+                   + f"; weights {rep.bytes_before / 1e6:.2f} -> {rep.bytes_after / 1e6:.2f} MB")
+        ctx.progress(f"Quantized {name}", 1)()
+    return log
+
+
+def _scheme(q) -> str | None:
+    return None if q is None or q.scheme in (Precision.FP16, Precision.FP32) else q.scheme.value
+
+
+def _is_head(model, weight: str) -> bool:
+    from mobilevlm_export.quantize.qdq import find_weight_matmuls
+
+    return any(c.lm_head and c.weight == weight for c in find_weight_matmuls(model))
+
+
+def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
+    """Inputs of ``graph`` on the build's samples (golden data's end-to-end pairs: images and prompts), computed
+    with the unquantized exported graphs on ONNX Runtime: pixel values for the image encoder, the spliced prompt
+    embeddings (prefill, no past) for the decoder."""
+    import numpy as np
+
+    from mobilevlm_export.backends.onnx import OnnxRunner
+    from mobilevlm_export.graphs.contracts import GraphContract
+    from mobilevlm_export.runtime.golden import load_golden
+    from mobilevlm_export.runtime.pipeline import VLMPipeline
+
+    arrays, e2e = load_golden(root)
+    pixels = [arrays[f"e2e/{i}/pixel_values"][None] for i in range(len(e2e))]
+    if graph == "image_encoder":
+        return [{"pixel_values": p.astype(np.float16)} for p in pixels]
+    runners = {n: OnnxRunner(root / r["file"], GraphContract.from_dict(r["contract"]))
+               for n, r in record.items() if n != "decoder"}
+    contract = GraphContract.from_dict(record["decoder"]["contract"])
+    pipe = VLMPipeline(runners, decoder=None, eos_id=-1)  # used to embed and splice only
+    feeds = []
+    for item, px in zip(e2e, pixels, strict=True):
+        embeds = pipe.splice(item["prompt_ids"], pipe.image_embeds(px))
+        n = embeds.shape[1]
+        empty = {t.name: np.zeros(t.shape({"batch": 1, "past": 0}), t.dtype)
+                 for t in contract.inputs if t.name.startswith("past_key_values")}
+        feeds.append({"inputs_embeds": embeds.astype(np.float16), "attention_mask": np.ones((1, n), np.int32),
+                      "position_ids": np.arange(n, dtype=np.int32)[None], **empty})
+    return feeds
+
+
+def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dict:
+    """Engine weights (the graphs' initializers) + the fp16 KV cache at the longest context and batch + the
+    builder's workspace, against the device's memory; ``UserError`` with the numbers when it cannot fit."""
+    import onnx
+
+    weights = 0
+    for r in record.values():
+        model = onnx.load(str(root / r["file"]), load_external_data=False)
+        weights += sum(_initializer_bytes(t) for t in model.graph.initializer)
+    opts = recipe.options
+    kv = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * opts.max_context * profile.max_batch * 2
+    workspace = opts.workspace_mb << 20
+    need = weights + kv + workspace
+    usable = profile.memory_gb * GIB * USABLE_MEMORY_FRACTION
+    numbers = (f"weights {_size(weights)} + KV cache {_size(kv)} (context {opts.max_context}, batch "
+               f"{profile.max_batch}) + workspace {_size(workspace)} = {_size(need)}")
+    if need > profile.memory_gb * GIB:
+        raise UserError(f"{recipe.source}: does not fit {profile.name} ({profile.memory_gb} GB): {numbers}; lower "
+                        "tensorrt.max_context / workspace_mb or quantize more")
+    fits = need <= usable
+    return {"weights_bytes": weights, "kv_cache_bytes": kv, "workspace_bytes": workspace, "need_bytes": need,
+            "usable_bytes": int(usable), "fits": fits,
+            "summary": f"fits {profile.name}: {numbers} of {usable / GIB:.1f} GiB usable" if fits else
+            f"warning: {numbers} exceeds the {usable / GIB:.1f} GiB usable on {profile.name} "
+            f"({USABLE_MEMORY_FRACTION:.0%} of {profile.memory_gb} GB); the engine build may be killed"}
+
+
+def _size(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / (1 << 20):.2f} MiB"
+
+
+def _initializer_bytes(t) -> int:
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    if t.data_location == TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in t.external_data}
+        if "length" in info:
+            return int(info["length"])
+    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(t.data_type)
+    count = int(np.prod(t.dims)) if t.dims else 1
+    if bits:
+        return (count + 1) // 2
+    return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def _engines_at_build(plan, ctx: CompileContext) -> str | list:
+    """Build the engines now when TensorRT and a GPU are here; else say why not (the bundle builds them on the
+    device)."""
+    from mobilevlm_export.backends.tensorrt import build_engine, tensorrt_available
+
+    why = tensorrt_available()
+    if why:
+        return f"not built: {why}"
+    return [build_engine(e, ctx.out, plan.workspace_bytes) for e in plan.engines]
+
+
+def trt_build(root: Path, log=print) -> list[dict]:
+    """On the device (or any machine with the bundle's TensorRT and a GPU): build every engine of an orin bundle
+    from its ``build_plan.json`` with the TensorRT API, and record them in the manifest, so ``verify``, ``run`` and
+    ``bench`` use them. Torch-free. ``UserError`` for a DIR that is not an orin bundle, a corrupt bundle, or no
+    TensorRT/GPU here."""
+    from mobilevlm_export.backends.tensorrt import build_engine, import_tensorrt, read_plan, tensorrt_available
+    from mobilevlm_export.manifest import update_manifest
+    from mobilevlm_export.runtime.artifacts import open_artifacts
+
+    art = open_artifacts(root)  # every file against its sha256
+    if art.manifest.get("target") != "orin":
+        raise UserError(f"{root}: is a {art.manifest.get('target')} build, not an orin bundle (build --target orin)")
+    plan = read_plan(root)
+    import_tensorrt()
+    why = tensorrt_available()
+    if why:
+        raise UserError(f"{root}: cannot build engines here: {why}")
+    built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
+    graphs = art.manifest["graphs"]
+    for e in built:
+        graphs[e["graph"]]["engine"] = e["file"]
+    update_manifest(Path(root), graphs=graphs, compile={**art.manifest["compile"], "engines": built})
+    return built
