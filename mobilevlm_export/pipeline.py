@@ -90,9 +90,12 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
     pairs = load_pairs(cfg.samples) if cfg.samples else demo_pairs()
     step = progress or (lambda _d, _t: (lambda: None))
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}  # wall seconds per stage, recorded in the manifest
+    lap = _Lap(stages)
     done = step("Loading checkpoint", 1)
     ckpt = load_checkpoint(cfg.ckpt, cfg.vision_tower)
     done()
+    lap("load")
     dims = ModelDims.from_checkpoint(ckpt)
     limits = target.check(recipe, profile, dims)
     _check_pairs_fit(ckpt, pairs, recipe, limits.max_context)
@@ -104,12 +107,14 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         save_golden(tmp, arrays, e2e)
         del arrays
         done()
+        lap("golden")
         write_tokenizer(ckpt, tmp / "tokenizer")
         graphs = target.split(ckpt, recipe, limits)
         del ckpt  # the graphs hold what is still needed; compile consumes them
         costs = model_costs(graphs, recipe, dims.patches + CLS_POSITIONS, target.default_group_size)
         compiled = target.compile(graphs, recipe, profile, CompileContext(tmp, model, cfg.simplify, step))
         del graphs
+        lap("split_compile")
         write_manifest(tmp, {
             "tool": "mobilevlm_export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "target": target.name, "backend": target.backend, "precision": recipe.precision.value,
@@ -121,16 +126,31 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         art = ArtifactSet(tmp, read_manifest(tmp, check=False))
         advance = step("Verifying parity", verify_steps(art))
         report = verify_artifacts(art, cfg.threads, progress=advance)
+        lap("verify")
         fields = {"verification": report.to_dict()}
         if cfg.bench:
             done = step("Benchmark", 1)
             fields["latency"] = bench_artifacts(art, cfg.threads, profile)
             done()
+            lap("bench")
         del art
-        fields["build"] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        fields["build"] = {"seconds": round(time.perf_counter() - t0, 2), "stages": stages,
+                           "peak_rss_mb": round(peak_rss_mb(), 1)}
         manifest = update_manifest(tmp, **fields)
         staging.commit()
     return BuildResult(manifest, report)
+
+
+class _Lap:
+    """Records the wall seconds since the previous lap under a stage name."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into, self.t = into, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] = round(now - self.t, 2)
+        self.t = now
 
 
 def _check_pairs_fit(ckpt, pairs, recipe, capacity: int) -> None:

@@ -256,8 +256,8 @@ def test_fits_on_device_refuses_with_the_numbers(builds, tmp_path):
     assert fits["fits"] and fits["weights_bytes"] > 0 and fits["kv_cache_bytes"] == 2 * 4 * 4 * 32 * 512 * 2
     tiny = tmp_path / "tiny.toml"
     tiny.write_text((PROFILES_DIR / "orin-nano-8gb.toml").read_text().replace(
-        "memory_gb = 8 ", "memory_gb = 1 "))
-    with pytest.raises(UserError, match=r"does not fit .* workspace 2.00 GiB"):
+        "memory_gb = 8 ", "memory_gb = 0.001 "))
+    with pytest.raises(UserError, match=r"does not fit .* KV cache 1.00 MiB \(context 512, batch 1\)"):
         fits_on_device(out, manifest["graphs"], manifest["model"]["dims"], recipe, load_profile(tiny))
 
 

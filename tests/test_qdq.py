@@ -342,3 +342,22 @@ def test_decoder_awq_scales(decoder):
     res = qdq.quantize_weights(scaled, "int4")
     assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder)) - 1}
     assert _nrel(_logits(res.model, feeds), _logits(decoder, feeds)) < 0.1
+
+
+def test_decoder_smoothquant_w8a8(decoder):
+    """SmoothQuant migration keeps the float graph equivalent and then quantizes to W8A8 with recalibrated ranges."""
+    feeds_cal = [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)]
+    cal = qdq.calibrate(decoder, feeds_cal)
+    scales = qdq.smoothquant_scales(decoder, cal)
+    k = {c.activation: c.k for c in qdq.find_weight_matmuls(decoder)}
+    assert set(scales) == {c.activation for c in qdq.find_weight_matmuls(decoder) if not c.lm_head}
+    assert all(e.scales.shape == (k[a],) and np.all(e.scales > 0) for a, e in scales.items())
+    smoothed = qdq.apply_awq_scales(decoder, scales)
+    feeds = _feeds(decoder, 0)
+    ref = _logits(decoder, feeds)
+    assert _rel(_logits(smoothed, feeds), ref) < 1e-4  # equivalent before quantization
+    res = qdq.quantize_weights(smoothed, "w8a8", act_amax=qdq.calibrate(smoothed, feeds_cal).amax)
+    assert res.report.counts == {"w8a8": len(qdq.find_weight_matmuls(decoder)) - 1}
+    assert _nrel(_logits(res.model, feeds), ref) < 0.06
+    with pytest.raises(qdq.QdqError, match="alpha"):
+        qdq.smoothquant_scales(decoder, cal, alpha=1.5)

@@ -111,11 +111,13 @@ class Calibration:
     """Statistics of activation tensors over a set of feeds.
 
     ``amax``: max |x| per tensor; ``channel_mean``: mean |x| per channel of the last axis, shape ``[K]``;
-    ``samples``: up to ``max_rows`` rows of each tensor flattened to ``[rows, K]`` (fp32), for ``awq_search``."""
+    ``samples``: up to ``max_rows`` rows of each tensor flattened to ``[rows, K]`` (fp32), for ``awq_search``;
+    ``channel_amax``: max |x| per channel of the last axis, ``[K]`` (for ``smoothquant_scales``)."""
 
     amax: dict[str, float]
     channel_mean: dict[str, np.ndarray]
     samples: dict[str, np.ndarray] = field(repr=False)
+    channel_amax: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -571,6 +573,7 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]],
     session = ort_session(tmp, threads)
     inputs = {i.name for i in session.get_inputs()}
     amax: dict[str, float] = {t: 0.0 for t in tensors}
+    channel_amax: dict[str, np.ndarray] = {}
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = dict.fromkeys(tensors, 0)
     rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
@@ -584,11 +587,14 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]],
             x = x.astype(np.float32).reshape(-1, x.shape[-1] if x.ndim else 1)
             a = np.abs(x)
             amax[name] = max(amax[name], float(a.max(initial=0.0)))
+            peak = a.max(axis=0) if a.shape[0] else np.zeros(a.shape[1], np.float32)
+            channel_amax[name] = np.maximum(channel_amax[name], peak) if name in channel_amax else peak
             sums[name] = sums.get(name, 0) + a.sum(axis=0)
             counts[name] += x.shape[0]
             rows[name].append(x[:: max(1, math.ceil(x.shape[0] / per_run))])
     return Calibration(amax, {t: (sums[t] / max(counts[t], 1)).astype(np.float32) for t in tensors},
-                       {t: np.concatenate(rows[t])[:max_rows] for t in tensors})
+                       {t: np.concatenate(rows[t])[:max_rows] for t in tensors},
+                       {t: channel_amax[t].astype(np.float32) for t in tensors})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -663,6 +669,38 @@ def awq_scales(model: onnx.ModelProto, calibration: Calibration, *, block_size: 
         s, alpha, err, rtn = awq_search(w, calibration.samples[act], calibration.channel_mean.get(act),
                                         block_size=block_size, grid=grid)
         out[act] = AwqScales(act, tuple(weights), s, alpha, err, rtn)
+    return out
+
+
+SMOOTHQUANT_ALPHA = 0.5  # the SmoothQuant paper's default migration strength
+
+
+def smoothquant_scales(model: onnx.ModelProto, calibration: Calibration, *, alpha: float = SMOOTHQUANT_ALPHA,
+                       lm_head: bool = False, logits: str = "logits") -> dict[str, AwqScales]:
+    """SmoothQuant's per-input-channel migration scales, one entry per activation tensor of the weight MatMuls
+    (the lm_head's only if ``lm_head``): ``s[k] = amax_x[k]^alpha / amax_w[k]^(1 - alpha)`` over every weight that
+    reads the tensor, so dividing the activation by ``s`` and multiplying the weights' rows by it moves activation
+    outliers into the weights before both are quantized to int8 (W8A8). Applied like AWQ's scales
+    (``apply_awq_scales``, same contract); the activation's per-tensor amax must then be calibrated again.
+    ``error``/``error_rtn`` of the entries are NaN: no search is made."""
+    if not 0 <= alpha <= 1:
+        raise QdqError(f"smoothquant alpha {alpha}: must be in [0, 1]")
+    found = [c for c in find_weight_matmuls(model, logits) if lm_head or not c.lm_head]
+    inits = {t.name: t for t in model.graph.initializer}
+    by_act: dict[str, list[WeightMatMul]] = {}
+    for c in found:
+        by_act.setdefault(c.activation, []).append(c)
+    out: dict[str, AwqScales] = {}
+    for act, users in by_act.items():
+        if act not in calibration.channel_amax:
+            raise QdqError(f"no calibration statistics for {act!r} (MatMul {users[0].node!r})")
+        weights = tuple(dict.fromkeys(c.weight for c in users))
+        w_amax = np.max([np.abs(numpy_helper.to_array(inits[n]).astype(np.float32)).max(axis=1) for n in weights],
+                        axis=0)
+        x_amax = calibration.channel_amax[act].astype(np.float64)
+        s = np.power(np.maximum(x_amax, 1e-5), alpha) / np.power(np.maximum(w_amax, 1e-5), 1 - alpha)
+        s = np.where(np.isfinite(s) & (s > 0), s, 1.0).astype(np.float32)
+        out[act] = AwqScales(act, weights, s, alpha, float("nan"), float("nan"))
     return out
 
 

@@ -28,6 +28,8 @@ STANDARD_OPSET = 21  # blocked DequantizeLinear with int4 weights
 # Jetson's CPU and GPU share the memory: what the OS, the CUDA context and the runtime's own buffers leave to an
 # engine (a conservative share; JetPack's desktop alone takes 1-2 GB)
 USABLE_MEMORY_FRACTION = 0.75
+# the builder's workspace is capped at this share of the device's memory (tactics that need more are skipped)
+WORKSPACE_MEMORY_FRACTION = 0.25
 GIB = 1 << 30
 _FLOAT = (Precision.FP16,)
 _WEIGHTS = (Precision.FP16, Precision.INT4, Precision.INT8, Precision.W8A8)
@@ -68,7 +70,7 @@ class OrinTarget:
     quantize_parts = {"image_encoder": (Precision.FP16, Precision.INT8, Precision.W8A8),
                       "embed_tokens": _FLOAT, "decoder": _WEIGHTS, "lm_head": _WEIGHTS[:3]}
     default_group_size = DEFAULT_BLOCK
-    algorithms = (QuantAlgorithm.RTN, QuantAlgorithm.AWQ)
+    algorithms = (QuantAlgorithm.RTN, QuantAlgorithm.AWQ, QuantAlgorithm.SMOOTHQUANT)
     recipe_section = "tensorrt"
     recipe_options = TensorRTOptions
     profile_options = OrinDevice
@@ -86,6 +88,8 @@ class OrinTarget:
                 raise bad(f"quantize.{part}.group_size", f"is {q.group_size}; TensorRT's int4 blocks: 32, 64, 128")
             if q.algorithm == QuantAlgorithm.AWQ and q.scheme != Precision.INT4:
                 raise bad(f"quantize.{part}.algorithm", "awq applies to int4 weights only")
+            if q.algorithm == QuantAlgorithm.SMOOTHQUANT and q.scheme != Precision.W8A8:
+                raise bad(f"quantize.{part}.algorithm", "smoothquant applies to w8a8 only")
 
     def check(self, recipe, profile, dims) -> Limits:
         opts = recipe.options
@@ -135,7 +139,7 @@ class OrinTarget:
         trt_version = profile.options.tensorrt
         opset_max = _parser_opset(trt_version)
         advance = ctx.progress(f"TensorRT {trt_version} lint", len(record))
-        findings, plan = [], BuildPlan(trt_version, profile.name, recipe.options.workspace_mb << 20)
+        findings, plan = [], BuildPlan(trt_version, profile.name, workspace_bytes(recipe, profile))
         for name, rec in record.items():
             model = onnx.load(str(ctx.out / rec["file"]))
             engine_input = rec["file"]
@@ -230,9 +234,10 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
         block = (body_q.group_size if body == "int4" else None) or (
             head_q.group_size if head_scheme == "int4" else None) or DEFAULT_BLOCK
         awq = QuantAlgorithm.AWQ in (body_q.algorithm, head_q.algorithm if head_q else None)
-        calib = None
-        if body == "w8a8" or head_scheme == "w8a8" or awq:
-            calib = qdq.calibrate(model, calibration_feeds(root, record, name))
+        calib = feeds = None
+        if body == "w8a8" or head_scheme == "w8a8" or awq:  # (smoothquant implies w8a8)
+            feeds = calibration_feeds(root, record, name)
+            calib = qdq.calibrate(model, feeds)
         if awq:
             scales = qdq.awq_scales(model, calib, block_size=block,
                                     lm_head=bool(head_q and head_q.algorithm == QuantAlgorithm.AWQ))
@@ -242,6 +247,11 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
             gain = [s.error / s.error_rtn for s in scales.values() if s.error_rtn > 0]
             log.append(f"{name}: AWQ pre-scales on {len(scales)} activations (int4 error x{min(gain, default=1):.3f}"
                        f"..{max(gain, default=1):.3f} of round-to-nearest on the calibration rows)")
+        if body_q.algorithm == QuantAlgorithm.SMOOTHQUANT:
+            scales = qdq.smoothquant_scales(model, calib)
+            model = qdq.apply_awq_scales(model, scales)
+            calib = qdq.calibrate(model, feeds)  # the smoothed activations' ranges
+            log.append(f"{name}: SmoothQuant migration (alpha {qdq.SMOOTHQUANT_ALPHA}) on {len(scales)} activations")
         select = None if body is not None else (lambda c: c.lm_head)
         result = qdq.quantize_weights(model, body or head_scheme, block_size=block, lm_head=head_scheme,
                                       act_amax=calib.amax if calib else None, select=select)
@@ -308,7 +318,7 @@ def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dic
         weights += sum(_initializer_bytes(t) for t in model.graph.initializer)
     opts = recipe.options
     kv = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * opts.max_context * profile.max_batch * 2
-    workspace = opts.workspace_mb << 20
+    workspace = workspace_bytes(recipe, profile)
     need = weights + kv + workspace
     usable = profile.memory_gb * GIB * USABLE_MEMORY_FRACTION
     numbers = (f"weights {_size(weights)} + KV cache {_size(kv)} (context {opts.max_context}, batch "
@@ -322,6 +332,11 @@ def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dic
             "summary": f"fits {profile.name}: {numbers} of {usable / GIB:.1f} GiB usable" if fits else
             f"warning: {numbers} exceeds the {usable / GIB:.1f} GiB usable on {profile.name} "
             f"({USABLE_MEMORY_FRACTION:.0%} of {profile.memory_gb} GB); the engine build may be killed"}
+
+
+def workspace_bytes(recipe, profile) -> int:
+    """The engine builder's workspace limit: the recipe's, capped by the device's memory."""
+    return min(recipe.options.workspace_mb << 20, int(profile.memory_gb * GIB * WORKSPACE_MEMORY_FRACTION))
 
 
 def _size(n: float) -> str:
