@@ -40,8 +40,8 @@ def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_i
           limits: Limits | None = None, last_logits: bool = False, index_dtype: str = "int64") -> list[Graph]:
     """The dynamic-KV graphs (ONNX/TensorRT) of ``ckpt`` in ``precision`` (fp32 or fp16), their contracts' ranges
     sized by ``limits``; ``last_logits``: the decoder returns the last position's logits only; ``index_dtype``: ids,
-    mask and positions as int64 or int32. Modules share the model's weights in fp32; for fp16 they are copies (the
-    reference stays fp32)."""
+    mask and positions as int64 or int32. Modules share the model's weights; fp16 converts the model in place, so
+    the fp32 reference is consumed (the pipeline computes golden data before the split)."""
     dtype = PRECISION_DTYPES[precision]
     model = ckpt.model
     vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
@@ -59,9 +59,7 @@ def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_i
     for c in contracts:
         module = modules[c.name].eval()
         if precision == Precision.FP16:
-            import copy
-
-            module = copy.deepcopy(module).half()
+            module.half()  # in place: a full-size model is never held in both precisions
         graphs.append(Graph(c, module))
     return graphs
 

@@ -516,9 +516,10 @@ def _all_nodes(g: onnx.GraphProto):
 # calibration
 
 
-def ort_session(model: onnx.ModelProto, threads: int | None = None):
+def ort_session(model: onnx.ModelProto, threads: int | None = None, consume: bool = False):
     """A CPU ONNX Runtime session over ``model`` with exact int4 Q/DQ MatMuls (``qdq_matmulnbits_accuracy_level``
-    "0": ORT otherwise fuses them into MatMulNBits with int8 activations)."""
+    "0": ORT otherwise fuses them into MatMulNBits with int8 activations). ``consume``: a model over 2 GB may give
+    its weights to the temporary file instead of being copied (the caller drops it)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -526,12 +527,14 @@ def ort_session(model: onnx.ModelProto, threads: int | None = None):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    if consume:  # a calibration pass: no constant folding, which would store fp32 copies of fp16 weights
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not is_large(model):
         return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
-        path = save_model(copy.deepcopy(model), Path(tmp) / "model.onnx")
+        path = save_model(model if consume else copy.deepcopy(model), Path(tmp) / "model.onnx")
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -570,7 +573,8 @@ def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]],
             v = known.get(name) or helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(
                 np.dtype(dtype)), None)
             tmp.graph.output.append(v)
-    session = ort_session(tmp, threads)
+    session = ort_session(tmp, threads, consume=True)
+    del tmp
     inputs = {i.name for i in session.get_inputs()}
     amax: dict[str, float] = {t: 0.0 for t in tensors}
     channel_amax: dict[str, np.ndarray] = {}

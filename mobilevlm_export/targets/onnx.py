@@ -54,6 +54,7 @@ class OnnxTarget:
             record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(),
                               "export": info.to_dict()}
             advance()
+            del g
         return CompileRecord(record, log=[f"{n}: {r['export']['simplify_note']}" for n, r in record.items()])
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:

@@ -135,6 +135,7 @@ class OrinTarget:
                               "export": info.to_dict()}
             contracts[g.name] = g.contract
             advance()
+            del g  # the torch module and its weights go before the next graph (and before quantization)
         log = quantize_graphs(ctx.out, record, recipe, ctx)
         trt_version = profile.options.tensorrt
         opset_max = _parser_opset(trt_version)
