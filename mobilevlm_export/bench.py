@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
+from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, prompt_length
 
 # synthetic prompt ids are drawn above the special ids (unk, bos, eos)
 FIRST_TEXT_ID = 3
@@ -45,7 +45,7 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     ids = rng.integers(FIRST_TEXT_ID, dims["vocab"], prompt_tokens).tolist()
     if not text_only:
         ids = [IMAGE_TOKEN_INDEX, *ids]
-    positions = pipe.prompt_length(ids, dims["image_tokens"])
+    positions = prompt_length(ids, dims["image_tokens"])
     if positions + decode_tokens > pipe.decoder.capacity:
         raise UserError(f"--prompt-tokens {prompt_tokens} ({positions} positions with the image) + --decode-tokens "
                         f"{decode_tokens} exceed the decoder's capacity of {pipe.decoder.capacity} positions")

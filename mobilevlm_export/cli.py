@@ -169,10 +169,10 @@ def _run_build(cfg, as_json: bool) -> None:
 def build(
     ckpt: CkptArg = None,
     out: OutOpt = ...,
-    target: Annotated[str, typer.Option(help="Deployment target: onnx (ONNX Runtime graphs) | snapdragon "
-                                             "(ExecuTorch/XNNPACK .pte).")] = ...,
+    target: Annotated[str, typer.Option(help="Deployment target: onnx (ONNX Runtime graphs) | orin (TensorRT-ready "
+                                             "ONNX bundle) | snapdragon (ExecuTorch/XNNPACK .pte).")] = ...,
     recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; default: the "
-                                                    "target's (onnx-fp32, snapdragon-8da4w).")] = None,
+                                                    "target's (onnx-fp32, orin-int4, snapdragon-8da4w).")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile name (device_profiles/NAME.toml) or path.")]
     = None,
     samples: SamplesOpt = None,

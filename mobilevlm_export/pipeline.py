@@ -98,7 +98,7 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
     lap("load")
     dims = ModelDims.from_checkpoint(ckpt)
     limits = target.check(recipe, profile, dims)
-    _check_pairs_fit(ckpt, pairs, recipe, limits.max_context)
+    _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits.max_context)
     model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
     staging = Staging(cfg.out, cfg.force)
     with staging as tmp:
@@ -153,15 +153,12 @@ class _Lap:
         self.t = now
 
 
-def _check_pairs_fit(ckpt, pairs, recipe, capacity: int) -> None:
+def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, capacity: int) -> None:
     """Every end-to-end pair's prompt, image tokens and answer fit the build's context (``UserError``)."""
-    from mobilevlm_export.graphs.contracts import ModelDims
-    from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
+    from mobilevlm_export.runtime.prompt import build_prompt_ids, prompt_length
 
-    image_tokens = ModelDims.from_checkpoint(ckpt).image_tokens
     for p in pairs:
-        ids = build_prompt_ids(ckpt.tokenizer, p.question)
-        need = len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (image_tokens - 1)
+        need = prompt_length(build_prompt_ids(ckpt.tokenizer, p.question), image_tokens)
         if need + recipe.e2e.max_new_tokens > capacity:
             raise UserError(f"{recipe.source}: the build's context of {capacity} positions is smaller than the "
                             f"prompt plus image tokens ({need}) + e2e.max_new_tokens ({recipe.e2e.max_new_tokens}) "
@@ -202,7 +199,8 @@ def export_recipe(recipe: str | None, precision: str | None) -> str:
         raise UserError(f"--precision {precision}: unknown for onnx (known: {', '.join(known)})")
     if recipe is None:
         return f"onnx-{precision or 'fp32'}"
-    if precision is not None and load_recipe(recipe).precision.value != precision:
-        raise UserError(f"--recipe {recipe}: is a {load_recipe(recipe).precision.value} recipe, not --precision "
-                        f"{precision}")
+    if precision is not None:
+        given = load_recipe(recipe).precision.value
+        if given != precision:
+            raise UserError(f"--recipe {recipe}: is a {given} recipe, not --precision {precision}")
     return recipe

@@ -16,7 +16,7 @@ import numpy as np
 
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.recipes import Recipe, Tolerance
-from mobilevlm_export.runtime.golden import cases, load_golden
+from mobilevlm_export.runtime.golden import case_names, cases, load_golden
 
 
 @dataclass
@@ -198,6 +198,5 @@ def verify_artifacts(art, threads: int | None = None, progress=None) -> VerifyRe
 
 def verify_steps(art) -> int:
     """How many progress steps ``verify_artifacts`` reports (graph cases + e2e pairs)."""
-    golden, e2e = load_golden(art.root)
-    graphs = set(art.manifest["graphs"])
-    return sum(g in graphs for g, _ in cases(golden)) + len(e2e)
+    names, pairs = case_names(art.root)
+    return sum(g in art.manifest["graphs"] for g, _ in names) + pairs

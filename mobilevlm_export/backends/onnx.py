@@ -41,7 +41,6 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     weights exceed 1.8 GB)."""
     import time
 
-    import onnx
     import torch
 
     t0 = time.perf_counter()
@@ -67,15 +66,11 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     simplified = False
     if simplify and not external:
         model, simplified, note = _simplify_if_equal(model, c)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, path, external)
     data_name = None
     if external:
         data_name = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=1024)
         note = "skipped: weights exceed 2 GB (external data)"
-    else:
-        onnx.save_model(model, str(path))
     return ExportInfo(path.name, data_name, simplified, note, round(time.perf_counter() - t0, 3))
 
 
@@ -129,9 +124,10 @@ def _simplify_if_equal(model, c: GraphContract):
     return simple, True, f"simplified {n0} -> {n1} nodes, outputs equal (max abs diff {worst:.3g})"
 
 
-def _session(model_bytes_or_path, threads: int | None = None):
+def _session(model_bytes_or_path, threads: int | None = None, fold_constants: bool = True):
     """A CPU session; ``threads`` (intra-op) is the session's own setting (default: up to
-    ``DEFAULT_MAX_THREADS`` cores)."""
+    ``DEFAULT_MAX_THREADS`` cores). ``fold_constants=False`` turns graph optimizations off (a calibration pass
+    over an fp16 graph: folding would store fp32 copies of its weights)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -140,7 +136,28 @@ def _session(model_bytes_or_path, threads: int | None = None):
     opts.log_severity_level = 3
     # exact int4 Q/DQ matmuls (ORT otherwise fuses them into MatMulNBits with int8 activations)
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    if not fold_constants:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def save_model(model, path: Path, external: bool | None = None) -> Path:
+    """Write ``model`` to ``path``, its weights to ``path.data`` when ``external`` (None: when they come near
+    protobuf's 2 GB limit). The external-data write moves the weights out of ``model``: pass a copy to keep it."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external is None:
+        from mobilevlm_export.quantize.qdq import initializer_bytes
+
+        external = initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    return path
 
 
 class OnnxRunner:

@@ -17,6 +17,8 @@ Dim = int | str
 SAMPLE_SIZES = {"batch": 2, "seq": 3, "past": 5, "max_cache": 16}
 # token ids of sample inputs: above the special ids (0-2) and inside any vocabulary a test checkpoint has
 SAMPLE_ID_RANGE = (3, 100)
+# the prompt length (text tokens) engines tune for when a range's opt is not given otherwise
+OPT_PROMPT_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,6 @@ class GraphContract:
     outputs: tuple[TensorSpec, ...]
     state: tuple[TensorSpec, ...] = ()  # mutable buffers (static KV cache), not inputs or outputs
     ranges: dict[str, DimRange] = field(default_factory=dict)  # every symbol of the inputs: its sizes
-
-    def symbols(self) -> list[str]:
-        """The dynamic dim symbols of the inputs, in first-use order (compound ones like ``past+seq`` split)."""
-        out: list[str] = []
-        for t in self.inputs:
-            for d in t.dims:
-                for s in (d.split("+") if isinstance(d, str) else ()):
-                    if s not in out:
-                        out.append(s)
-        return out
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "inputs": [t.to_dict() for t in self.inputs],
@@ -180,7 +172,7 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
         graphs = [GraphContract("vision_encoder", (pixel,), (feats,), ranges=image_ranges),
                   GraphContract("projector", (feats,), (embeds,), ranges=image_ranges)]
     # text ids: a prompt's text (the image tokens are spliced in after embedding) or one new token
-    seq = DimRange(1, min(64, limits.max_prompt), limits.max_prompt)
+    seq = DimRange(1, min(OPT_PROMPT_TOKENS, limits.max_prompt), limits.max_prompt)
     ids_dtype = index_dtype if kv == "dynamic" else "int64"
     graphs.append(GraphContract("embed_tokens", (TensorSpec("input_ids", ids_dtype, ("batch", "seq")),),
                                 (TensorSpec("inputs_embeds", dtype, ("batch", "seq", d.hidden)),),

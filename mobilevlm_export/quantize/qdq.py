@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,6 @@ SCHEMES = ("int4", "int8", "w8a8")
 BLOCK_SIZES = (32, 64, 128)
 FORMS = ("standard", "trt")
 TRT_DOMAIN = "trt"
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
 TRT_OPSET = 20  # the highest standard-domain opset TensorRT 10.0-10.3 parse (onnx-tensorrt docs/operators.md)
 STANDARD_OPSET = 21  # the first opset whose DequantizeLinear has block_size and INT4 inputs
 INT4_MIN_IR = 10  # INT4 tensors need IR version 10 (onnx 1.16)
@@ -237,7 +235,7 @@ def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 1
         raise QdqError(f"form {form!r}: expected one of {FORMS}")
     out = copy.deepcopy(model)
     g = out.graph
-    bytes_before = _initializer_bytes(g)
+    bytes_before = initializer_bytes(g)
     candidates = find_weight_matmuls(out, logits)
     plan: dict[int, tuple[WeightMatMul, str]] = {}
     kept: list[tuple[str, str]] = []
@@ -268,7 +266,7 @@ def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 1
             weight_nodes += nodes
             new_inits += tensors
             dq_out[c.weight] = out_name
-            after = sum(_tensor_bytes(t) for t in tensors)
+            after = sum(tensor_bytes(t) for t in tensors)
             done.append(QuantizedWeight(c.node, c.weight, s, c.k, c.n, w.nbytes, after))
         else:
             done.append(QuantizedWeight(c.node, c.weight, s, c.k, c.n, 0, 0))
@@ -303,7 +301,7 @@ def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 1
     counts = {s: sum(1 for _, x in plan.values() if x == s) for s in SCHEMES}
     report = QdqReport(form, block_size if int4 else None,
                        {s: n for s, n in counts.items() if n}, tuple(done), tuple(kept), tuple(act_out),
-                       bytes_before, _initializer_bytes(out.graph))
+                       bytes_before, initializer_bytes(out.graph))
     return QdqResult(out, report)
 
 
@@ -424,16 +422,20 @@ def _drop_unused_initializers(g: onnx.GraphProto, names: set[str]) -> None:
         g.initializer.remove(t)
 
 
-def _tensor_bytes(t: TensorProto) -> int:
+def tensor_bytes(t: TensorProto) -> int:
+    """Stored bytes of an initializer (external data by its recorded length, else from its dims; int4 packed two
+    per byte)."""
     if t.data_location == TensorProto.EXTERNAL:
-        return next((int(e.value) for e in t.external_data if e.key == "length"), 0)
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+        if length is not None:
+            return length
     if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
         return (math.prod(t.dims) + 1) // 2
     return math.prod(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
 
-def _initializer_bytes(g: onnx.GraphProto) -> int:
-    return sum(_tensor_bytes(t) for t in g.initializer)
+def initializer_bytes(g: onnx.GraphProto) -> int:
+    return sum(tensor_bytes(t) for t in g.initializer)
 
 
 def _opset(model: onnx.ModelProto, domain: str = "") -> int:
@@ -517,43 +519,25 @@ def _all_nodes(g: onnx.GraphProto):
 
 
 def ort_session(model: onnx.ModelProto, threads: int | None = None, consume: bool = False):
-    """A CPU ONNX Runtime session over ``model`` with exact int4 Q/DQ MatMuls (``qdq_matmulnbits_accuracy_level``
-    "0": ORT otherwise fuses them into MatMulNBits with int8 activations). ``consume``: a model over 2 GB may give
-    its weights to the temporary file instead of being copied (the caller drops it)."""
-    import onnxruntime as ort
+    """A CPU ONNX Runtime session over ``model`` (``backends.onnx``'s: exact int4 Q/DQ MatMuls). ``consume``: a
+    calibration pass over a copy the caller drops: no constant folding (which would store fp32 copies of fp16
+    weights), and a model over 2 GB gives its weights to the temporary file instead of being copied again."""
+    from mobilevlm_export.backends.onnx import _session, save_model
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    if consume:  # a calibration pass: no constant folding, which would store fp32 copies of fp16 weights
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if not is_large(model):
-        return ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        return _session(model.SerializeToString(), threads, fold_constants=not consume)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
-        path = save_model(model if consume else copy.deepcopy(model), Path(tmp) / "model.onnx")
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        path = save_model(model if consume else copy.deepcopy(model), Path(tmp) / "model.onnx", external=True)
+        return _session(str(path), threads, fold_constants=not consume)
 
 
 def is_large(model: onnx.ModelProto) -> bool:
     """Whether ``model``'s weights come near protobuf's 2 GB limit for one serialized message."""
-    return _initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
+    from mobilevlm_export.backends.onnx import EXTERNAL_DATA_BYTES
 
-
-def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Write ``model`` to ``path``, its weights to ``path.data`` when they come near protobuf's 2 GB limit (the
-    external-data write moves them out of ``model``: pass a copy to keep using it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if is_large(model):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-    return path
+    return initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
 
 
 def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], tensors: Sequence[str] | None = None,

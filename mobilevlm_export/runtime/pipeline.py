@@ -21,7 +21,7 @@ from mobilevlm_export.backends import Runner
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams, select_token
 from mobilevlm_export.graphs.contracts import kv_names
-from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, segments
+from mobilevlm_export.runtime.prompt import prompt_length, segments
 
 
 class DecoderSession(Protocol):
@@ -144,11 +144,6 @@ class VLMPipeline:
             parts.append(image_embeds[ids[0]] if kind == "image" else self.embed(ids)[0])
         return np.concatenate(parts)[None]
 
-    def prompt_length(self, prompt_ids: list[int], image_tokens: int) -> int:
-        """Positions the prompt takes in the decoder: its text tokens plus each image's tokens."""
-        images = sum(1 for t in prompt_ids if t == IMAGE_TOKEN_INDEX)
-        return len(prompt_ids) - images + images * image_tokens
-
     def prefill(self, prompt_ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
         """Embed + splice + decoder over the whole prompt (a new sequence); the last position's logits."""
         return self.decoder.prefill(self.splice(prompt_ids, image_embeds))[-1]
@@ -164,7 +159,7 @@ class VLMPipeline:
         t0 = time.perf_counter()
         image = self.image_embeds(pixel_values[None] if pixel_values.ndim == 3 else pixel_values)
         t1 = time.perf_counter()
-        length = self.prompt_length(prompt_ids, image.shape[1])
+        length = prompt_length(prompt_ids, image.shape[1])
         if length + params.max_new_tokens > self.decoder.capacity:
             raise UserError(
                 f"--prompt: {length} prompt tokens (image included) + {params.max_new_tokens} new tokens exceed "

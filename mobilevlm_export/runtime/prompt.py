@@ -51,6 +51,12 @@ def tokenize_with_images(tokenizer, prompt: str, num_images: int = 1) -> list[in
     return ids
 
 
+def prompt_length(input_ids: Sequence[int], image_tokens: int) -> int:
+    """Positions a prompt takes in the decoder: its text tokens plus ``image_tokens`` for each image sentinel."""
+    images = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)
+    return len(input_ids) - images + images * image_tokens
+
+
 def segments(input_ids: Sequence[int]) -> list[tuple[str, list[int]]]:
     """Split ids at the image sentinel: ``[("text", ids), ("image", [k]), ...]`` with k the image index.
 

@@ -44,17 +44,7 @@ class OnnxTarget:
         return split(ckpt, recipe.precision, recipe.fused_image_encoder, limits)
 
     def compile(self, graphs: list, recipe, profile, ctx: CompileContext) -> CompileRecord:
-        from mobilevlm_export.backends.onnx import export_graph
-
-        record: dict[str, dict] = {}
-        advance = ctx.progress("Exporting graphs to ONNX", len(graphs))
-        while graphs:  # consumed: each graph (and its weights, for fp16 copies) is released once written
-            g = graphs.pop(0)
-            info = export_graph(g, ctx.out / "graphs" / f"{g.name}.onnx", simplify=ctx.simplify)
-            record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(),
-                              "export": info.to_dict()}
-            advance()
-            del g
+        record = export_graphs(graphs, ctx, "Exporting graphs to ONNX")
         return CompileRecord(record, log=[f"{n}: {r['export']['simplify_note']}" for n, r in record.items()])
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
@@ -63,3 +53,19 @@ class OnnxTarget:
 
         return {name: OnnxRunner(root / g["file"], GraphContract.from_dict(g["contract"]), threads)
                 for name, g in graphs.items()}
+
+
+def export_graphs(graphs: list, ctx: CompileContext, description: str) -> dict[str, dict]:
+    """Export each graph to ``graphs/<name>.onnx`` under ``ctx.out``; the manifest's graph records. Consumes
+    ``graphs``: each torch module (and its weights) is released once written, before the next is exported."""
+    from mobilevlm_export.backends.onnx import export_graph
+
+    record: dict[str, dict] = {}
+    advance = ctx.progress(description, len(graphs))
+    while graphs:
+        g = graphs.pop(0)
+        info = export_graph(g, ctx.out / "graphs" / f"{g.name}.onnx", simplify=ctx.simplify)
+        record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(), "export": info.to_dict()}
+        advance()
+        del g
+    return record

@@ -122,36 +122,29 @@ class OrinTarget:
     def compile(self, graphs: list, recipe, profile, ctx: CompileContext) -> CompileRecord:
         import onnx
 
-        from mobilevlm_export.backends.onnx import export_graph
         from mobilevlm_export.backends.tensorrt import BuildPlan, engine_plan, write_plan
+        from mobilevlm_export.backends.tensorrt_lint import lint_file
+        from mobilevlm_export.graphs.contracts import GraphContract
+        from mobilevlm_export.targets.onnx import export_graphs
 
-        record: dict[str, dict] = {}
-        advance = ctx.progress("Exporting graphs to ONNX (fp16)", len(graphs))
-        contracts = {}
-        while graphs:
-            g = graphs.pop(0)
-            info = export_graph(g, ctx.out / "graphs" / f"{g.name}.onnx", simplify=ctx.simplify)
-            record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(),
-                              "export": info.to_dict()}
-            contracts[g.name] = g.contract
-            advance()
-            del g  # the torch module and its weights go before the next graph (and before quantization)
+        # torch modules and their weights are released graph by graph, before quantization
+        record = export_graphs(graphs, ctx, "Exporting graphs to ONNX (fp16)")
         log = quantize_graphs(ctx.out, record, recipe, ctx)
         trt_version = profile.options.tensorrt
         opset_max = _parser_opset(trt_version)
         advance = ctx.progress(f"TensorRT {trt_version} lint", len(record))
         findings, plan = [], BuildPlan(trt_version, profile.name, workspace_bytes(recipe, profile))
         for name, rec in record.items():
-            model = onnx.load(str(ctx.out / rec["file"]))
             engine_input = rec["file"]
             if opset_max < STANDARD_OPSET:  # this parser stops below opset 21: ship the trt-domain form
                 engine_input = f"trt/{name}.onnx"
-                _write_trt_form(model, ctx.out / engine_input)
-                model = onnx.load(str(ctx.out / engine_input))
+                _write_trt_form(onnx.load(str(ctx.out / rec["file"])), ctx.out / engine_input)
             rec["engine_onnx"] = engine_input
-            findings += _lint(model, name, trt_version)
-            qdq = any(n.op_type == "DequantizeLinear" for n in model.graph.node)
-            plan.engines.append(engine_plan(contracts[name], engine_input, strongly_typed=qdq))
+            findings += lint_file(ctx.out / engine_input, trt_version, name)  # weights read only where checked
+            nodes = onnx.load(str(ctx.out / engine_input), load_external_data=False).graph.node
+            qdq = any(n.op_type == "DequantizeLinear" for n in nodes)
+            plan.engines.append(engine_plan(GraphContract.from_dict(rec["contract"]), engine_input,
+                                            strongly_typed=qdq))
             advance()
         if findings:
             shown = "; ".join(str(f) for f in findings[:5])
@@ -196,15 +189,10 @@ def _parser_opset(trt_version: str) -> int:
         raise UserError(f"orin.tensorrt = {trt_version}: {exc}") from None
 
 
-def _lint(model, name: str, trt_version: str) -> list:
-    from mobilevlm_export.backends.tensorrt_lint import lint
-
-    return lint(model, name, trt_version)
-
-
 def _write_trt_form(model, path: Path) -> None:
     """The graph with blocked DQ in the ``trt`` domain at opset 20; checked to differ in nothing else."""
-    from mobilevlm_export.quantize.qdq import convert_dq_form, save_model
+    from mobilevlm_export.backends.onnx import save_model
+    from mobilevlm_export.quantize.qdq import convert_dq_form
 
     trt_model = convert_dq_form(model, "trt")
     back = convert_dq_form(trt_model, "standard")
@@ -220,6 +208,7 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
     """Rewrite the exported graphs in place per the recipe's ``[quantize.PART]`` tables; returns log lines."""
     import onnx
 
+    from mobilevlm_export.backends.onnx import save_model
     from mobilevlm_export.quantize import qdq
 
     log = []
@@ -259,7 +248,7 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
         data = path.with_name(path.name + ".data")
         if data.exists():  # the float weights' external file: replaced by what the quantized graph needs
             data.unlink()
-        qdq.save_model(result.model, path)
+        save_model(result.model, path)
         rep = result.report
         log.append(f"{name}: " + ", ".join(f"{n} MatMuls {s}" for s, n in rep.counts.items())
                    + (f" (int4 block {block})" if "int4" in (body, head_scheme) else "")
@@ -284,17 +273,16 @@ def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
     embeddings (prefill, no past) for the decoder."""
     import numpy as np
 
-    from mobilevlm_export.backends.onnx import OnnxRunner
     from mobilevlm_export.graphs.contracts import GraphContract
     from mobilevlm_export.runtime.golden import load_golden
     from mobilevlm_export.runtime.pipeline import VLMPipeline
+    from mobilevlm_export.targets.onnx import OnnxTarget
 
     arrays, e2e = load_golden(root)
     pixels = [arrays[f"e2e/{i}/pixel_values"][None] for i in range(len(e2e))]
     if graph == "image_encoder":
         return [{"pixel_values": p.astype(np.float16)} for p in pixels]
-    runners = {n: OnnxRunner(root / r["file"], GraphContract.from_dict(r["contract"]))
-               for n, r in record.items() if n != "decoder"}
+    runners = OnnxTarget().open_runners(root, {n: r for n, r in record.items() if n != "decoder"}, None)
     contract = GraphContract.from_dict(record["decoder"]["contract"])
     pipe = VLMPipeline(runners, decoder=None, eos_id=-1)  # used to embed and splice only
     feeds = []
@@ -313,10 +301,10 @@ def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dic
     builder's workspace, against the device's memory; ``UserError`` with the numbers when it cannot fit."""
     import onnx
 
-    weights = 0
-    for r in record.values():
-        model = onnx.load(str(root / r["file"]), load_external_data=False)
-        weights += sum(_initializer_bytes(t) for t in model.graph.initializer)
+    from mobilevlm_export.quantize.qdq import initializer_bytes
+
+    weights = sum(initializer_bytes(onnx.load(str(root / r["file"]), load_external_data=False).graph)
+                  for r in record.values())
     opts = recipe.options
     kv = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * opts.max_context * profile.max_batch * 2
     workspace = workspace_bytes(recipe, profile)
@@ -342,21 +330,6 @@ def workspace_bytes(recipe, profile) -> int:
 
 def _size(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 100 else f"{n / (1 << 20):.2f} MiB"
-
-
-def _initializer_bytes(t) -> int:
-    import numpy as np
-    from onnx import TensorProto, helper
-
-    if t.data_location == TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in t.external_data}
-        if "length" in info:
-            return int(info["length"])
-    bits = {TensorProto.INT4: 4, TensorProto.UINT4: 4}.get(t.data_type)
-    count = int(np.prod(t.dims)) if t.dims else 1
-    if bits:
-        return (count + 1) // 2
-    return count * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
 
 
 def _engines_at_build(plan, ctx: CompileContext) -> str | list:
