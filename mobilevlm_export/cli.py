@@ -67,10 +67,16 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
         return load_checkpoint(path, vision_tower)
 
 
+# loggers whose warnings are about the libraries, not the user's input: torchao's optional CUDA kernels failing to
+# load on a CPU machine, torch's pytree deprecation notes
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 @app.callback()
 def _quiet_libraries() -> None:
     """Library warnings stay out of the CLI's output (a bad input gets our one line, not transformers' notes
-    about it): transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise."""
+    about it): transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise, and so do the
+    ``QUIET_LOGGERS``, unless a level was set on them."""
     import logging
     import os
 
@@ -78,6 +84,10 @@ def _quiet_libraries() -> None:
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
         if "transformers" in sys.modules:  # already configured in this process: it read the variable then
             logging.getLogger("transformers").setLevel(logging.ERROR)
+    for name in QUIET_LOGGERS:  # unless a user set a level on them
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
 
 
 @app.command()

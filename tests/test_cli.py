@@ -166,3 +166,15 @@ def test_console_script_has_no_traceback(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error:") and "Traceback" not in res.stderr
+
+
+def test_wrongly_typed_config_value_is_one_line(tiny_ckpt, tmp_path):
+    """A config value of the wrong type (transformers' strict config fields) is bad input: exit 2, one stderr line
+    naming config.json and the key, no library noise around it (a fresh process, as a user runs it)."""
+    ck = copy_checkpoint(tiny_ckpt, tmp_path / "ck")
+    _edit_config(ck, intermediate_size="256")
+    res = subprocess.run([sys.executable, "-m", "mobilevlm_export.cli", "inspect", str(ck)], capture_output=True,
+                         text=True)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.json" in lines[0] and "intermediate_size" in lines[0], res.stderr

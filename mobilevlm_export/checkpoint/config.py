@@ -69,7 +69,10 @@ class MobileVLMConfig:
         from transformers import LlamaConfig
 
         keep = {k: v for k, v in self.raw.items() if not k.startswith("mm_") and k not in _NOT_LLAMA}
-        return LlamaConfig(**keep)
+        try:
+            return LlamaConfig(**keep)
+        except Exception as exc:  # noqa: BLE001 - transformers validates field types (its strict dataclasses)
+            raise UserError(f"{self.path / 'config.json'}: {exc}") from None
 
 
 _NOT_LLAMA = {
