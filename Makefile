@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/python -m mobilevlm_export.demo
+	mkdir -p build
 	$(BIN)/mvlm-export export -o build/demo-onnx --force
 	$(BIN)/mvlm-export run build/demo-onnx --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
 		--prompt "What color is the shape?"

@@ -1,11 +1,14 @@
 """The ``mvlm-export`` command line: parses flags, calls the library, prints tables or one JSON object.
 
-Exit codes: 0 success, 1 a check failed (parity), 2 bad input (one line on stderr, no traceback).
+Exit codes: 0 success, 1 a check failed (parity), 2 bad input (one line on stderr, no traceback), 3 an internal
+error (one line; ``--debug`` or ``MVLM_EXPORT_DEBUG=1`` shows the traceback). With ``--json``, stdout holds one JSON
+object in every case: the result, or ``{"error": ..., "exit_code": ...}``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -13,11 +16,41 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x carries its own click
+    from typer._click import exceptions as clickx
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as clickx
 
 from mobilevlm_export.errors import CheckFailed, UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+DEBUG_ENV = "MVLM_EXPORT_DEBUG"  # set to 1: internal errors show their traceback
+INTERNAL_ERROR = 3
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (an unknown flag, a value out of range) as one line, ``error: ...``, exit 2, instead of
+    click's usage box; one JSON object on stdout with ``--json``."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)
+        except clickx.NoArgsIsHelpError as exc:
+            exc.show()
+            code = 0
+        except clickx.ClickException as exc:
+            code = _fail(exc.format_message(), exc.exit_code, "--json" in argv)
+        except typer.Abort:
+            code = _fail("interrupted", 130, "--json" in argv)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deployment toolchain for MobileVLM: inspect, generate, build (export), run, verify, bench.")
+_state = {"debug": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
 
 CkptArg = Annotated[Path | None, typer.Argument(
     help="MobileVLM checkpoint directory (HF layout). Omitted: the bundled demo checkpoint.", show_default=False)]
@@ -36,19 +69,38 @@ TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
 SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+ThreadsOpt = Annotated[int | None, typer.Option(help=f"Runtime threads, 1..{CORES} (default: at most 4).", min=1,
+                                                max=CORES)]
+
+
+def _fail(message: str, code: int, as_json: bool) -> int:
+    """Say what went wrong in one line on stderr (and as one JSON object on stdout with ``--json``)."""
+    message = " ".join(str(message).split())
+    typer.echo(f"error: {message}", err=True)
+    if as_json:
+        typer.echo(json.dumps({"error": message, "exit_code": code}))
+    return code
 
 
 @contextmanager
-def _exit_codes():
-    """Map library errors to exit codes with a one-line message on stderr."""
+def _exit_codes(as_json: bool = False):
+    """Map library errors to exit codes with a one-line message: bad input 2, a failed check 1, anything else
+    (a bug of ours or a library's) 3, its traceback shown with ``--debug``."""
     try:
         yield
     except (UserError, CheckFailed) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(_fail(str(exc), exc.exit_code, as_json)) from None
     except KeyboardInterrupt:
-        typer.echo("error: interrupted", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(_fail("interrupted", 130, as_json)) from None
+    except (typer.Exit, clickx.ClickException):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every unexpected failure gets one line and its own exit code
+        if _state["debug"]:
+            raise
+        where = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise typer.Exit(_fail(f"internal error: {where} (run `mvlm-export --debug ...` or set {DEBUG_ENV}=1 for "
+                               "the traceback)", INTERNAL_ERROR, as_json)) from None
 
 
 def _print_json(obj) -> None:
@@ -73,12 +125,14 @@ QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 @app.callback()
-def _quiet_libraries() -> None:
+def _quiet_libraries(debug: Annotated[bool, typer.Option(
+        "--debug", help=f"Show the traceback of an internal error (exit 3); also {DEBUG_ENV}=1.")] = False) -> None:
     """Library warnings stay out of the CLI's output (a bad input gets our one line, not transformers' notes
     about it): transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise, and so do the
     ``QUIET_LOGGERS``, unless a level was set on them."""
     import logging
-    import os
+
+    _state["debug"] = _state["debug"] or debug
 
     if "TRANSFORMERS_VERBOSITY" not in os.environ:  # a user's own setting is transformers' to read
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
@@ -93,7 +147,7 @@ def _quiet_libraries() -> None:
 @app.command()
 def inspect(ckpt: CkptArg = None, vision_tower: TowerOpt = None, as_json: JsonOpt = False) -> None:
     """Architecture, parameter counts, dims and the graphs a split will make."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.summary import describe
 
         info = describe(_load(ckpt, vision_tower, as_json))
@@ -118,7 +172,7 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question about an image with the PyTorch reference model."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         import time
 
         from mobilevlm_export.checkpoint.reference import Reference
@@ -152,11 +206,14 @@ def _progress(quiet: bool):
             task = bar.add_task(description, total=total)
             return lambda: bar.advance(task)
 
-        yield step
+        try:
+            yield step
+        except BaseException:
+            bar.live.transient = True  # an error is one line: the bars are not left above it
+            raise
 
 
 OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output directory (must be new or empty).")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="Runtime threads for verify/bench.", min=1)]
 NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim (ONNX-based targets).")]
 
 
@@ -194,7 +251,7 @@ def build(
     as_json: JsonOpt = False,
 ) -> None:
     """Split, quantize (recipe), compile for a target, verify parity, benchmark, write DIR + manifest."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
         from mobilevlm_export.pipeline import BuildConfig
 
@@ -219,7 +276,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Alias of `build --target onnx --no-bench`: export the graphs, verify parity, write DIR + manifest."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
         from mobilevlm_export.pipeline import BuildConfig, export_recipe
 
@@ -233,34 +290,50 @@ def export(
 @app.command()
 def bench(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
-    threads: Annotated[int | None, typer.Option(help="Runtime threads.", min=1)] = None,
+    threads: ThreadsOpt = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Text tokens after the image.")] = 64,
-    decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1)] = 32,
-    repeats: Annotated[int, typer.Option(min=1)] = 3,
+    decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1, help="Decode steps per run.")] = 32,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs (each a whole request).")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first (decode included).")] = 2,
     text_only: Annotated[bool, typer.Option("--text-only", help="Prefill text tokens only (no image), as "
                                                                 "decoder-only peers measure.")] = False,
     profile: Annotated[str | None, typer.Option(help="Device profile to predict (default: the build's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Measure vision ms, prefill and decode tokens/s on this host from DIR alone; predict the device's."""
-    with _exit_codes():
-        from mobilevlm_export.bench import measure, predict
+    """Measure vision ms, time to first token, prefill and decode on this host from DIR alone (p50, p90, min, max
+    over --runs after --warmup); predict the device's. Prefill, as in `run`: embed + splice + the decoder over the
+    prompt (image tokens included); time to first token = vision + prefill. A note where a metric's spread,
+    (p90 - p10) / p50, exceeds 10 %. A prompt plus --decode-tokens that does not fit the decoder is refused (exit 2),
+    never clamped."""
+    with _exit_codes(as_json):
+        from mobilevlm_export.bench import METRICS, bench_artifacts
         from mobilevlm_export.profiles import load_profile
         from mobilevlm_export.runtime.artifacts import open_artifacts
 
         art = open_artifacts(artifacts)
-        result = {"artifacts": str(artifacts), "target": art.manifest["target"],
-                  "host": measure(art, threads, prompt_tokens, decode_tokens, repeats, text_only)}
         prof = profile or (art.manifest.get("profile") or {}).get("name")
-        predicted = predict(art, load_profile(prof)) if prof else None
-        if predicted:
-            result["predicted"] = predicted
+        result = {"artifacts": str(artifacts), "target": art.manifest["target"],
+                  **bench_artifacts(art, threads, load_profile(prof) if prof else None, prompt_tokens,
+                                    decode_tokens, runs, warmup, text_only)}
         if as_json:
             _print_json(result)
-        else:
-            for section in ("host", "predicted"):
-                if section in result:
-                    typer.echo(f"{section}: " + ", ".join(f"{k}={v}" for k, v in result[section].items()))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        host, env = result["host"], result["environment"]
+        table = Table("metric", "p50", "p90", "min", "max", title=f"{result['target']}: {runs} runs + {warmup} "
+                      f"warm-up, prefill {host['prefill_positions']}, decode {decode_tokens}")
+        for metric, label in METRICS.items():
+            s = host["stats"][metric]
+            table.add_row(label, *(f"{s[k]:g}" for k in ("p50", "p90", "min", "max")))
+        console = Console()
+        console.print(table)
+        console.print(f"{env['cpu_model']}, threads {threads or 'default'}, peak RSS {host['peak_rss_mb']} MB")
+        for note in host["notes"]:
+            console.print(f"note: {note}")
+        if "predicted" in result:
+            console.print("predicted: " + ", ".join(f"{k}={v}" for k, v in result["predicted"].items()))
 
 
 def _print_build(manifest: dict) -> None:
@@ -278,26 +351,30 @@ def _print_build(manifest: dict) -> None:
         console.print(table)
     lat = manifest.get("latency") or {}
     for section in ("host", "predicted"):
-        if section in lat:
-            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in lat[section].items()))
+        if section in lat:  # (the per-run statistics are in the manifest and `bench`'s table)
+            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in lat[section].items()
+                                                     if not isinstance(v, dict | list)))
 
 
 @app.command("trt-build")
 def trt_build(
     artifacts: Annotated[Path, typer.Argument(help="An orin bundle written by `build --target orin`.")],
+    record_only: Annotated[bool, typer.Option("--record-only", help="Build nothing: record (sha256) the engines "
+                                                                    "build_engines.sh built.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """On the Jetson: build the bundle's TensorRT engines (build_plan.json) and record them in its manifest; then
     `verify DIR` and `run DIR` use them."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.targets.orin import trt_build as build_engines
 
-        built = build_engines(artifacts, log=lambda line: typer.echo(line, err=True))
+        built = build_engines(artifacts, log=lambda line: typer.echo(line, err=True), record_only=record_only)
         if as_json:
             _print_json({"artifacts": str(artifacts), "engines": built})
         else:
             for e in built:
-                typer.echo(f"{e['graph']}: {e['file']} ({e['bytes'] / 1e6:.1f} MB, {e['seconds']} s)")
+                took = f", {e['seconds']} s" if e["seconds"] is not None else ", recorded"
+                typer.echo(f"{e['graph']}: {e['file']} ({e['bytes'] / 1e6:.1f} MB{took})")
 
 
 @app.command()
@@ -311,11 +388,11 @@ def run(
     top_k: TopKOpt = 0,
     seed: SeedOpt = 0,
     raw_prompt: RawPromptOpt = False,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads.", min=1)] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.generation import SamplingParams
         from mobilevlm_export.runtime.artifacts import answer, open_artifacts
 
@@ -337,17 +414,22 @@ def run(
 def verify(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report here.")] = None,
-    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: up to 4).")] = None,
+    threads: ThreadsOpt = None,
+    recipe: Annotated[str | None, typer.Option(help="Check against this recipe's tolerances (recipes/NAME.toml or "
+                                                    "a path; a recipe of DIR's target) instead of the copy in DIR's "
+                                                    "manifest, which an edit could loosen.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
-    with _exit_codes():
+    with _exit_codes(as_json):
         from mobilevlm_export.runtime.artifacts import open_artifacts
-        from mobilevlm_export.verify import verify_artifacts, verify_steps, write_junit
+        from mobilevlm_export.verify import gate_recipe, verify_artifacts, verify_steps, write_junit
 
         art = open_artifacts(artifacts)
+        gate = gate_recipe(art, recipe)
+        steps = verify_steps(art)  # reads the golden data's names: a bad file fails before the progress display
         with _progress(as_json) as step:
-            report = verify_artifacts(art, threads, step("Verifying parity", verify_steps(art)))
+            report = verify_artifacts(art, threads, step("Verifying parity", steps), gate)
         if junit:
             write_junit(report, junit)
         _report(report, as_json, {"artifacts": str(artifacts)})
@@ -373,11 +455,15 @@ def _report(report, as_json: bool, extra: dict) -> None:
         console.print(f"End-to-end greedy tokens: {matched}/{len(report.e2e)} pairs identical "
                       f"(agreement {report.token_agreement:.3f}, required {report.token_agreement_min:.3f})")
         for w in report.worst():
-            console.print(f"[red]FAIL[/] {w['graph']}/{w['case']} {w['output']}: {w['metric']} = {w['value']:.4g} "
+            console.print(f"[red]FAIL[/] {w['graph']}/{w['case']} {w['output']}: {w['metric']} = {_num(w['value'])} "
                           f"(tolerance {w['tolerance']})")
         console.print("[green]PASSED[/]" if report.passed else "[red]FAILED[/]")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _num(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 def _print_inspect(info: dict) -> None:

@@ -20,6 +20,7 @@ from mobilevlm_export.graphs.contracts import kv_names
 from mobilevlm_export.runtime.golden import E2E_JSON, GOLDEN_NPZ
 from mobilevlm_export.runtime.preprocess import load_image
 from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
+from mobilevlm_export.schema import Where, parse_table, read_json
 
 # the image graphs' golden case of a dynamic-batch build runs this many images at once (static builds: one)
 DYNAMIC_IMAGE_BATCH = 2
@@ -31,18 +32,30 @@ class Pair:
     question: str
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """An entry of ``questions.json`` (other keys, such as ``answer``, are ignored)."""
+
+    image: str  # a file name relative to the samples folder
+    question: str
+
+
 def load_pairs(folder: Path) -> list[Pair]:
-    """(image, question) pairs from ``folder/questions.json``: ``[{"image": "a.png", "question": "..."}]``."""
-    qfile = Path(folder) / "questions.json"
+    """(image, question) pairs from ``folder/questions.json``: ``[{"image": "a.png", "question": "..."}]``, each image
+    a readable image file (opened here, before any model is loaded). ``UserError`` names the file and entry."""
+    folder = Path(folder)
+    qfile = folder / "questions.json"
     if not qfile.is_file():
         raise UserError(f"--samples {folder}: no questions.json (a list of {{\"image\", \"question\"}})")
-    try:
-        items = json.loads(qfile.read_text())
-        pairs = [Pair(Path(folder) / it["image"], str(it["question"])) for it in items]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise UserError(f"{qfile}: expected a list of {{\"image\", \"question\"}} ({type(exc).__name__})") from None
-    if not pairs:
-        raise UserError(f"{qfile}: no questions")
+    items = read_json(qfile)
+    if not isinstance(items, list) or not items:
+        raise UserError(f"{qfile}: expected a non-empty list of {{\"image\", \"question\"}}")
+    bad = Where(str(qfile)).bad
+    pairs = []
+    for i, item in enumerate(items):
+        entry = parse_table(_Entry, item, f"[{i}]", bad, allow_unknown=True)
+        load_image(folder / entry.image, named=f"{qfile}: key '[{i}].image' names")
+        pairs.append(Pair(folder / entry.image, entry.question))
     return pairs
 
 

@@ -79,29 +79,29 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
     from mobilevlm_export.costs import model_costs
     from mobilevlm_export.golden import demo_pairs, load_pairs, make_golden, save_golden
     from mobilevlm_export.graphs.contracts import ModelDims
-    from mobilevlm_export.manifest import read_manifest, update_manifest, versions, write_manifest
-    from mobilevlm_export.outdir import Staging, check_output_dir
+    from mobilevlm_export.manifest import TOOL, read_manifest, update_manifest, versions, write_manifest
+    from mobilevlm_export.memory import release_memory
+    from mobilevlm_export.outdir import Staging
     from mobilevlm_export.runtime.artifacts import ArtifactSet
     from mobilevlm_export.targets import CompileContext
     from mobilevlm_export.verify import verify_artifacts, verify_steps
 
     target, recipe, profile = resolve(cfg)
-    check_output_dir(cfg.out, cfg.force)
     pairs = load_pairs(cfg.samples) if cfg.samples else demo_pairs()
     step = progress or (lambda _d, _t: (lambda: None))
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage, recorded in the manifest
     lap = _Lap(stages)
-    done = step("Loading checkpoint", 1)
-    ckpt = load_checkpoint(cfg.ckpt, cfg.vision_tower)
-    done()
-    lap("load")
-    dims = ModelDims.from_checkpoint(ckpt)
-    limits = target.check(recipe, profile, dims)
-    _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits.max_context)
-    model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
-    staging = Staging(cfg.out, cfg.force)
-    with staging as tmp:
+    staging = Staging(cfg.out, cfg.force, inputs=(cfg.ckpt, cfg.samples, cfg.vision_tower))
+    with staging as tmp:  # checked and locked before any work
+        done = step("Loading checkpoint", 1)
+        ckpt = load_checkpoint(cfg.ckpt, cfg.vision_tower)
+        done()
+        lap("load")
+        dims = ModelDims.from_checkpoint(ckpt)
+        limits = target.check(recipe, profile, dims)
+        _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits.max_context)
+        model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
         done = step("Reference outputs (golden data)", 1)
         arrays, e2e = make_golden(ckpt, pairs, recipe.fused_image_encoder, recipe.e2e.max_new_tokens, kv=target.kv)
         save_golden(tmp, arrays, e2e)
@@ -114,9 +114,10 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         costs = model_costs(graphs, recipe, dims.patches + CLS_POSITIONS, target.default_group_size)
         compiled = target.compile(graphs, recipe, profile, CompileContext(tmp, model, cfg.simplify, step))
         del graphs
+        release_memory()  # what the compile stage held; verify opens the artifacts afresh
         lap("split_compile")
         write_manifest(tmp, {
-            "tool": "mobilevlm_export", "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool": TOOL, "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "target": target.name, "backend": target.backend, "precision": recipe.precision.value,
             "checkpoint": ckpt_record, "recipe": recipe.to_dict(),
             "profile": profile.to_dict() if profile else None, "model": model, "graphs": compiled.graphs,
@@ -135,7 +136,7 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
             lap("bench")
         del art
         fields["build"] = {"seconds": round(time.perf_counter() - t0, 2), "stages": stages,
-                           "peak_rss_mb": round(peak_rss_mb(), 1)}
+                           "peak_rss_mb": round(peak_rss_mb(), 1), "stale_partials_removed": staging.stale}
         manifest = update_manifest(tmp, **fields)
         staging.commit()
     return BuildResult(manifest, report)

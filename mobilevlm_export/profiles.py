@@ -72,7 +72,7 @@ def parse_profile(data: dict, source: str) -> DeviceProfile:
     device = data.get("device") if isinstance(data, dict) else None
     if not isinstance(device, dict):
         raise bad("device", "missing (a [device] table)")
-    target = TARGETS.get(device.get("target"))
+    target = TARGETS.get(device["target"]) if isinstance(device.get("target"), str) else None
     if target is None:
         raise bad("device.target", f"is {device.get('target')!r}; known: {', '.join(TARGETS)}")
     sections = ("device", *([target.name] if target.profile_options else []))

@@ -135,7 +135,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     if not isinstance(data, dict):
         raise bad("recipe", "must be a table")
     target_name = (data.get("recipe") or {}).get("target") if isinstance(data.get("recipe"), dict) else None
-    if target_name not in TARGETS:
+    if not isinstance(target_name, str) or target_name not in TARGETS:  # (a JSON list is not hashable)
         raise bad("recipe.target", f"is {target_name!r}; known: {', '.join(TARGETS)}")
     target = TARGETS[target_name]
     sections = (*SECTIONS, *([target.recipe_section] if target.recipe_section else []))

@@ -1,10 +1,11 @@
-"""Typed configuration: the enums recipes and device profiles use, and one validating reader of TOML tables into
-frozen dataclasses (unknown keys, wrong types, out-of-range numbers and unknown enum values are a ``UserError``
+"""Typed configuration: the enums recipes and device profiles use, and one validating reader of TOML and JSON tables
+into frozen dataclasses (unknown keys, wrong types, out-of-range numbers and unknown enum values are a ``UserError``
 naming the file and key). Torch-free.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import types
 import typing
@@ -54,9 +55,12 @@ def _choices(enum: type[Enum]) -> str:
 
 
 def _coerce(value, tp, key: str, bad, meta):
-    """``value`` read from TOML as type ``tp``; ``bad(key, why)`` makes the error."""
+    """``value`` read from TOML or JSON as type ``tp`` (JSON's null is ``None`` where ``tp`` admits it);
+    ``bad(key, why)`` makes the error."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
         arms = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(value, arms[0], key, bad, meta)
     if origin is tuple:
@@ -82,7 +86,7 @@ def _coerce(value, tp, key: str, bad, meta):
         return value
     if tp in (int, float):
         ok = isinstance(value, int) if tp is int else isinstance(value, int | float)
-        if not ok or isinstance(value, bool) or (tp is float and not math.isfinite(value)):
+        if not ok or isinstance(value, bool) or (tp is float and not _finite(value)):
             raise bad(key, f"is {value!r}; must be {'an integer' if tp is int else 'a finite number'}")
         lo, hi = (meta or {}).get("min"), (meta or {}).get("max")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -94,25 +98,39 @@ def _coerce(value, tp, key: str, bad, meta):
     raise TypeError(f"schema: unsupported field type {tp!r} for {key}")  # a bug in a dataclass, not bad input
 
 
-def parse_table(cls: type, table, prefix: str, bad):
-    """An instance of the frozen dataclass ``cls`` from a TOML ``table``; every key checked (``bad(key, why)``
-    makes the ``UserError``). Fields without a default are required."""
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float (an integer too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def parse_table(cls: type, table, prefix: str, bad, allow_unknown: bool = False):
+    """An instance of the frozen dataclass ``cls`` from a TOML or JSON ``table``; every key checked
+    (``bad(key, why)`` makes the ``UserError``; keys are named ``prefix.key``, or ``key`` when ``prefix`` is empty).
+    Fields without a default are required. ``allow_unknown``: keys ``cls`` does not name are ignored (a file other
+    tools read too, such as a Hugging Face ``config.json``) instead of an error."""
     if not isinstance(table, dict):
         raise bad(prefix, "must be a table")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in fields(cls) if f.init]
     for key in table:
-        if key not in known:
-            raise bad(f"{prefix}.{key}", f"is unknown (known: {', '.join(known)})")
+        if key not in known and not allow_unknown:
+            raise bad(_key(prefix, key), f"is unknown (known: {', '.join(known)})")
     values = {}
     for f in fields(cls):
         if not f.init:
             continue
         if f.name not in table:
             if f.default is MISSING and f.default_factory is MISSING:
-                raise bad(f"{prefix}.{f.name}", "is missing")
+                raise bad(_key(prefix, f.name), "is missing")
             continue
-        values[f.name] = _coerce(table[f.name], hints[f.name], f"{prefix}.{f.name}", bad, f.metadata)
+        values[f.name] = _coerce(table[f.name], hints[f.name], _key(prefix, f.name), bad, f.metadata)
     return cls(**values)
 
 
@@ -156,3 +174,12 @@ def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: 
         return path, tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+
+
+def read_json(path: Path) -> object:
+    """The parsed contents of the JSON file ``path``; ``UserError`` naming the file when it cannot be read or is not
+    JSON (``NaN`` and ``Infinity`` literals are read as floats: the callers' number checks reject them)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise UserError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None

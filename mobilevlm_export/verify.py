@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
-from mobilevlm_export.recipes import Recipe, Tolerance
-from mobilevlm_export.runtime.golden import case_names, cases, load_golden
+from mobilevlm_export.manifest import MANIFEST, finite
+from mobilevlm_export.recipes import Recipe, Tolerance, load_recipe
+from mobilevlm_export.runtime.golden import GOLDEN_NPZ, case_names, cases, load_golden
 
 
 @dataclass
@@ -74,14 +76,15 @@ class VerifyReport:
         return sorted(rows, key=lambda r: -r["severity"])[:n]
 
     def to_dict(self) -> dict:
-        return {
+        """The report as strict JSON data (a metric that is NaN or infinite is None)."""
+        return finite({
             "passed": self.passed,
             "token_agreement": self.token_agreement,
             "token_agreement_min": self.token_agreement_min,
             "worst": self.worst(),
             "metrics": [{**asdict(m), "passed": m.passed} for m in self.metrics],
             "e2e": [{**asdict(r), "match": r.match, "first_mismatch": r.first_mismatch} for r in self.e2e],
-        }
+        })
 
 
 def compare(got: np.ndarray, want: np.ndarray, tol: Tolerance, is_logits: bool) -> tuple[dict, list[dict]]:
@@ -186,10 +189,30 @@ def write_junit(report: VerifyReport, path: Path) -> None:
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def verify_artifacts(art, threads: int | None = None, progress=None) -> VerifyReport:
-    """Verify an opened artifact directory (``runtime.artifacts.ArtifactSet``) against its golden data."""
+def gate_recipe(art, name_or_path: str | None) -> Recipe:
+    """The recipe whose tolerances ``verify`` checks: the recipe ``name_or_path`` (``recipes/NAME.toml`` or a
+    path), which must be one of the build's target (``UserError`` otherwise), so that an edited manifest cannot
+    loosen a CI gate; the manifest's own copy when None."""
+    if name_or_path is None:
+        return art.recipe
+    recipe = load_recipe(name_or_path)
+    target = art.manifest["target"]
+    if recipe.target != target:
+        raise UserError(f"--recipe {name_or_path}: is a recipe for target {recipe.target}, but {art.root / MANIFEST} "
+                        f"is a build for target {target}")
+    return recipe
+
+
+def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Recipe | None = None) -> VerifyReport:
+    """Verify an opened artifact directory (``runtime.artifacts.ArtifactSet``) against its golden data, with the
+    tolerances of ``recipe`` (default: the manifest's). ``UserError`` when a graph has no golden case."""
     golden, e2e = load_golden(art.root)
-    recipe = art.recipe
+    checked = {key.split("/")[0] for key in golden if key.count("/") == 3}
+    unchecked = [g for g in art.manifest["graphs"] if g not in checked]
+    if unchecked:
+        raise UserError(f"{art.root / GOLDEN_NPZ}: has no golden case of graph {unchecked[0]} (rebuild to recreate "
+                        "it)")
+    recipe = recipe or art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
     results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.e2e.max_new_tokens, progress)

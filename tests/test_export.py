@@ -222,7 +222,7 @@ def test_bench_refuses_what_does_not_fit(exported):
     _bad(["bench", str(exported[0]), "--prompt-tokens", "2000", "--decode-tokens", "100"], "--decode-tokens",
          "capacity")
     res = runner.invoke(app, ["bench", str(exported[0]), "--threads", "1", "--prompt-tokens", "8",
-                              "--decode-tokens", "4", "--repeats", "1", "--json"])
+                              "--decode-tokens", "4", "--runs", "1", "--json"])
     assert res.exit_code == 0, res.output
     host = json.loads(res.stdout)["host"]
     assert host["prefill_positions"] == 8 + 144 and host["decode_tokens_per_s"] > 0 and host["ttft_ms"] > 0
@@ -236,7 +236,7 @@ def test_artifact_side_without_torch(exported, samples, tmp_path):
     out = str(exported[0])
     for args in (["verify", out, "--json"],
                  ["run", out, "--image", str(samples / "1.png"), "--prompt", "What shape is this?", "--json"],
-                 ["bench", out, "--prompt-tokens", "4", "--decode-tokens", "2", "--repeats", "1", "--json"]):
+                 ["bench", out, "--prompt-tokens", "4", "--decode-tokens", "2", "--runs", "1", "--json"]):
         res = subprocess.run([sys.executable, "-c", CLI_WITHOUT_TORCH, *args], capture_output=True, text=True,
                              cwd=tmp_path)
         assert res.returncode == 0, (args, res.stderr[-2000:])

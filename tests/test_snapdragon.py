@@ -118,7 +118,7 @@ def test_verify_and_run_from_dir_alone(fp32_build, tmp_path, monkeypatch):
                               "--prompt", "How many shapes are there?", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["text"] == "two"
-    res = runner.invoke(app, ["bench", str(moved), "--threads", "2", "--decode-tokens", "4", "--repeats", "1",
+    res = runner.invoke(app, ["bench", str(moved), "--threads", "2", "--decode-tokens", "4", "--runs", "1",
                               "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["host"]["decode_tokens_per_s"] > 0

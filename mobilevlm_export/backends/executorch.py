@@ -11,7 +11,11 @@ checkpoint (image size, mean/std, pad colour, the image placeholder id and token
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -146,15 +150,42 @@ def set_threads(threads: int | None) -> None:
             _unsafe_reset_threadpool(int(threads))
 
 
+# lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
+# some containers); they say nothing about the user's input or results
+NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:")
+
+
+@contextmanager
+def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
+    """Capture what native code writes to file descriptor 2 meanwhile, and pass on every line but ``drop``'s."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(drop):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def load_program(path: Path):
     """Load a ``.pte`` (the caller shares it between the runners of its methods: the decoder's cache lives in its
     loaded method). Not cached: a file rebuilt at the same path loads anew."""
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
-    import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
-    from executorch.runtime import Runtime, Verification
+    with native_stderr_filtered():
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
+        import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
+        from executorch.runtime import Runtime, Verification
 
     try:
-        return Runtime.get().load_program(Path(path), verification=Verification.Minimal)
+        with native_stderr_filtered():
+            return Runtime.get().load_program(Path(path), verification=Verification.Minimal)
     except (RuntimeError, ValueError) as exc:
         from mobilevlm_export.errors import UserError
 
@@ -169,15 +200,23 @@ class ExecuTorchRunner:
         self.contract = contract
         self.method_name = method
         self.threads = threads
+        self._started = False
         try:
-            self.method = program.load_method(method)
+            with native_stderr_filtered():  # (XNNPACK describes the CPU when its delegate starts)
+                self.method = program.load_method(method)
         except RuntimeError as exc:
             raise UserError(f"{path}: cannot load method '{method}' ({exc})") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        set_threads(self.threads)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.contract.inputs]
-        outs = self.method.execute(args)
+        if self._started:
+            set_threads(self.threads)
+            outs = self.method.execute(args)
+        else:  # the first run starts the threadpool (which describes the CPU too)
+            with native_stderr_filtered():
+                set_threads(self.threads)
+                outs = self.method.execute(args)
+            self._started = True
         return {t.name: o.numpy().copy() for t, o in zip(self.contract.outputs, outs, strict=True)}

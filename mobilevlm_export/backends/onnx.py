@@ -126,8 +126,10 @@ def _simplify_if_equal(model, c: GraphContract):
 
 def _session(model_bytes_or_path, threads: int | None = None, fold_constants: bool = True):
     """A CPU session; ``threads`` (intra-op) is the session's own setting (default: up to
-    ``DEFAULT_MAX_THREADS`` cores). ``fold_constants=False`` turns graph optimizations off (a calibration pass
-    over an fp16 graph: folding would store fp32 copies of its weights)."""
+    ``DEFAULT_MAX_THREADS`` cores). ``fold_constants=False`` (a calibration pass over an fp16 graph) turns graph
+    optimizations off, since folding would store fp32 copies of its weights, and the CPU memory arena too: ONNX
+    Runtime's CPU kernels run fp16 MatMuls through fp32 casts of the weights, and the arena kept growing by those
+    casts' size on every run (measured: +1 GB per run over 512 MB of fp16 weights; flat without the arena)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -138,6 +140,7 @@ def _session(model_bytes_or_path, threads: int | None = None, fold_constants: bo
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if not fold_constants:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -164,8 +167,17 @@ class OnnxRunner:
     """An ONNX Runtime session over one graph file, fed and read by contract names."""
 
     def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        from mobilevlm_export.errors import UserError
+
         self.contract = contract
-        self.session = _session(str(path), threads)
+        load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
+                       ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
+        try:
+            self.session = _session(str(path), threads)
+        except load_errors as exc:  # not a model, a graph it cannot run, missing weights
+            raise UserError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
         self._outputs = [t.name for t in contract.outputs]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -130,8 +130,9 @@ def trtexec_command(e: EnginePlan, workspace_bytes: int) -> list[str]:
 def trtexec_script(plan: BuildPlan) -> str:
     lines = ["#!/usr/bin/env bash",
              "# Build the TensorRT engines of this bundle with trtexec (JetPack ships it: /usr/src/tensorrt/bin).",
-             "# Equivalent to `mvlm-export trt-build DIR` (same profiles, flags and workspace); `mvlm-export verify`",
-             "# and `run` on DIR then use the engines (trt-build also records their sha256 in manifest.json).",
+             "# Equivalent to `mvlm-export trt-build DIR` (same profiles, flags and workspace). Then run",
+             "# `mvlm-export trt-build DIR --record-only`: it records the engines' sha256 in manifest.json, and",
+             "# `mvlm-export verify` and `run` on DIR use only recorded engines.",
              f"# TensorRT {plan.tensorrt}, device profile {plan.device}. Run from the bundle directory.",
              "set -euo pipefail", 'cd "$(dirname "$0")"', f"mkdir -p {ENGINES_DIR}",
              'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"']

@@ -1,8 +1,9 @@
 """The MobileVLM reference model (fp32 PyTorch) and its loader.
 
-``load_checkpoint`` builds the three parts on the meta device, then assigns the checkpoint's tensors (cast to
-``dtype``) so a full-size model is never allocated twice. Every expected tensor must be present with its
-shape; unexpected tensors are an error too, so a real checkpoint loads with zero missing and zero unexpected.
+``load_checkpoint`` checks the configuration first (``checkpoint.config``), builds the three parts on the meta
+device, then assigns the checkpoint's tensors (cast to ``dtype``) so a full-size model is never allocated twice.
+Every expected tensor must be present with its shape and a floating-point dtype, and hold only finite values;
+unexpected tensors are an error too, so a real checkpoint loads with zero missing and zero unexpected.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from mobilevlm_export.checkpoint.config import (
     MobileVLMConfig,
     VisionTowerSource,
+    check_tower_fits,
     read_config,
     resolve_vision_tower,
 )
@@ -86,8 +88,10 @@ def load_checkpoint(path: str | Path, vision_tower: str | Path | None = None,
     t0 = time.perf_counter()
     cfg = read_config(path)
     tower = resolve_vision_tower(cfg, vision_tower)
+    check_tower_fits(cfg, tower)
     files = weight_files(cfg.path)
-    state = read_state_dict(files)
+    origin: dict[str, Path] = {}
+    state = read_state_dict(files, origin)
     stored: dict[str, int] = {}
     for t in state.values():
         stored[str(t.dtype).removeprefix("torch.")] = stored.get(str(t.dtype).removeprefix("torch."), 0) + 1
@@ -95,14 +99,8 @@ def load_checkpoint(path: str | Path, vision_tower: str | Path | None = None,
     from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaForCausalLM
 
     text_config = cfg.text_config()
-    tower_config = CLIPVisionConfig(**tower.config)
-    if tower_config.hidden_size != cfg.mm_hidden_size:
-        raise UserError(
-            f"{cfg.path / 'config.json'}: key 'mm_hidden_size' is {cfg.mm_hidden_size} but the vision tower "
-            f"({tower.origin}) has hidden_size {tower_config.hidden_size}"
-        )
     with torch.device("meta"):
-        tower_model = CLIPVisionModel(tower_config)
+        tower_model = CLIPVisionModel(CLIPVisionConfig(**tower.config))
         projector = build_projector(cfg.projector_type, cfg.mm_hidden_size, text_config.hidden_size)
         llm = LlamaForCausalLM(text_config)
 
@@ -111,20 +109,21 @@ def load_checkpoint(path: str | Path, vision_tower: str | Path | None = None,
     ignored = [k for k in state if k.endswith(_IGNORED_SUFFIXES)]
     for k in ignored:
         del state[k]
-    ckpt_name = files[0].name if len(files) == 1 else f"{cfg.path.name} shards"
+    ckpt_name = str(files[0]) if len(files) == 1 else f"{cfg.path} shards"
     if tower.weights_dir is not None:
         if tower_state:
             ignored.append(f"{len(tower_state)} tensors of the checkpoint's own tower copy ({TOWER_PREFIX}*)")
         tower_files = weight_files(tower.weights_dir)
         tower_state = _strip_tower_dir_keys(read_state_dict(tower_files))
-        tower_source, tower_prefix = str(tower.weights_dir), ""
+        tower_source = str(tower_files[0] if len(tower_files) == 1 else tower.weights_dir)
+        tower_prefix, tower_origin = "", {}
     else:
-        tower_source, tower_prefix = ckpt_name, TOWER_PREFIX
+        tower_source, tower_prefix, tower_origin = ckpt_name, TOWER_PREFIX, origin
 
-    _assign(tower_model, tower_state, dtype, tower_source, tower_prefix)
-    _assign(projector, proj_state, dtype, ckpt_name, PROJECTOR_PREFIX)
+    _assign(tower_model, tower_state, dtype, tower_source, tower_prefix, tower_origin)
+    _assign(projector, proj_state, dtype, ckpt_name, PROJECTOR_PREFIX, origin)
     tied = bool(getattr(text_config, "tie_word_embeddings", False))
-    _assign(llm, state, dtype, ckpt_name, "", skip={"lm_head.weight"} if tied else set())
+    _assign(llm, state, dtype, ckpt_name, "", origin, skip={"lm_head.weight"} if tied else set())
     if tied:
         llm.lm_head.weight = llm.model.embed_tokens.weight
     _materialize_buffers(tower_model, llm, text_config)
@@ -155,15 +154,25 @@ def _strip_tower_dir_keys(state: dict) -> dict:
 
 
 def _assign(module: nn.Module, state: dict, dtype: torch.dtype, source: str, prefix: str,
-            skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+            origin: dict[str, Path], skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Load ``state`` (names without ``prefix``) into ``module`` as ``dtype``. ``UserError`` names the tensor
+    (``prefix`` + name) and its file (``origin`` by full name, else ``source``) when one is missing, unexpected,
+    of another shape, not floating point or holds NaN or Inf."""
+
+    def file_of(k: str) -> str:
+        return str(origin.get(prefix + k, source))
+
     expected = {k: v for k, v in module.state_dict().items() if k not in skip}
     for k, ref in expected.items():
         if k not in state:
             raise UserError(f"{source}: missing tensor '{prefix}{k}' (expected shape {list(ref.shape)})")
         if tuple(state[k].shape) != tuple(ref.shape):
             raise UserError(
-                f"{source}: tensor '{prefix}{k}' has shape {list(state[k].shape)}, expected {list(ref.shape)}"
+                f"{file_of(k)}: tensor '{prefix}{k}' has shape {list(state[k].shape)}, expected {list(ref.shape)}"
             )
+        if not state[k].is_floating_point():
+            raise UserError(f"{file_of(k)}: tensor '{prefix}{k}' is {str(state[k].dtype).removeprefix('torch.')}; "
+                            "weights must be floating point")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise UserError(f"{source}: unexpected tensor '{prefix}{unexpected[0]}' ({len(unexpected)} in all)")
@@ -171,8 +180,9 @@ def _assign(module: nn.Module, state: dict, dtype: torch.dtype, source: str, pre
     # dropped once cast, so the stored checkpoint and the model are never resident together
     cast = {}
     for k in list(state):
-        v = state.pop(k)
-        cast[k] = v.to(dtype if v.is_floating_point() else v.dtype)
+        cast[k] = state.pop(k).to(dtype)
+        if not torch.isfinite(cast[k]).all():
+            raise UserError(f"{file_of(k)}: tensor '{prefix}{k}' holds NaN or Inf values")
     module.load_state_dict(cast, strict=False, assign=True)
 
 

@@ -8,36 +8,59 @@ fp32 model) and never memory-mapped whole (mapped pages count towards the proces
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.schema import read_json
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The weight files of a checkpoint directory, in a stable order. ``UserError`` when there are none."""
+    """The weight files of a checkpoint directory, in a stable order: the shards its index names, else every
+    ``*.safetensors`` (or ``pytorch_model*.bin``). ``UserError`` when there are none or the index is bad."""
     for name in INDEX_FILES:
-        index = directory / name
-        if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise UserError(f"{index}: not a valid shard index ({type(exc).__name__}: {exc})") from None
-            files = sorted({directory / f for f in weight_map.values()})
-            for f in files:
-                if not f.is_file():
-                    raise UserError(f"{index}: shard {f.name} is missing")
-            return files
+        if (directory / name).is_file():
+            return _index_shards(directory / name)
     found = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
     if not found:
         raise UserError(f"{directory}: no weights (*.safetensors or pytorch_model*.bin)")
     return found
 
 
-def read_state_dict(files: list[Path]) -> dict:
-    """All tensors of ``files`` by name. Corrupt or truncated files are a ``UserError`` naming the file."""
+def _index_shards(index: Path) -> list[Path]:
+    """The shard files of a shard index, whose ``weight_map`` must map tensor names to files that exist in the
+    index's directory; ``UserError`` names the index and key at fault."""
+    data = read_json(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: key 'weight_map' must be a non-empty mapping of tensor names to shard files, "
+                        f"got {type(weight_map).__name__}")
+    files = set()
+    for tensor, name in weight_map.items():
+        if not _names_a_path_inside(index.parent, name):
+            raise UserError(f"{index}: key 'weight_map.{tensor}' is {name!r}; must name a file in {index.parent}")
+        if not (index.parent / name).is_file():
+            raise UserError(f"{index}: key 'weight_map.{tensor}' names shard {name}, which is missing")
+        files.add(index.parent / name)
+    return sorted(files)
+
+
+def _names_a_path_inside(directory: Path, name) -> bool:
+    """Whether ``name`` is a non-empty relative path that stays inside ``directory``."""
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        return (directory / name).resolve().is_relative_to(directory.resolve())
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
+        return False
+
+
+def read_state_dict(files: list[Path], origin: dict[str, Path] | None = None) -> dict:
+    """All tensors of ``files`` by name; ``origin``, when given, receives each tensor's file. Corrupt or truncated
+    files, and pickles holding other than named tensors, are a ``UserError`` naming the file."""
     import torch
 
     state: dict = {}
@@ -56,10 +79,15 @@ def read_state_dict(files: list[Path]) -> dict:
                 raise UserError(f"{f}: cannot read ({type(exc).__name__}: {exc})") from None
             if not isinstance(part, dict):
                 raise UserError(f"{f}: expected a state_dict, got {type(part).__name__}")
+            odd = next((k for k, v in part.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+            if odd is not None:
+                raise UserError(f"{f}: entry {odd!r} is a {type(part[odd]).__name__}, not a named tensor")
         dup = state.keys() & part.keys()
         if dup:
             raise UserError(f"{f}: tensor '{sorted(dup)[0]}' also appears in another weight file")
         state.update(part)
+        if origin is not None:
+            origin.update(dict.fromkeys(part, f))
     return state
 
 
@@ -105,19 +133,35 @@ def _read_safetensors(f: Path) -> dict:
             if len(raw) < 8 or (n := struct.unpack("<Q", raw)[0]) > size - 8:
                 raise ValueError("header length past the end of the file")
             header = json.loads(fh.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: also JSONDecodeError, UnicodeDecodeError
         raise UserError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
     base = 8 + n
-    out = {}
     try:
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            dtype = SAFETENSORS_DTYPES[info["dtype"]]
-            start, end = info["data_offsets"]
-            if not 0 <= start <= end or base + end > size:
-                raise ValueError(f"tensor '{name}' lies past the end of the file")
-            out[name] = StoredTensor(f, name, dtype, list(info["shape"]), base + start, base + end)
+        return {name: _stored_tensor(f, name, info, base, size) for name, info in header.items()
+                if name != "__metadata__"}
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{f}: corrupt or truncated safetensors file ({type(exc).__name__}: {exc})") from None
-    return out
+
+
+def _stored_tensor(f: Path, name: str, info, base: int, size: int) -> StoredTensor:
+    """One header entry (its data at ``base`` + offsets of a ``size``-byte file). ``KeyError``, ``TypeError`` or
+    ``ValueError`` when it is malformed: an unknown dtype, a shape that is not a list of sizes, data offsets
+    outside the file or spanning other than the shape's bytes."""
+    import torch
+
+    dtype = SAFETENSORS_DTYPES[info["dtype"]]
+    start, end = info["data_offsets"]
+    shape = info["shape"]
+    if not isinstance(shape, list) or not all(_is_size(d) for d in [*shape, start, end]):
+        raise ValueError(f"tensor '{name}': shape and data_offsets must be lists of sizes")
+    if not start <= end or base + end > size:
+        raise ValueError(f"tensor '{name}' lies past the end of the file")
+    if end - start != math.prod(shape) * getattr(torch, dtype).itemsize:
+        raise ValueError(f"tensor '{name}' has {end - start} bytes, not those of shape {shape} in {dtype}")
+    return StoredTensor(f, name, dtype, shape, base + start, base + end)
+
+
+def _is_size(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0

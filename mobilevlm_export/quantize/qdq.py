@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,8 +214,9 @@ def _scale(raw: np.ndarray, dtype) -> np.ndarray:
 def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 128, lm_head: str | None = None,
                      act_amax: Mapping[str, float] | None = None,
                      select: Callable[[WeightMatMul], bool] | None = None, form: str = "standard",
-                     logits: str = "logits") -> QdqResult:
-    """Rewrite the weight MatMuls of ``model`` (a copy) to Q/DQ form.
+                     logits: str = "logits", consume: bool = False) -> QdqResult:
+    """Rewrite the weight MatMuls of ``model`` (a copy; ``consume``: ``model`` itself, which the caller then drops:
+    a full-size graph is never held twice) to Q/DQ form.
 
     ``scheme``: ``int4`` | ``int8`` | ``w8a8`` for every selected weight MatMul but the lm_head.
     ``block_size``: int4 block along K (32, 64 or 128; default 128); it must divide K of every int4 weight, and
@@ -233,7 +235,7 @@ def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 1
         raise QdqError(f"block_size {block_size}: expected one of {BLOCK_SIZES}")
     if form not in FORMS:
         raise QdqError(f"form {form!r}: expected one of {FORMS}")
-    out = copy.deepcopy(model)
+    out = model if consume else copy.deepcopy(model)
     g = out.graph
     bytes_before = initializer_bytes(g)
     candidates = find_weight_matmuls(out, logits)
@@ -297,7 +299,7 @@ def quantize_weights(model: onnx.ModelProto, scheme: str, *, block_size: int = 1
     if int4:
         out.ir_version = max(out.ir_version, INT4_MIN_IR)
     if int4 or form == "trt":
-        out = convert_dq_form(out, form)
+        out = convert_dq_form(out, form, consume=True)
     counts = {s: sum(1 for _, x in plan.values() if x == s) for s in SCHEMES}
     report = QdqReport(form, block_size if int4 else None,
                        {s: n for s, n in counts.items() if n}, tuple(done), tuple(kept), tuple(act_out),
@@ -455,9 +457,11 @@ def _set_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
 # standard <-> trt form
 
 
-def convert_dq_form(model: onnx.ModelProto, to: str, *, trt_opset: int = TRT_OPSET) -> onnx.ModelProto:
+def convert_dq_form(model: onnx.ModelProto, to: str, *, trt_opset: int = TRT_OPSET,
+                    consume: bool = False) -> onnx.ModelProto:
     """The same graph with its blocked ``DequantizeLinear`` nodes (those with a ``block_size`` attribute) in the
     other form; nothing else changes but node domains and opset imports: same initializers, same attributes.
+    A copy, or ``model`` itself converted with ``consume``.
 
     ``to="trt"``: those nodes move to domain ``trt`` (opset import ``trt`` 1 added) and a main opset above
     ``trt_opset`` (20) is relabelled ``trt_opset``. Per-axis/per-tensor Q/DQ stay in the standard domain (opset
@@ -468,7 +472,7 @@ def convert_dq_form(model: onnx.ModelProto, to: str, *, trt_opset: int = TRT_OPS
     GroupNormalization: a graph with one cannot be relabelled."""
     if to not in FORMS:
         raise QdqError(f"to={to!r}: expected one of {FORMS}")
-    out = copy.deepcopy(model)
+    out = model if consume else copy.deepcopy(model)
     nodes = list(_all_nodes(out.graph))
     opset = _opset(out)
     if to == "trt" and opset > STANDARD_OPSET:
@@ -518,12 +522,15 @@ def _all_nodes(g: onnx.GraphProto):
 # calibration
 
 
-def ort_session(model: onnx.ModelProto, threads: int | None = None, consume: bool = False):
-    """A CPU ONNX Runtime session over ``model`` (``backends.onnx``'s: exact int4 Q/DQ MatMuls). ``consume``: a
-    calibration pass over a copy the caller drops: no constant folding (which would store fp32 copies of fp16
-    weights), and a model over 2 GB gives its weights to the temporary file instead of being copied again."""
+def ort_session(model: onnx.ModelProto | Path, threads: int | None = None, consume: bool = False):
+    """A CPU ONNX Runtime session over ``model`` (in memory, or an ``.onnx`` path; ``backends.onnx``'s session:
+    exact int4 Q/DQ MatMuls). ``consume``: a calibration pass over a copy the caller drops: no constant folding
+    (which would store fp32 copies of fp16 weights), and a model over 2 GB gives its weights to the temporary file
+    instead of being copied again."""
     from mobilevlm_export.backends.onnx import _session, save_model
 
+    if isinstance(model, Path):
+        return _session(str(model), threads, fold_constants=not consume)
     if not is_large(model):
         return _session(model.SerializeToString(), threads, fold_constants=not consume)
     import tempfile
@@ -540,24 +547,40 @@ def is_large(model: onnx.ModelProto) -> bool:
     return initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
 
 
-def calibrate(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]], tensors: Sequence[str] | None = None,
-              *, max_rows: int = 512, threads: int | None = None, logits: str = "logits") -> Calibration:
+def calibrate(model: onnx.ModelProto | Path, feeds: Iterable[Mapping[str, np.ndarray]],
+              tensors: Sequence[str] | None = None, *, max_rows: int = 512, threads: int | None = None,
+              logits: str = "logits") -> Calibration:
     """Run ``model`` (fp32/fp16, not quantized) with ONNX Runtime on each of ``feeds`` and collect statistics of
     ``tensors`` (default: input 0 of every weight MatMul, lm_head included), which are made graph outputs of a
     temporary copy. ``max_rows`` rows per tensor are kept (evenly strided over each run) for ``awq_search``.
-    A model over 2 GB runs from a temporary file with external data."""
+    ``model``: a graph in memory (over 2 GB it runs from a temporary file with external data), or the path of an
+    ``.onnx`` file: then only its graph is read here and ONNX Runtime reads the weights from the file, so a
+    full-size decoder is not held twice."""
+    if isinstance(model, str | Path):
+        path = Path(model)
+        tmp = onnx.load(str(path), load_external_data=False)  # weights stay in the file, where ORT reads them
+    else:
+        path, tmp = None, copy.deepcopy(model)
+    found = find_weight_matmuls(tmp, logits)
     if tensors is None:
-        tensors = list(dict.fromkeys(c.activation for c in find_weight_matmuls(model, logits)))
-    tmp = copy.deepcopy(model)
+        tensors = list(dict.fromkeys(c.activation for c in found))
     have = {o.name for o in tmp.graph.output}
     known = {v.name: v for v in (*tmp.graph.value_info, *tmp.graph.input)}
-    dtype = next((c.dtype for c in find_weight_matmuls(model, logits)), "float32")
+    dtype = next((c.dtype for c in found), "float32")
     for name in tensors:
         if name not in have:
             v = known.get(name) or helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(
                 np.dtype(dtype)), None)
             tmp.graph.output.append(v)
-    session = ort_session(tmp, threads, consume=True)
+    if path is None:
+        session = ort_session(tmp, threads, consume=True)
+    else:  # beside the original, so its external-data references resolve
+        probe = path.with_name(f".calibrate-{os.getpid()}-{path.name}")
+        try:
+            onnx.save_model(tmp, str(probe))
+            session = ort_session(probe, threads, consume=True)
+        finally:
+            probe.unlink(missing_ok=True)
     del tmp
     inputs = {i.name for i in session.get_inputs()}
     amax: dict[str, float] = {t: 0.0 for t in tensors}
@@ -692,12 +715,14 @@ def smoothquant_scales(model: onnx.ModelProto, calibration: Calibration, *, alph
     return out
 
 
-def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales]) -> onnx.ModelProto:
-    """A copy of ``model`` with each entry applied: the listed weights' rows multiplied by ``s`` and the MatMuls
-    reading ``a`` fed ``Mul(a, 1/s)`` instead (one Mul per activation; other readers of ``a`` are untouched).
+def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales],
+                     consume: bool = False) -> onnx.ModelProto:
+    """A copy of ``model`` (``consume``: ``model`` itself) with each entry applied: the listed weights' rows
+    multiplied by ``s`` and the MatMuls reading ``a`` fed ``Mul(a, 1/s)`` instead (one Mul per activation; other
+    readers of ``a`` are untouched).
     Equivalent to the original up to float rounding. Folding ``1/s`` into the producing RMSNorm's weight removes
     the Mul; that rewrite is the caller's (it depends on how the norm was exported)."""
-    out = copy.deepcopy(model)
+    out = model if consume else copy.deepcopy(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}
     names = _all_names(g)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobilevlm_export.generation import SamplingParams
-from mobilevlm_export.manifest import MANIFEST, read_manifest
+from mobilevlm_export.manifest import MANIFEST, TOKENIZER_DIR, read_manifest
 from mobilevlm_export.recipes import Recipe
 from mobilevlm_export.runtime.pipeline import DynamicKVSession, StaticKVSession, VLMPipeline
 from mobilevlm_export.runtime.preprocess import ImagePreprocess, load_image
@@ -48,7 +48,7 @@ class ArtifactSet:
         if self._tokenizer is None:
             from mobilevlm_export.runtime.tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_dir(self.root / "tokenizer")
+            self._tokenizer = Tokenizer.from_dir(self.root / TOKENIZER_DIR)
         return self._tokenizer
 
     def runners(self, threads: int | None = None) -> dict:
@@ -67,7 +67,9 @@ class ArtifactSet:
 
 
 def open_artifacts(root: str | Path) -> ArtifactSet:
-    """Read and check DIR (every artifact's sha256). ``UserError`` when missing or corrupt."""
+    """Read and check DIR: the manifest's form, every file the runtime opens inside DIR and listed in the
+    manifest's artifacts, every artifact's sha256 (``manifest.read_manifest``). ``UserError`` naming the file and
+    key when missing, malformed or corrupt."""
     root = Path(root)
     return ArtifactSet(root, read_manifest(root))
 

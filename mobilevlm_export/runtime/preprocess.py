@@ -8,19 +8,35 @@ compares it with transformers' ``CLIPImageProcessor`` on the same images.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.schema import Where, bounded, parse_table, read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_IMAGE_SIZE = 336  # ViT-L/14-336
 PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
+PIL_RESAMPLE_MAX = 5  # PIL's resampling codes: 0 nearest ... 5 hamming
 RGB_MAX = 255
+MAX_IMAGE_SIDE = 4096  # the largest image edge a tower or processor config may ask for (ViT-L/14-336: 336)
+MIN_STD = 1e-3  # normalizing by a smaller std divides by (almost) zero
+
+
+@dataclass(frozen=True)
+class ProcessorKeys:
+    """The keys of a HF ``preprocessor_config.json`` the preprocessing uses, with their bounds (``size`` and
+    ``crop_size`` as plain numbers: ``_flat_sizes`` reads their dict forms). Other keys are ignored."""
+
+    size: int = bounded(CLIP_IMAGE_SIZE, min=1, max=MAX_IMAGE_SIDE)
+    crop_size: int | None = bounded(None, min=1, max=MAX_IMAGE_SIDE)  # None: size
+    image_mean: tuple[float, ...] = bounded(CLIP_MEAN, min=0, max=1)  # of the rescaled pixels; also the pad colour
+    image_std: tuple[float, ...] = bounded(CLIP_STD, min=MIN_STD)
+    rescale_factor: float = bounded(1 / RGB_MAX, min=1e-6, max=1)
+    resample: int = bounded(PIL_BICUBIC, min=0, max=PIL_RESAMPLE_MAX)
 
 
 @dataclass(frozen=True)
@@ -57,28 +73,24 @@ class ImagePreprocess:
 
     @classmethod
     def from_preprocessor_config(cls, path: Path, pad_to_square: bool) -> ImagePreprocess:
-        """Read a HF ``preprocessor_config.json`` (legacy integer or dict forms of size/crop_size)."""
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"{path}: cannot read the image processor config ({exc})") from None
-        size = data.get("size", CLIP_IMAGE_SIZE)
-        if isinstance(size, dict):
-            if "shortest_edge" not in size:
-                raise UserError(f"{path}: key 'size' must give 'shortest_edge', got {size}")
-            size = size["shortest_edge"]
-        crop = data.get("crop_size", size)
-        if isinstance(crop, dict):
-            if crop.get("height") != crop.get("width"):
-                raise UserError(f"{path}: key 'crop_size' must be square, got {crop}")
-            crop = crop["height"]
+        """Read and check a HF ``preprocessor_config.json`` (legacy integer or dict forms of size/crop_size).
+        ``UserError`` names the file and key of a value outside ``ProcessorKeys``' types and bounds, or of a mean
+        or std that is not one number per channel."""
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a JSON object")
+        bad = Where(str(path)).bad
+        keys = parse_table(ProcessorKeys, _flat_sizes(data, bad), "", bad, allow_unknown=True)
+        for key in ("image_mean", "image_std"):
+            if len(getattr(keys, key)) != len(CLIP_MEAN):
+                raise bad(key, f"has {len(getattr(keys, key))} values; must have {len(CLIP_MEAN)} (R, G, B)")
         return cls(
-            crop_size=int(crop),
-            shortest_edge=int(size),
-            mean=tuple(data.get("image_mean", CLIP_MEAN)),  # type: ignore[arg-type]
-            std=tuple(data.get("image_std", CLIP_STD)),  # type: ignore[arg-type]
-            rescale_factor=float(data.get("rescale_factor", 1 / RGB_MAX)),
-            resample=int(data.get("resample", PIL_BICUBIC)),
+            crop_size=keys.size if keys.crop_size is None else keys.crop_size,
+            shortest_edge=keys.size,
+            mean=keys.image_mean,  # type: ignore[arg-type]
+            std=keys.image_std,  # type: ignore[arg-type]
+            rescale_factor=keys.rescale_factor,
+            resample=keys.resample,
             pad_to_square=pad_to_square,
         )
 
@@ -103,6 +115,21 @@ class ImagePreprocess:
         return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
+def _flat_sizes(data: dict, bad) -> dict:
+    """``data`` with ``size`` (``{"shortest_edge": N}``) and ``crop_size`` (``{"height": N, "width": N}``) as N."""
+    out = dict(data)
+    size, crop = data.get("size"), data.get("crop_size")
+    if isinstance(size, dict):
+        if "shortest_edge" not in size:
+            raise bad("size", f"must give 'shortest_edge', got {size}")
+        out["size"] = size["shortest_edge"]
+    if isinstance(crop, dict):
+        if "height" not in crop or crop.get("height") != crop.get("width"):
+            raise bad("crop_size", f"must be square ({{'height': N, 'width': N}}), got {crop}")
+        out["crop_size"] = crop["height"]
+    return out
+
+
 def _expand_to_square(image, color):
     from PIL import Image
 
@@ -125,16 +152,22 @@ def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-def load_image(path: str | Path):
-    """Open an image file as RGB. Unreadable or non-image files are a ``UserError`` naming the flag."""
-    from PIL import Image, UnidentifiedImageError
+def load_image(path: str | Path, named: str = "--image"):
+    """Open an image file as RGB. ``UserError`` ("NAMED PATH: why", ``named`` the flag or file key that gave the
+    path) when it is missing or not a readable image, including one over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``: refused outright, where PIL only warns below twice the limit)."""
+    import warnings
+
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--image {path}: no such file")
+        raise UserError(f"{named} {path}: no such file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"--image {path}: not a readable image ({type(exc).__name__})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - whatever PIL raises decoding a file, the file is not a readable image
+        raise UserError(f"{named} {path}: not a readable image ({type(exc).__name__}: {exc})") from None

@@ -80,7 +80,12 @@ def segments(input_ids: Sequence[int]) -> list[tuple[str, list[int]]]:
 
 
 def build_prompt_ids(tokenizer, prompt: str, raw_prompt: bool = False, num_images: int = 1) -> list[int]:
-    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``."""
+    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``. ``UserError`` for
+    a prompt that is not valid text (bytes that were not UTF-8 reach Python as lone surrogates)."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"--prompt: not valid UTF-8 (byte {exc.start} of the prompt)") from None
     return tokenize_with_images(tokenizer, prompt if raw_prompt else conversation_v1(prompt), num_images)
 
 

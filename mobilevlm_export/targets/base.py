@@ -55,6 +55,7 @@ class Target(Protocol):
     recipe_section: str | None  # the name of its own recipe table, e.g. "executorch"
     recipe_options: type | None  # the frozen dataclass that table is read into
     profile_options: type | None  # the frozen dataclass of its profiles' [<target>] table
+    runtime_files: tuple[str, ...]  # files besides the graph records' its runtime side reads (relative to DIR)
 
     def check_recipe(self, recipe, bad) -> None:
         """Cross-field rules of its recipes (``bad(key, why)`` makes the ``UserError``)."""

@@ -29,6 +29,7 @@ class OnnxTarget:
     recipe_section = None
     recipe_options = None
     profile_options = None
+    runtime_files = ()
 
     def check_recipe(self, recipe, bad) -> None:
         pass
@@ -59,6 +60,7 @@ def export_graphs(graphs: list, ctx: CompileContext, description: str) -> dict[s
     """Export each graph to ``graphs/<name>.onnx`` under ``ctx.out``; the manifest's graph records. Consumes
     ``graphs``: each torch module (and its weights) is released once written, before the next is exported."""
     from mobilevlm_export.backends.onnx import export_graph
+    from mobilevlm_export.memory import release_memory
 
     record: dict[str, dict] = {}
     advance = ctx.progress(description, len(graphs))
@@ -68,4 +70,5 @@ def export_graphs(graphs: list, ctx: CompileContext, description: str) -> dict[s
         record[g.name] = {"file": f"graphs/{info.file}", "contract": g.contract.to_dict(), "export": info.to_dict()}
         advance()
         del g
+        release_memory()  # the graph's torch weights and the exporter's buffers
     return record

@@ -74,6 +74,7 @@ class OrinTarget:
     recipe_section = "tensorrt"
     recipe_options = TensorRTOptions
     profile_options = OrinDevice
+    runtime_files = ("build_plan.json",)  # backends.tensorrt.PLAN: what trt-build reads
 
     def check_recipe(self, recipe, bad) -> None:
         if not recipe.fused_image_encoder:
@@ -165,15 +166,20 @@ class OrinTarget:
         return CompileRecord(record, info, log, table)
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
-        """TensorRT engines when they are built (``trt-build`` or ``build_engines.sh``) and TensorRT and a GPU are
-        here; ONNX Runtime on the standard-form graphs otherwise."""
+        """TensorRT engines when the manifest records them (``trt-build``, or a build with TensorRT: listed in its
+        artifacts with their sha256) and TensorRT and a GPU are here; ONNX Runtime on the standard-form graphs
+        otherwise. ``UserError`` for a planned engine on disk that the manifest does not record (built by
+        ``build_engines.sh``): it would run unchecked, or be silently passed over."""
         from mobilevlm_export.backends.tensorrt import PLAN, TensorRTRunner, read_plan, tensorrt_available
         from mobilevlm_export.graphs.contracts import GraphContract
+        from mobilevlm_export.manifest import MANIFEST
 
-        planned = {e.graph: e.engine for e in read_plan(root).engines} if (root / PLAN).is_file() else {}
-        engines = {name: g.get("engine") or planned.get(name) for name, g in graphs.items()}
-        if all(e and (root / e).is_file() for e in engines.values()) and tensorrt_available() is None:
-            return {name: TensorRTRunner(root / engines[name], GraphContract.from_dict(g["contract"]))
+        for e in read_plan(root).engines if (root / PLAN).is_file() else ():
+            if "engine" not in graphs.get(e.graph, {}) and (root / e.engine).exists():
+                raise UserError(f"{root / e.engine}: built but not recorded in {root / MANIFEST} (no sha256); "
+                                f"`mvlm-export trt-build {root}` builds and records the engines verify and run use")
+        if all("engine" in g for g in graphs.values()) and tensorrt_available() is None:
+            return {name: TensorRTRunner(root / g["engine"], GraphContract.from_dict(g["contract"]))
                     for name, g in graphs.items()}
         from mobilevlm_export.targets.onnx import OnnxTarget
 
@@ -209,6 +215,7 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
     import onnx
 
     from mobilevlm_export.backends.onnx import save_model
+    from mobilevlm_export.memory import release_memory
     from mobilevlm_export.quantize import qdq
 
     log = []
@@ -220,36 +227,40 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
         if body is None and head_scheme is None:
             continue
         path = root / record[name]["file"]
-        model = onnx.load(str(path))
         block = (body_q.group_size if body == "int4" else None) or (
             head_q.group_size if head_scheme == "int4" else None) or DEFAULT_BLOCK
         awq = QuantAlgorithm.AWQ in (body_q.algorithm, head_q.algorithm if head_q else None)
         calib = feeds = None
         if body == "w8a8" or head_scheme == "w8a8" or awq:  # (smoothquant implies w8a8)
             feeds = calibration_feeds(root, record, name)
-            calib = qdq.calibrate(model, feeds)
+            calib = qdq.calibrate(path, feeds)  # ONNX Runtime reads the weights from the file
+            release_memory()
+        model = onnx.load(str(path))  # the one copy of the float graph, rewritten in place from here on
         if awq:
             scales = qdq.awq_scales(model, calib, block_size=block,
                                     lm_head=bool(head_q and head_q.algorithm == QuantAlgorithm.AWQ))
             if body_q.algorithm != QuantAlgorithm.AWQ:  # lm_head only
                 scales = {a: s for a, s in scales.items() if any(_is_head(model, w) for w in s.weights)}
-            model = qdq.apply_awq_scales(model, scales)
+            model = qdq.apply_awq_scales(model, scales, consume=True)
             gain = [s.error / s.error_rtn for s in scales.values() if s.error_rtn > 0]
             log.append(f"{name}: AWQ pre-scales on {len(scales)} activations (int4 error x{min(gain, default=1):.3f}"
                        f"..{max(gain, default=1):.3f} of round-to-nearest on the calibration rows)")
         if body_q.algorithm == QuantAlgorithm.SMOOTHQUANT:
             scales = qdq.smoothquant_scales(model, calib)
-            model = qdq.apply_awq_scales(model, scales)
+            model = qdq.apply_awq_scales(model, scales, consume=True)
             calib = qdq.calibrate(model, feeds)  # the smoothed activations' ranges
             log.append(f"{name}: SmoothQuant migration (alpha {qdq.SMOOTHQUANT_ALPHA}) on {len(scales)} activations")
         select = None if body is not None else (lambda c: c.lm_head)
         result = qdq.quantize_weights(model, body or head_scheme, block_size=block, lm_head=head_scheme,
-                                      act_amax=calib.amax if calib else None, select=select)
+                                      act_amax=calib.amax if calib else None, select=select, consume=True)
+        del model
         data = path.with_name(path.name + ".data")
         if data.exists():  # the float weights' external file: replaced by what the quantized graph needs
             data.unlink()
         save_model(result.model, path)
         rep = result.report
+        del result
+        release_memory()
         log.append(f"{name}: " + ", ".join(f"{n} MatMuls {s}" for s, n in rep.counts.items())
                    + (f" (int4 block {block})" if "int4" in (body, head_scheme) else "")
                    + f"; weights {rep.bytes_before / 1e6:.2f} -> {rep.bytes_after / 1e6:.2f} MB")
@@ -343,11 +354,12 @@ def _engines_at_build(plan, ctx: CompileContext) -> str | list:
     return [build_engine(e, ctx.out, plan.workspace_bytes) for e in plan.engines]
 
 
-def trt_build(root: Path, log=print) -> list[dict]:
+def trt_build(root: Path, log=print, record_only: bool = False) -> list[dict]:
     """On the device (or any machine with the bundle's TensorRT and a GPU): build every engine of an orin bundle
-    from its ``build_plan.json`` with the TensorRT API, and record them in the manifest, so ``verify``, ``run`` and
-    ``bench`` use them. Torch-free. ``UserError`` for a DIR that is not an orin bundle, a corrupt bundle, or no
-    TensorRT/GPU here."""
+    from its ``build_plan.json`` with the TensorRT API, and record them in the manifest (sha256 included), so
+    ``verify``, ``run`` and ``bench`` use them. ``record_only``: build nothing; record the engines
+    ``build_engines.sh`` (trtexec) built, each of which must exist. Torch-free. ``UserError`` for a DIR that is not
+    an orin bundle, a corrupt bundle, no TensorRT/GPU here (when building), or a missing engine (when recording)."""
     from mobilevlm_export.backends.tensorrt import build_engine, import_tensorrt, read_plan, tensorrt_available
     from mobilevlm_export.manifest import update_manifest
     from mobilevlm_export.runtime.artifacts import open_artifacts
@@ -356,11 +368,19 @@ def trt_build(root: Path, log=print) -> list[dict]:
     if art.manifest.get("target") != "orin":
         raise UserError(f"{root}: is a {art.manifest.get('target')} build, not an orin bundle (build --target orin)")
     plan = read_plan(root)
-    import_tensorrt()
-    why = tensorrt_available()
-    if why:
-        raise UserError(f"{root}: cannot build engines here: {why}")
-    built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
+    if record_only:
+        missing = [e.engine for e in plan.engines if not (Path(root) / e.engine).is_file()]
+        if missing:
+            raise UserError(f"{root}: {missing[0]} does not exist: run build_engines.sh first (or trt-build without "
+                            "--record-only to build with the TensorRT API)")
+        built = [{"graph": e.graph, "file": e.engine, "bytes": (Path(root) / e.engine).stat().st_size,
+                  "seconds": None, "builder": "build_engines.sh"} for e in plan.engines]
+    else:
+        import_tensorrt()
+        why = tensorrt_available()
+        if why:
+            raise UserError(f"{root}: cannot build engines here: {why}")
+        built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
     graphs = art.manifest["graphs"]
     for e in built:
         graphs[e["graph"]]["engine"] = e["file"]

@@ -62,6 +62,7 @@ class SnapdragonTarget:
     recipe_section = "executorch"
     recipe_options = ExecuTorchOptions
     profile_options = None
+    runtime_files = ()
 
     def check_recipe(self, recipe, bad) -> None:
         if not recipe.fused_image_encoder:
@@ -120,6 +121,7 @@ class SnapdragonTarget:
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
         from mobilevlm_export.errors import UserError
         from mobilevlm_export.graphs.contracts import GraphContract
+        from mobilevlm_export.manifest import MANIFEST
 
         try:
             from mobilevlm_export.backends.executorch import ExecuTorchRunner, load_program
@@ -128,6 +130,8 @@ class SnapdragonTarget:
         programs: dict[str, object] = {}  # one loaded program per file, shared by its methods' runners
         runners = {}
         for name, g in graphs.items():
+            if "method" not in g:
+                raise UserError(f"{root / MANIFEST}: graphs.{name}.method is missing (the .pte method to run)")
             path = root / g["file"]
             if g["file"] not in programs:
                 programs[g["file"]] = load_program(path)

@@ -1,0 +1,138 @@
+"""The CLI's error contract, as a table: bad flags and values are one stderr line + exit 2 (one JSON object on stdout
+with --json), internal errors are one line + exit 3 (the traceback with --debug), exit 1 stays a failed check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mobilevlm_export.cli import CORES, app
+from mobilevlm_export.errors import UserError
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _one_line(res, code: int, *needles: str) -> str:
+    assert res.exit_code == code, (res.exit_code, res.output)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "Traceback" not in res.output and "Usage:" not in res.output, res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# (arguments after the command's positional ones, the flag the message must name)
+FLAG_CASES = [
+    (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"),
+    (["--threads", str(CORES + 1)], "--threads"),
+    (["--threads", "100000"], "--threads"),
+    (["--threads", "two"], "--threads"),
+    (["--bogus"], "--bogus"),
+]
+SAMPLING_CASES = [
+    (["--top-p", "nan"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--top-p", "-0.1"], "--top-p"),
+    (["--temperature", "nan"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"),
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-k", "-3"], "--top-k"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+]
+
+
+@pytest.mark.parametrize("command", ["run", "verify", "bench"])
+@pytest.mark.parametrize("args,flag", FLAG_CASES)
+def test_bad_flags_of_artifact_commands(command, args, flag, tmp_path, image_file):
+    extra = ["--image", str(image_file), "--prompt", "hi"] if command == "run" else []
+    res = runner.invoke(app, [command, str(tmp_path), *extra, *args])
+    _one_line(res, 2, flag)
+
+
+@pytest.mark.parametrize("args,flag", FLAG_CASES[:4])
+def test_bad_threads_of_build(args, flag, tiny_ckpt, tmp_path):
+    res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(tmp_path / "o"), *args])
+    _one_line(res, 2, flag)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,flag", SAMPLING_CASES)
+def test_bad_sampling_values(args, flag, tiny_ckpt, image_file):
+    res = runner.invoke(app, ["generate", str(tiny_ckpt), "--image", str(image_file), "--prompt", "hi", *args])
+    _one_line(res, 2, flag)
+
+
+def test_edge_sampling_values_work(tiny_ckpt, image_file):
+    """top-p 0 keeps the most likely token (as greedy); a subnormal temperature is greedy too, never NaN."""
+    greedy = runner.invoke(app, ["generate", str(tiny_ckpt), "--image", str(image_file), "--prompt", "hi",
+                                 "--max-new-tokens", "3", "--json"])
+    assert greedy.exit_code == 0, greedy.output
+    for args in (["--temperature", "1", "--top-p", "0"], ["--temperature", "5e-324"]):
+        res = runner.invoke(app, ["generate", str(tiny_ckpt), "--image", str(image_file), "--prompt", "hi",
+                                  "--max-new-tokens", "3", "--json", *args])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["output_ids"] == json.loads(greedy.stdout)["output_ids"]
+
+
+def test_json_errors_are_one_object(tmp_path):
+    for args in (["verify", str(tmp_path / "none"), "--json"], ["bench", str(tmp_path), "--threads", "0", "--json"],
+                 ["run", str(tmp_path), "--json"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, res.output
+        obj = json.loads(res.stdout)
+        assert set(obj) == {"error", "exit_code"} and obj["exit_code"] == 2 and obj["error"], obj
+        assert res.stderr.strip() == f"error: {obj['error']}"
+
+
+def test_internal_error_is_exit_3_and_debug_shows_it(tiny_ckpt, monkeypatch):
+    import mobilevlm_export.summary
+
+    def broken(_ckpt):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(mobilevlm_export.summary, "describe", broken)
+    line = _one_line(runner.invoke(app, ["inspect", str(tiny_ckpt)]), 3, "internal error", "KeyError", "--debug")
+    assert "MVLM_EXPORT_DEBUG" in line
+    res = runner.invoke(app, ["inspect", str(tiny_ckpt), "--json"])
+    assert res.exit_code == 3 and json.loads(res.stdout)["exit_code"] == 3
+    res = runner.invoke(app, ["--debug", "inspect", str(tiny_ckpt)])
+    assert isinstance(res.exception, KeyError)  # raised, so Python prints the traceback
+
+
+def test_error_during_progress_leaves_one_line(tiny_ckpt, tmp_path, monkeypatch):
+    """A failure while the progress bars are up: the bars are not left above the error line."""
+    import mobilevlm_export.golden
+
+    def fail(*_a, **_k):
+        raise UserError("samples: boom")
+
+    monkeypatch.setattr(mobilevlm_export.golden, "make_golden", fail)
+    res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(tmp_path / "o")])
+    _one_line(res, 2, "samples: boom")
+    assert not list(tmp_path.iterdir())
+
+
+def test_prompt_that_is_not_utf8(tiny_ckpt, image_file):
+    """Bytes that are not UTF-8 on the command line (they reach Python as surrogates)."""
+    res = subprocess.run([sys.executable, "-m", "mobilevlm_export.cli", "generate", str(tiny_ckpt), "--image",
+                          str(image_file), "--prompt", os.fsdecode(b"caf\xe9 \xff?")], capture_output=True,
+                         text=True)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--prompt" in lines[0] and "UTF-8" in lines[0], res.stderr
