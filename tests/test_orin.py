@@ -192,6 +192,37 @@ def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
     assert res.exit_code == 2 and "not an orin bundle" in res.stderr, res.output
 
 
+def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
+    """Engines `build_engines.sh` wrote are not run unchecked: verify refuses them until `trt-build --record-only`
+    records their sha256; a missing engine cannot be recorded. (Here the "engines" are placeholder bytes and
+    TensorRT is absent, so once recorded verify runs ONNX Runtime; where TensorRT imports they would run.)"""
+    from mobilevlm_export.backends.tensorrt import read_plan
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(builds["fp16"][0], bundle)
+    plan = read_plan(bundle)
+    res = runner.invoke(app, ["trt-build", str(bundle), "--record-only"])
+    assert res.exit_code == 2 and "run build_engines.sh first" in res.stderr, res.output
+    for e in plan.engines:
+        (bundle / e.engine).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / e.engine).write_bytes(b"engine bytes of " + e.graph.encode())
+    res = runner.invoke(app, ["verify", str(bundle)])
+    assert res.exit_code == 2 and "not recorded" in res.stderr, res.output
+    res = runner.invoke(app, ["trt-build", str(bundle), "--record-only", "--json"])
+    assert res.exit_code == 0, res.output
+    recorded = {e["graph"]: e["file"] for e in json.loads(res.stdout)["engines"]}
+    assert recorded == {e.graph: e.engine for e in plan.engines}
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    listed = {a["path"] for a in manifest["artifacts"]}
+    assert all(f in listed and manifest["graphs"][g]["engine"] == f for g, f in recorded.items())
+    if "tensorrt" not in sys.modules:
+        assert runner.invoke(app, ["verify", str(bundle)]).exit_code == 0
+    engine = bundle / plan.engines[0].engine
+    engine.write_bytes(engine.read_bytes() + b"x")  # changed after recording: caught
+    res = runner.invoke(app, ["verify", str(bundle)])
+    assert res.exit_code == 2 and "sha256" in res.stderr, res.output
+
+
 def test_tensorrt_engines(builds, tmp_path):
     """Where TensorRT and a GPU exist: trt-build builds the engines from the plan, verify runs on them."""
     pytest.importorskip("tensorrt", reason="TensorRT cannot be installed here: its wheels fetch from NVIDIA's own "
