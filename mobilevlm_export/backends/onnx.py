@@ -61,6 +61,7 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     )
     model = program.model_proto
     del program
+    _drop_rewriter_state()
     _name_dims(model, c)
     note = "not requested"
     simplified = False
@@ -72,6 +73,24 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
         data_name = path.name + ".data"
         note = "skipped: weights exceed 2 GB (external data)"
     return ExportInfo(path.name, data_name, simplified, note, round(time.perf_counter() - t0, 3))
+
+
+def _drop_rewriter_state() -> None:
+    """Let the exported graph go. onnxscript's rewrite rules (module-level objects the exporter's optimizer runs)
+    keep the last graph they matched (``SimplePatternMatcher._graph``, ``_current_node``, ``_match`` in onnxscript
+    0.7), and that graph's initializers wrap the module's weights: after a full-size decoder's export they held
+    its 2.8 GB of fp16 weights until the process ended. Each match sets these again before using them."""
+    import gc
+
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript layout: nothing known to drop
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attr in ("_graph", "_current_node", "_match", "_tracer"):
+                if attr in vars(obj):
+                    setattr(obj, attr, None)
 
 
 def _fixed_arity(module) -> int:
