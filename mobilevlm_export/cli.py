@@ -422,21 +422,33 @@ def verify(
 ) -> None:
     """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
     with _exit_codes(as_json):
+        from mobilevlm_export.outdir import check_output_file
         from mobilevlm_export.runtime.artifacts import open_artifacts
         from mobilevlm_export.verify import gate_recipe, verify_artifacts, verify_steps, write_junit
 
+        if junit:
+            check_output_file(junit, "--junit")
         art = open_artifacts(artifacts)
         gate = gate_recipe(art, recipe)
         steps = verify_steps(art)  # reads the golden data's names: a bad file fails before the progress display
         with _progress(as_json) as step:
             report = verify_artifacts(art, threads, step("Verifying parity", steps), gate)
-        if junit:
-            write_junit(report, junit)
-        _report(report, as_json, {"artifacts": str(artifacts)})
+        extra = {"artifacts": str(artifacts)}
+        try:
+            if junit:
+                write_junit(report, junit)
+        except OSError as exc:  # the report is still shown: the check's result is not hidden by this
+            message = (f"--junit {junit}: cannot write it ({exc.strerror}); parity "
+                       f"{'passed' if report.passed else 'FAILED'}")
+            code = UserError.exit_code if report.passed else CheckFailed.exit_code  # a failed check comes first
+            _report(report, as_json, {**extra, "error": message, "exit_code": code}, exit_on_failure=False)
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(code) from None
+        _report(report, as_json, extra)
 
 
-def _report(report, as_json: bool, extra: dict) -> None:
-    """Print a verification report; exit 1 when it failed."""
+def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True) -> None:
+    """Print a verification report; exit 1 when it failed (unless ``exit_on_failure`` is false)."""
     if as_json:
         _print_json({**extra, "verification": report.to_dict()})
     else:
@@ -458,7 +470,7 @@ def _report(report, as_json: bool, extra: dict) -> None:
             console.print(f"[red]FAIL[/] {w['graph']}/{w['case']} {w['output']}: {w['metric']} = {_num(w['value'])} "
                           f"(tolerance {w['tolerance']})")
         console.print("[green]PASSED[/]" if report.passed else "[red]FAILED[/]")
-    if not report.passed:
+    if not report.passed and exit_on_failure:
         raise typer.Exit(1)
 
 

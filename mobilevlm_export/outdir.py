@@ -74,6 +74,39 @@ def _files(root: Path) -> list[Path]:
     return found
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """``UserError`` naming ``flag`` unless a file can be written at ``path`` (checked by writing a probe beside it,
+    so a read-only place is caught even where permission bits do not apply)."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: is a directory")
+    if not path.parent.is_dir():
+        raise UserError(f"{flag} {path}: parent directory {path.parent} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written."""
+    import tempfile
+
+    path = Path(path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+    try:
+        os.replace(tmp.name, path)
+    except OSError:
+        os.unlink(tmp.name)
+        raise
+
+
 class OutputLock:
     """An advisory ``flock`` on ``.NAME.lock`` beside ``out``, held from ``acquire()`` to ``release()``."""
 

@@ -186,7 +186,9 @@ def write_junit(report: VerifyReport, path: Path) -> None:
             ET.SubElement(case, "failure", message=f"tokens {r.ids} != reference {r.reference_ids}")
     suite.set("tests", str(n))
     suite.set("failures", str(fails))
-    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+    from mobilevlm_export.outdir import write_file_atomic
+
+    write_file_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
 
 def gate_recipe(art, name_or_path: str | None) -> Recipe:

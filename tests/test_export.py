@@ -242,3 +242,29 @@ def test_artifact_side_without_torch(exported, samples, tmp_path):
         assert res.returncode == 0, (args, res.stderr[-2000:])
         assert "blocked" not in res.stderr
         json.loads(res.stdout)
+
+
+def test_junit_path_errors_and_write_failure(exported, tmp_path, monkeypatch):
+    """`--junit` to a directory, a missing parent or a read-only place: exit 2 before any work; a write that fails
+    after verification still shows the report (table, or the one JSON object) and says whether parity passed."""
+    import mobilevlm_export.outdir
+
+    for bad, needle in ((tmp_path, "is a directory"), (tmp_path / "no" / "j.xml", "does not exist"),
+                        (Path("/proc/junit.xml"), "cannot write")):
+        res = runner.invoke(app, ["verify", str(exported[0]), "--junit", str(bad)])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: --junit") and needle in lines[0], res.stderr
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mobilevlm_export.outdir, "write_file_atomic", full)
+    res = runner.invoke(app, ["verify", str(exported[0]), "--junit", str(tmp_path / "j.xml")])
+    assert res.exit_code == 2 and "PASSED" in res.stdout, res.output
+    assert res.stderr.strip().splitlines()[-1] == (f"error: --junit {tmp_path / 'j.xml'}: cannot write it (No "
+                                                   "space left on device); parity passed")  # (after the progress)
+    res = runner.invoke(app, ["verify", str(exported[0]), "--junit", str(tmp_path / "j.xml"), "--json"])
+    obj = json.loads(res.stdout)
+    assert res.exit_code == 2 and obj["verification"]["passed"] and obj["exit_code"] == 2 and "junit" in obj["error"]
+    assert not (tmp_path / "j.xml").exists()
