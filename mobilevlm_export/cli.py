@@ -208,8 +208,11 @@ def _progress(quiet: bool):
 
         try:
             yield step
-        except BaseException:
-            bar.live.transient = True  # an error is one line: the bars are not left above it
+        except BaseException:  # an error is one line: the bars (and rich's closing newline) are not left above it
+            import io
+
+            bar.live.transient = True
+            bar.live.console.file = io.StringIO()
             raise
 
 

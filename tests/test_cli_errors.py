@@ -125,6 +125,7 @@ def test_error_during_progress_leaves_one_line(tiny_ckpt, tmp_path, monkeypatch)
     monkeypatch.setattr(mobilevlm_export.golden, "make_golden", fail)
     res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(tmp_path / "o")])
     _one_line(res, 2, "samples: boom")
+    assert res.stderr.startswith("error: "), repr(res.stderr)  # not even a blank line before it
     assert not list(tmp_path.iterdir())
 
 
