@@ -87,7 +87,7 @@ def _drop_rewriter_state() -> None:
     except ImportError:  # another onnxscript layout: nothing known to drop
         return
     for obj in gc.get_objects():
-        if isinstance(obj, SimplePatternMatcher):
+        if issubclass(type(obj), SimplePatternMatcher):  # (not isinstance: some objects warn when asked __class__)
             for attr in ("_graph", "_current_node", "_match", "_tracer"):
                 if attr in vars(obj):
                     setattr(obj, attr, None)
