@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_IMAGE ?= $(shell cd mobilevlm_export/demo/samples 2>/dev/null && ls *.png | head -n 1)
 
-.PHONY: setup demo test test-slow lint train-demo clean
+.PHONY: setup demo test test-slow lint train-demo bench clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,16 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check mobilevlm_export tests
+
+# The benchmark suite (not part of `test`): every backend x recipe at MobileVLM_V2-1.7B dims, random weights (hours,
+# >10 GB of RAM; builds are cached in BENCH_OUT and resume). Writes BENCH_OUT/BENCHMARKS.md, copied here.
+BENCH_OUT  ?= build/bench
+BENCH_ARGS ?= --shape 1.7b --ab
+bench: setup
+	$(BIN)/python -m mobilevlm_export.benchsuite --out $(BENCH_OUT) $(BENCH_ARGS)
+	cp $(BENCH_OUT)/BENCHMARKS.md BENCHMARKS.md
+	if ls $(BENCH_OUT)/benchmarks/plots/*.png >/dev/null 2>&1; then \
+		mkdir -p benchmarks/plots && cp $(BENCH_OUT)/benchmarks/plots/*.png benchmarks/plots/; fi
 
 train-demo: setup
 	$(BIN)/python -m mobilevlm_export.demo.train

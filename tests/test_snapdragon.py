@@ -16,7 +16,7 @@ pytest.importorskip("executorch", reason="the Snapdragon target needs executorch
 
 from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir  # noqa: E402
 from mobilevlm_export.cli import app  # noqa: E402
-from mobilevlm_export.errors import CheckFailed  # noqa: E402
+from mobilevlm_export.errors import CheckFailed, UserError  # noqa: E402
 from mobilevlm_export.recipes import RECIPES_DIR, load_recipe  # noqa: E402
 
 runner = CliRunner()
@@ -241,19 +241,29 @@ def test_rebuilt_program_at_the_same_path_is_loaded_anew(fp32_build, q4_build, t
     assert not np.array_equal(first, second) and np.array_equal(second, want)
 
 
-def test_runner_sets_its_threads_when_it_runs(fp32_build):
-    """The runtime's threadpool is process-wide: each runner applies its own count when it runs, not on load."""
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+def test_threadpool_is_sized_before_programs_load(fp32_build):
+    """The runtime's threadpool is process-wide and XNNPACK delegates keep the pool they started with (resizing it
+    under a loaded program crashed the process with 1 thread): runners size it before their program loads, a
+    different size while a program is loaded is refused, and 1 thread runs."""
+    import gc
+
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
 
     from mobilevlm_export.runtime.artifacts import open_artifacts
 
     art = open_artifacts(fp32_build[0])
-    _unsafe_reset_threadpool(2)
-    one = art.runners(1)["embed_tokens"]
-    two = art.runners(2)["embed_tokens"]
-    assert _threadpool_get_thread_count() == 2  # loading changed nothing
+    gc.collect()  # programs of earlier tests released
     feeds = {"input_ids": np.array([[5, 9]], np.int64)}
-    one.run(feeds)
+    one = art.runners(1)
     assert _threadpool_get_thread_count() == 1
-    two.run(feeds)
+    first = one["embed_tokens"].run(feeds)["inputs_embeds"]
+    with pytest.raises(UserError, match="threadpool"):
+        art.runners(2)
+    del one
+    gc.collect()
+    two = art.runners(2)
     assert _threadpool_get_thread_count() == 2
+    assert np.array_equal(two["embed_tokens"].run(feeds)["inputs_embeds"], first)
+    res = runner.invoke(app, ["bench", str(fp32_build[0]), "--threads", "2", "--decode-tokens", "2", "--runs", "1",
+                              "--warmup", "0", "--prompt-tokens", "4"])
+    assert res.exit_code == 0, res.output  # (the same size as the loaded programs': allowed)

@@ -137,17 +137,41 @@ def _release_lowering_memory() -> None:
     gc.collect()
 
 
+class LoadedProgram:
+    """A loaded ``.pte``. While one is alive its XNNPACK delegates hold the runtime's threadpool, which must then
+    keep its size (``set_threads``)."""
+
+    live = 0
+
+    def __init__(self, program) -> None:
+        self.program = program
+        LoadedProgram.live += 1
+
+    def load_method(self, name: str):
+        return self.program.load_method(name)
+
+    def __del__(self) -> None:
+        LoadedProgram.live -= 1
+
+
 def set_threads(threads: int | None) -> None:
-    """Size the runtime's CPU threadpool (XNNPACK and the LLM custom ops) to ``threads`` when it differs; None
-    leaves it. The threadpool is process-wide, so each runner applies its own setting before it runs."""
+    """Size the runtime's CPU threadpool (XNNPACK and the LLM custom ops, process-wide) to ``threads`` when it
+    differs; None leaves it. Only while no program is loaded: XNNPACK delegates keep the pool they were initialized
+    with, and resizing it under them crashed the process (seen with 1 thread), so a different size while a
+    ``LoadedProgram`` is alive is a ``UserError``."""
     if threads:
         from executorch.extension.pybindings.portable_lib import (
             _threadpool_get_thread_count,
             _unsafe_reset_threadpool,
         )
 
-        if _threadpool_get_thread_count() != int(threads):
-            _unsafe_reset_threadpool(int(threads))
+        current = _threadpool_get_thread_count()
+        if current == int(threads):
+            return
+        if LoadedProgram.live:
+            raise UserError(f"--threads {threads}: this process already runs an ExecuTorch program on {current} "
+                            "threads; the threadpool is sized before a program loads, not under it")
+        _unsafe_reset_threadpool(int(threads))
 
 
 # lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
@@ -175,17 +199,19 @@ def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
             sys.stderr.flush()
 
 
-def load_program(path: Path):
+def load_program(path: Path, threads: int | None = None):
     """Load a ``.pte`` (the caller shares it between the runners of its methods: the decoder's cache lives in its
-    loaded method). Not cached: a file rebuilt at the same path loads anew."""
+    loaded method), the threadpool sized to ``threads`` first (``set_threads``). Not cached: a file rebuilt at the
+    same path loads anew."""
     with native_stderr_filtered():
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
         import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
         from executorch.runtime import Runtime, Verification
 
     try:
-        with native_stderr_filtered():
-            return Runtime.get().load_program(Path(path), verification=Verification.Minimal)
+        with native_stderr_filtered():  # (sizing the pool starts it, and it describes the CPU)
+            set_threads(threads)
+            return LoadedProgram(Runtime.get().load_program(Path(path), verification=Verification.Minimal))
     except (RuntimeError, ValueError) as exc:
         from mobilevlm_export.errors import UserError
 
@@ -193,13 +219,13 @@ def load_program(path: Path):
 
 
 class ExecuTorchRunner:
-    """Runs one method of a loaded program: feeds in contract order, outputs named after the contract.
-    ``threads``: the runtime threadpool size this runner runs with (None: the runtime's default)."""
+    """Runs one method of a loaded program (``load_program``, which sized the threadpool): feeds in contract order,
+    outputs named after the contract."""
 
-    def __init__(self, program, path: Path, contract: GraphContract, method: str, threads: int | None = None) -> None:
+    def __init__(self, program: LoadedProgram, path: Path, contract: GraphContract, method: str) -> None:
         self.contract = contract
+        self.program = program  # alive while its method runs
         self.method_name = method
-        self.threads = threads
         self._started = False
         try:
             with native_stderr_filtered():  # (XNNPACK describes the CPU when its delegate starts)
@@ -212,11 +238,9 @@ class ExecuTorchRunner:
 
         args = [torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in self.contract.inputs]
         if self._started:
-            set_threads(self.threads)
             outs = self.method.execute(args)
-        else:  # the first run starts the threadpool (which describes the CPU too)
+        else:  # the first run starts the kernels' own state (which may describe the CPU too)
             with native_stderr_filtered():
-                set_threads(self.threads)
                 outs = self.method.execute(args)
             self._started = True
         return {t.name: o.numpy().copy() for t, o in zip(self.contract.outputs, outs, strict=True)}

@@ -233,6 +233,7 @@ def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> li
         calib = feeds = None
         if body == "w8a8" or head_scheme == "w8a8" or awq:  # (smoothquant implies w8a8)
             feeds = calibration_feeds(root, record, name)
+            release_memory()  # the feeds' sessions (image encoder, embeddings) are gone: their memory too
             calib = qdq.calibrate(path, feeds)  # ONNX Runtime reads the weights from the file
             release_memory()
         model = onnx.load(str(path))  # the one copy of the float graph, rewritten in place from here on

@@ -134,9 +134,9 @@ class SnapdragonTarget:
                 raise UserError(f"{root / MANIFEST}: graphs.{name}.method is missing (the .pte method to run)")
             path = root / g["file"]
             if g["file"] not in programs:
-                programs[g["file"]] = load_program(path)
+                programs[g["file"]] = load_program(path, threads)
             runners[name] = ExecuTorchRunner(programs[g["file"]], path, GraphContract.from_dict(g["contract"]),
-                                             g["method"], threads)
+                                             g["method"])
         return runners
 
 

@@ -1,0 +1,275 @@
+"""BENCHMARKS.md and its plots, written from the suite's results files (``results-<shape>.json`` in ``--out``):
+the latest run of each shape, one section per shape, then the device profiles' calibration fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mobilevlm_export.benchsuite.cache import SHAPES
+from mobilevlm_export.benchsuite.predict import METRIC_LABELS
+
+REPORT = "BENCHMARKS.md"
+PLOTS = Path("benchmarks") / "plots"  # relative to the report, so the report and its plots move together
+SHOWN_VERSIONS = ("torch", "executorch", "torchao", "onnxruntime", "onnx", "transformers", "numpy", "python")
+
+
+def _num(x, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, int) or (isinstance(x, float) and abs(x) >= 10 ** digits):
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _metric(m: dict | None, digits: int = 4) -> str:
+    return "–" if not m else _num(m["p50"], digits)
+
+
+def _spread(m: dict | None) -> str:
+    if not m:
+        return "–"
+    rounds = "–" if m["spread_rounds"] is None else _pct(m["spread_rounds"])
+    return f"{_pct(m['spread_runs'])} / {rounds}"
+
+
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def _label(row: dict) -> str:
+    return f"{row['backend']} · {row['recipe']}"
+
+
+def load_results(out: Path) -> list[dict]:
+    """Every results file in ``out``, largest shape first."""
+    found = {}
+    for p in Path(out).glob("results-*.json"):
+        data = json.loads(p.read_text())
+        found[data["shape"]["name"]] = data
+    return [found[s] for s in reversed(SHAPES) if s in found]
+
+
+def plot_results(results: dict, path: Path) -> str | None:
+    """Decode tok/s and time to first token (vision + prefill) per backend x recipe; None when matplotlib is
+    missing (the report then says so)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = results["rows"]
+    labels = [_label(r) for r in rows]
+    decode = [r["decode_tokens_per_s"]["p50"] if r["decode_tokens_per_s"] else 0 for r in rows]
+    vision = [r["vision_ms"]["p50"] if r["vision_ms"] else 0 for r in rows]
+    ttft = [r["ttft_ms"]["p50"] if r["ttft_ms"] else 0 for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.55 * len(rows) + 1.8), sharey=True)
+    y = range(len(rows))
+    ax1.barh(y, decode, color="#4c72b0")
+    for i, r in enumerate(rows):
+        ax1.text(decode[i], i, f" {decode[i]:.3g} ({_pct(r['bandwidth_fraction'])} of limit)", va="center",
+                 fontsize=8)
+    ax1.set_yticks(list(y), labels, fontsize=8)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("decode tokens/s (text-only prompt), higher is better")
+    ax1.margins(x=0.35)
+    ax2.barh(y, vision, color="#dd8452", label="vision encoder")
+    ax2.barh(y, [t - v for t, v in zip(ttft, vision, strict=True)], left=vision, color="#55a868",
+             label="prefill (image tokens + prompt)")
+    for i, r in enumerate(rows):
+        ax2.text(ttft[i], i, " decoder only" if r["decoder_only"] else f" {ttft[i]:.4g} ms", va="center", fontsize=8)
+    ax2.set_xlabel("time to first token, ms (image + prompt), lower is better")
+    ax2.legend(fontsize=8, loc="lower right")
+    ax2.margins(x=0.25)
+    fig.suptitle(f"{results['shape']['title']}: {results['environment']['cpu_model']}, "
+                 f"{_threads(results['settings']['threads'])}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _machine(r: dict) -> list[str]:
+    env, bw, pkg, s = r["environment"], r["bandwidth"], r["package"], r["settings"]
+    versions = ", ".join(f"{k} {env['versions'][k]}" for k in SHOWN_VERSIONS if k in env["versions"])
+    commit = (env["commit"] or "not a git checkout")[:12] + (" (uncommitted changes)" if env["dirty"] else "")
+    return [
+        f"- Run: {env['date']}, commit {commit}, mobilevlm_export {pkg['version']} (source sha256 "
+        f"{pkg['source_sha256'][:12]}).",
+        f"- Machine: {env['cpu_model']} ({env['machine']}), {env['logical_cores']} logical cores, ISA: "
+        f"{', '.join(env['cpu_flags']) or 'none of interest'}; {env['os']}.",
+        f"- Memory bandwidth, measured: **{bw['gbps']:g} GB/s** ({bw['method']}; {bw['array_mb']} MB, "
+        f"{bw['repeats']} repeats, {_threads(bw['threads'])}).",
+        f"- Versions: {versions}.",
+        f"- Settings: {_threads(s['threads'])}; interleaved rounds: {s['rounds']}, each of {s['warmup']} warm-up + "
+        f"{s['runs']} timed requests per row; text-only prompt {s['prompt_tokens']} tokens + "
+        f"{s['decode_tokens']} decode steps; time to first token: image + {s['prompt_tokens']}-token prompt; accuracy: "
+        f"{s['accuracy_samples']} held-out demo pairs.",
+    ]
+
+
+def _results_table(r: dict) -> list[str]:
+    lines = ["| row | backend | recipe | decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | "
+             "artifact bytes | spread decode (runs / rounds) | held-out accuracy | logits KL vs fp32 (max) | "
+             "top-1 vs fp32 (min) |", "|" + "---|" * 12]
+    for row in r["rows"]:
+        ttft = "decoder only" if row["decoder_only"] or not row["ttft_ms"] else (
+            f"{_metric(row['ttft_ms'])} ({_pct(row['vision_share'])})")
+        acc = row["accuracy"]
+        if acc:
+            accuracy = f"{acc['heldout_accuracy']:.3f} ({acc['heldout_correct']}/{acc['heldout_n']})"
+            kl, top1 = _num(acc["kl_max"], 2), _num(acc["top1_min"], 3)
+        else:
+            accuracy = kl = top1 = "n/a (*)" if row["kind"] == "export_llm" else "–"
+        lines.append(f"| `{row['name']}` | {row['backend']} | {row['recipe']} | "
+                     f"{_metric(row['decode_tokens_per_s'])} | {_pct(row['bandwidth_fraction'])} of "
+                     f"{_num(row['host_limit_decode_tokens_per_s'])} tok/s | {_metric(row['prefill_tokens_per_s'])} | "
+                     f"{ttft} | {_num(row['artifact_bytes'])} | {_spread(row['decode_tokens_per_s'])} | "
+                     f"{accuracy} | {kl} | {top1} |")
+    return lines
+
+
+def _versus(r: dict) -> list[str]:
+    if not r["versus_export_llm"]:
+        return []
+    lines = ["", "**Ours / export_llm at the same group size** (tokens/s ratios, text-only prompt):", "",
+             "| group size | ours | measurement | prefill ratio (ours ahead) | decode ratio (ours ahead) |",
+             "|---|---|---|---|---|"]
+    for g, v in r["versus_export_llm"].items():
+        it = v["interleaved"]
+        lines.append(f"| {g[1:]} | `{v['ours']}` | {it['decode']['rounds']} interleaved rounds (fresh processes), "
+                     f"median ratio | {it['prefill']['median_ratio']:.3f} "
+                     f"({it['prefill']['rounds_ours_at_least_as_fast']} of {it['prefill']['rounds']}) | "
+                     f"{it['decode']['median_ratio']:.3f} ({it['decode']['rounds_ours_at_least_as_fast']} of "
+                     f"{it['decode']['rounds']}) |")
+        ab = v.get("ab")
+        if ab:
+            lines.append(f"| {g[1:]} | `{v['ours']}` | paired A/B in one process, {ab['pairs']} pairs "
+                         f"({ab['prompt_tokens']}-token prefill + {ab['burst']} decode steps), median ratio | "
+                         f"{ab['prefill']['ratio_median']:.3f} ({ab['prefill']['pairs_ours_at_least_as_fast']} of "
+                         f"{ab['pairs']}) | {ab['decode']['ratio_median']:.3f} "
+                         f"({ab['decode']['pairs_ours_at_least_as_fast']} of {ab['pairs']}) |")
+    for g, v in r["versus_export_llm"].items():
+        prof = v.get("profile_ops")
+        if not prof:
+            continue
+        ours, theirs = prof["ours"], prof.get("export_llm") or {}
+        names = list(dict.fromkeys([*ours["ms_per_step"], *theirs.get("ms_per_step", {})]))
+        lines += ["", f"Per-operator profile (ETDump), group size {g[1:]}, {_threads(prof['threads'])}, decode steps "
+                  f"after a {prof['prompt_tokens']}-token prompt (medians per step; profiling adds overhead):", "",
+                  "| event | ours ms/step | ours calls/step | export_llm ms/step | export_llm calls/step |",
+                  "|---|---|---|---|---|"]
+        for n in names:
+            lines.append(f"| {n} | {_num(ours['ms_per_step'].get(n), 3)} | {_num(ours['calls_per_step'].get(n))} | "
+                         f"{_num(theirs.get('ms_per_step', {}).get(n), 3)} | "
+                         f"{_num(theirs.get('calls_per_step', {}).get(n))} |")
+    return lines
+
+
+def _builds(r: dict) -> list[str]:
+    lines = ["", "Builds (cached by a hash of recipe text, checkpoint shape and package; `cached`: reused from an "
+             "earlier run, so its wall time and peak RSS are those of the run that built it):", "",
+             "| row | build wall s | build peak RSS MB | parity passed | cached | key |", "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        b = row["build"]
+        if not b:
+            continue
+        passed = {True: "yes", False: "no"}.get(b.get("parity_passed"), "–")
+        lines.append(f"| `{row['name']}` | {_num(b.get('wall_s'))} | {_num(b.get('peak_rss_mb'))} | {passed} | "
+                     f"{'yes' if b.get('cached') else 'no'} | {b['key'][:12]} |")
+    return lines
+
+
+def _predictions(r: dict) -> list[str]:
+    preds = r["predictions"]["rows"]
+    if not preds:
+        return []
+    measured = {row["name"]: row for row in r["rows"]}
+    lines = ["", "Predicted on the devices (`profiles.DeviceProfile.predict` on each build's recorded costs; "
+             "`mvlm-export bench DIR --profile NAME` prints the same beside a measurement), with this host's "
+             "measurement of the same build:", "",
+             "| row | device profile | decode tok/s | prefill tok/s | image encode ms | assumptions | "
+             "here: decode / prefill tok/s |", "|---|---|---|---|---|---|---|"]
+    for p in preds:
+        m = measured[p["row"]]
+        lines.append(f"| `{p['row']}` | {p['profile']} | {_num(p['decode_tokens_per_s'])} | "
+                     f"{_num(p['prefill_tokens_per_s'])} | {_num(p['vision_ms'])} | {p['assumptions']} | "
+                     f"{_metric(m['decode_tokens_per_s'])} / {_metric(m['prefill_tokens_per_s'])} |")
+    return lines
+
+
+def _calibration(fit: list[dict]) -> list[str]:
+    lines = ["## Device profiles: predicted vs published", "",
+             "Each profile's two efficiency factors are calibrated on published figures (cited in "
+             "`device_profiles/*.toml`). The fit, per published figure: the profile's prediction for the published "
+             "model's costs (MobileVLM-1.7B at q4_k's ~4.5 bits per decoder weight; Llama 3.2 1B SpinQuant as the "
+             "snapdragon-8-gen-3 profile counts it), and predicted / published (a range's midpoint).", "",
+             "| profile | metric | published model | published | predicted | predicted / published | source |",
+             "|---|---|---|---|---|---|---|"]
+    for c in fit:
+        pub = c["published"]
+        pub = f"{pub[0]:g}–{pub[1]:g}" if isinstance(pub, list) else f"{pub:g}"
+        lines.append(f"| {c['profile']} | {METRIC_LABELS[c['metric']]} | {c['model']} | {pub} | "
+                     f"{_num(c['predicted'])} | {c['ratio']:.2f} | {c['source']} |")
+    return lines
+
+
+METHOD = """\
+How to read the tables. Rows are backend x recipe on this host's CPU. *Decode* and *prefill* come from a
+text-only request (the same prompt length for every row, as the decoder-only peers are measured); *TTFT* (time to
+first token) from an image + prompt request: vision encoder + prefill of the image tokens and the prompt, with the
+vision encoder's share. Each figure is the median over interleaved rounds (each row in a fresh process per round,
+the order reversed every other round) of each round's p50; *spread* is (p90 - p10) / p50 of the runs within a
+round (median over rounds) / of the rounds' p50s. *Of host limit*: decode tok/s as a fraction of this host's
+bandwidth roof = measured memory bandwidth / bytes of weights read per token (the build's
+`costs.decoder_bytes_per_token`; export_llm: its .pte less the fp32 embedding table; ONNX Runtime's int4: its
+decoder graph's bytes; eager: the fp32 linears). *Artifact bytes*: the files the host's runtime loads.
+Accuracy is measured on the trained demo checkpoint built with the same recipe (held-out exact-match accuracy,
+`demo/evaluate.py`; logits KL and top-1 against the fp32 reference, worst over the golden decoder cases), so rows of
+different recipes compare on both speed and accuracy; at the random-weight shapes only speed is meaningful.
+(*) export_llm's programs are exported from random weights by ExecuTorch's own model class: no accuracy is
+measured for them; ours at the same group size is the nearest figure.
+Speed does not depend on weight values; the host's speed drifts by more than some differences shown, so compare
+rows within one table only."""
+
+
+def render(results: list[dict], plots: dict[str, str | None]) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `python -m mobilevlm_export.benchsuite` (`make bench`): the latest suite run of each shape, "
+             "not history (raw data: the suite's `results-<shape>.json`; older measurements: "
+             "`benchmarks/results/`).", "", METHOD]
+    for r in results:
+        lines += ["", f"## {r['shape']['title']} (`--shape {r['shape']['name']}`)", "", *_machine(r), "",
+                  *_results_table(r)]
+        name = plots.get(r["shape"]["name"])
+        if name:
+            lines += ["", f"![decode tok/s and time to first token, {r['shape']['name']}]({(PLOTS / name).as_posix()})"]
+        elif name is None:
+            lines += ["", "(No plot: matplotlib is not installed; `pip install -e '.[dev]'` adds it.)"]
+        lines += _versus(r) + _builds(r) + _predictions(r)
+        for note in r.get("notes") or []:
+            lines += ["", f"Note: {note}"]
+    if results:
+        lines += ["", *_calibration(results[0]["predictions"]["calibration"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, plot: bool = True) -> Path:
+    """``out/BENCHMARKS.md`` (and ``out/benchmarks/plots/benchmarks-<shape>.png``) from the results in ``out``;
+    ``plot`` False: no images."""
+    out = Path(out)
+    results = load_results(out)
+    plots: dict[str, str | None] = {}
+    for r in results:
+        shape = r["shape"]["name"]
+        plots[shape] = plot_results(r, out / PLOTS / f"benchmarks-{shape}.png") if plot else ""
+    path = out / REPORT
+    path.write_text(render(results, plots))
+    return path

@@ -1,0 +1,232 @@
+"""The benchmark suite (``mobilevlm_export.benchsuite``) end to end on the demo checkpoint: two of our rows (ONNX
+fp32, the reference eager) and one cheap peer (ONNX Runtime's MatMulNBits int4 on our fp32 decoder) in one round,
+a results JSON of a stable schema, BENCHMARKS.md with its sections and plot, the host's bandwidth measured, and a
+second run that rebuilds nothing. Units: row selection, the derived g128 recipe, the cache, the costs and the
+profiles' calibration fit, the ratio and spread arithmetic. The ExecuTorch rows with export_llm, the paired A/B
+and the per-operator profile take minutes: marked slow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from mobilevlm_export import bench
+from mobilevlm_export.benchsuite import cache, predict, rows, suite
+from mobilevlm_export.benchsuite.__main__ import main as suite_main
+from mobilevlm_export.errors import UserError
+
+FAST_ROWS = ["eager-fp32", "onnx-fp32", "ort-int4-b32"]
+RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "settings", "rows", "versus_export_llm",
+               "rounds", "predictions", "notes"}
+ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_size", "decoder_only", "versus",
+            "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs", "host_limit_decode_tokens_per_s",
+            "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "vision_ms",
+            "prefill_ms", "vision_share", "peak_rss_mb", "accuracy"}
+METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "rounds"}
+ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
+                 "note", "cached", "wall_s", "provenance"}
+ARGS = ["--shape", "demo", "--rounds", "1", "--runs", "1", "--warmup", "0", "--threads", "1",
+        "--prompt-tokens", "8", "--decode-tokens", "4", "--accuracy-samples", "3", "--bandwidth-mb", "16"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The suite run twice on the demo into one --out: (first results, second results, out, logs)."""
+    out = tmp_path_factory.mktemp("suite")
+    logs = []
+    first = suite.run_suite(suite.SuiteConfig(shape="demo", only=FAST_ROWS, rounds=1, runs=1, warmup=0, threads=1,
+                                              out=out, prompt_tokens=8, decode_tokens=4, accuracy_samples=3,
+                                              bandwidth_mb=16), log=logs.append)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("builds/demo/*/artifacts/manifest.json")}
+    assert suite_main([*ARGS, "--only", ",".join(FAST_ROWS), "--out", str(out)]) == 0
+    second = json.loads((out / "results-demo.json").read_text())
+    return first, second, out, logs, mtimes
+
+
+def test_results_schema_and_figures(two_runs):
+    results = two_runs[0]
+    assert set(results) == RESULT_KEYS and results["schema"] == suite.SCHEMA
+    assert results["shape"]["name"] == "demo"
+    assert set(results["environment"]) >= {"commit", "cpu_model", "cpu_flags", "logical_cores", "versions", "date"}
+    assert results["bandwidth"]["gbps"] > 0 and len(results["bandwidth"]["samples_gbps"]) == 5
+    assert [r["name"] for r in results["rows"]] == FAST_ROWS
+    for row in results["rows"]:
+        assert set(row) == ROW_KEYS, row["name"]
+        for m in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+            assert set(row[m]) == METRIC_KEYS and row[m]["p50"] > 0 and len(row[m]["rounds"]) == 1
+        assert 0 < row["bandwidth_fraction"] and row["host_limit_decode_tokens_per_s"] > 0
+        assert set(row["accuracy"]) == ACCURACY_KEYS and row["accuracy"]["heldout_n"] == 3
+        if row["decoder_only"]:  # the peer: decoder only, no time to first token
+            assert row["ttft_ms"] is None and row["vision_share"] is None
+        else:
+            assert row["ttft_ms"]["p50"] >= row["vision_ms"]["p50"] > 0 and 0 < row["vision_share"] < 1
+    by = {r["name"]: r for r in results["rows"]}
+    assert by["eager-fp32"]["accuracy"]["kl_max"] == 0 and by["eager-fp32"]["build"] is None
+    assert by["onnx-fp32"]["accuracy"]["kl_max"] < 1e-6 and by["onnx-fp32"]["accuracy"]["top1_min"] == 1
+    # the int4 peer was verified afresh (its copied manifest holds the fp32 build's verification): a non-zero KL
+    assert by["ort-int4-b32"]["accuracy"]["note"] == "verified afresh"
+    assert 0 < by["ort-int4-b32"]["accuracy"]["kl_max"] < 0.1
+    assert by["ort-int4-b32"]["artifact_bytes"] < by["onnx-fp32"]["artifact_bytes"]
+    assert by["ort-int4-b32"]["decoder_bytes_per_token"] < by["onnx-fp32"]["decoder_bytes_per_token"] / 4
+    # the fp32 build's recorded costs are what the analytic count of the demo's dims gives
+    assert by["onnx-fp32"]["costs"] == pytest.approx(predict.analytic_costs(
+        rows_demo_dims(), 32, vocab=512), rel=1e-9)
+    assert by["eager-fp32"]["decoder_bytes_per_token"] == by["onnx-fp32"]["decoder_bytes_per_token"]
+    assert len(results["rounds"]) == 1 and set(results["rounds"][0]["rows"]) == set(FAST_ROWS)
+    assert results["predictions"]["calibration"] and results["predictions"]["rows"] == []  # no device target
+
+
+def rows_demo_dims():
+    from mobilevlm_export.checkpoint.synthetic import Dims
+
+    return Dims(hidden=128, layers=4, heads=4, kv_heads=4, intermediate=256, vocab=512, vision_hidden=64,
+                vision_layers=3, vision_heads=2, vision_intermediate=128)
+
+
+def test_second_run_rebuilds_nothing(two_runs):
+    first, second, out, logs, mtimes = two_runs
+    assert any(line.startswith("building onnx-fp32") for line in logs)
+    for row in second["rows"]:
+        if row["build"] is not None:
+            assert row["build"]["cached"] is True, row["name"]
+        assert row["accuracy"]["cached"] is True, row["name"]
+    assert {r["name"]: (r["build"] or {}).get("key") for r in first["rows"]} == \
+        {r["name"]: (r["build"] or {}).get("key") for r in second["rows"]}
+    assert {p: p.stat().st_mtime_ns for p in out.glob("builds/demo/*/artifacts/manifest.json")} == mtimes
+    assert not list(out.rglob("*.partial"))
+    # the key and its record sit next to each build
+    fp32 = next(r for r in second["rows"] if r["name"] == "onnx-fp32")
+    entry = out / "builds" / "demo" / f"onnx-fp32-{fp32['build']['key'][:12]}"
+    stored = json.loads((entry / cache.KEY_FILE).read_text())
+    assert stored["key"] == fp32["build"]["key"] and stored["record"]["recipe_text"].startswith("# ONNX export")
+    assert set(stored["record"]["package"]) == {"version", "source_sha256", "libraries"}
+    assert set(fp32["build"]["provenance"]) == {"commit", "dirty", "date"}
+
+
+def test_benchmarks_md_sections_and_plot(two_runs):
+    out = two_runs[2]
+    text = (out / "BENCHMARKS.md").read_text()
+    for needle in ("# Benchmarks", "## the bundled demo checkpoint (trained, tiny) (`--shape demo`)", "- Machine: ",
+                   "- Memory bandwidth, measured: **", "- Versions: ", "- Run: ", "| row | backend | recipe | "
+                   "decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | artifact bytes |",
+                   "| `onnx-fp32` | ONNX Runtime | onnx-fp32 |", "| `ort-int4-b32` |", "decoder only",
+                   "## Device profiles: predicted vs published", "| orin-agx-64gb | decode tok/s |", "Builds (cached"):
+        assert needle in text, needle
+    image = re.search(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert image and (out / image.group(1)).is_file()
+    assert (out / image.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rows_selection_and_errors(tmp_path):
+    assert [r.name for r in rows.select("onnx-fp32, eager-fp32")] == ["eager-fp32", "onnx-fp32"]
+    assert len(rows.select(None)) == len(rows.ROWS)
+    with pytest.raises(UserError, match="--only nope: unknown"):
+        rows.select("nope")
+    with pytest.raises(UserError, match="--only nope: unknown"):
+        suite.run_suite(suite.SuiteConfig(shape="demo", only=["nope"], out=tmp_path / "o"))
+    with pytest.raises(UserError, match="--rounds 0"):
+        suite.run_suite(suite.SuiteConfig(shape="demo", rounds=0, out=tmp_path / "o"))
+    assert not (tmp_path / "o").exists()  # refused before any work
+    assert suite_main(["--shape", "demo", "--only", "nope", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_derived_g128_recipe(tmp_path):
+    from mobilevlm_export.recipes import load_recipe
+
+    text, path = rows.recipe_text(rows.BY_NAME["et-8da4w-g128"], tmp_path)
+    recipe = load_recipe(path)
+    assert recipe.name == rows.G128 and recipe.target == "snapdragon"
+    assert {part: q.group_size for part, q in recipe.quantize.items() if q.group_size} == {
+        "decoder": 128, "lm_head": 128, "embed_tokens": 128}
+    assert "8da8w" in text and path.read_text() == text
+
+
+def test_cache_entry_builds_once_and_keys_inputs(tmp_path):
+    calls = []
+
+    def make(d):
+        calls.append(d)
+        (d / "x").write_text("built")
+        return {"rc": 0}
+
+    a, info = cache.entry(tmp_path, "thing", {"recipe": "A"}, make, log=lambda _: None)
+    assert info["cached"] is False and (a / "x").read_text() == "built" and "wall_s" in info
+    b, info2 = cache.entry(tmp_path, "thing", {"recipe": "A"}, make, log=lambda _: None)
+    assert b == a and info2["cached"] is True and len(calls) == 1
+    c, _ = cache.entry(tmp_path, "thing", {"recipe": "B"}, make, log=lambda _: None)
+    assert c != a and len(calls) == 2
+    # an interrupted build leaves its .partial sibling, and the next run redoes it
+
+    def boom(_):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.entry(tmp_path, "thing", {"recipe": "C"}, boom, log=lambda _: None)
+    assert len(list(tmp_path.glob(".thing-*.partial"))) == 1
+    _, info3 = cache.entry(tmp_path, "thing", {"recipe": "C"}, make, log=lambda _: None)
+    assert info3["cached"] is False and not list(tmp_path.glob(".thing-*.partial")) and len(calls) == 3
+    assert cache.shape_record("1.7b")["dims"]["hidden"] == 2048 and cache.shape_record("1.7b")["dtype"] == "float16"
+    assert set(cache.shape_record("demo")["files"]) >= {"config.json", "model.safetensors"}
+
+
+def test_calibration_fit_against_published_figures():
+    fit = predict.calibration_fit()
+    assert len(fit) == len(predict.CALIBRATION)
+    costs = predict.analytic_costs()
+    # MobileLLaMA-1.4B reads ~1.30e9 decoder weights per token: 0.73 GB at q4_k's 4.5 bits, 2.6 GOP per token
+    assert costs["decoder_bytes_per_token"] == pytest.approx(0.73e9, rel=0.01)
+    assert costs["decoder_ops_per_token"] == pytest.approx(2.6e9, rel=0.01)
+    for row in fit:
+        mid = sum(row["published"]) / 2 if isinstance(row["published"], list) else row["published"]
+        assert row["ratio"] == pytest.approx(row["predicted"] / mid, rel=0.01)
+    orin = next(r for r in fit if r["profile"] == "orin-agx-64gb" and r["published"] == 65.3)
+    assert orin["ratio"] == pytest.approx(1.0, abs=0.02)  # the figure the Orin profile is calibrated on
+    preds = predict.predictions([{"name": "x", "target": "snapdragon", "costs": costs}])
+    assert {p["profile"] for p in preds} == {"snapdragon-888", "snapdragon-8-gen-3"}
+
+
+def test_round_arithmetic():
+    m = suite.metric([10.0, 12.0, 11.0], [0.1, 0.3, 0.2])
+    assert m["p50"] == 11 and m["spread_runs"] == 0.2 and m["rounds"] == [10.0, 12.0, 11.0]
+    assert m["spread_rounds"] == pytest.approx(bench.stats([10, 12, 11])["spread"])
+    assert suite.metric([5.0], [0.0])["spread_rounds"] is None
+
+    def rec(decode, prefill):
+        return {"text": {"stats": {"decode_tokens_per_s": {"p50": decode}, "prefill_tokens_per_s": {"p50": prefill}}}}
+
+    rounds = [{"rows": {"a": rec(11, 20), "b": rec(10, 25)}}, {"rows": {"a": rec(9, 30), "b": rec(10, 25)}}]
+    r = suite.ratios("a", "b", rounds)
+    assert r["decode"] == {"median_ratio": 1.0, "rounds_ours_at_least_as_fast": 1, "rounds": 2, "ratios": [1.1, 0.9]}
+    assert r["prefill"]["ratios"] == [0.8, 1.2]
+
+
+def test_memory_bandwidth():
+    bw = bench.memory_bandwidth(8, 2, 2)
+    assert bw["gbps"] > 0 and bw["threads"] == 2 and len(bw["samples_gbps"]) == 2
+    assert bw["gbps"] == max(bw["samples_gbps"])
+    with pytest.raises(UserError):
+        bench.memory_bandwidth(0)
+
+
+@pytest.mark.slow
+def test_executorch_rows_export_llm_ab_and_op_profile(tmp_path):
+    """Ours 8da4w g32 against export_llm g32 on the demo (a build and an export of minutes each): ratios from the
+    interleaved rounds, the paired A/B and the per-operator profile, in the results and BENCHMARKS.md."""
+    results = suite.run_suite(suite.SuiteConfig(
+        shape="demo", only=["et-8da4w-g32", "export_llm-g32"], rounds=2, runs=1, warmup=0, threads=1, out=tmp_path,
+        prompt_tokens=16, decode_tokens=8, ab=True, ab_pairs=3, profile_ops=True, profile_rounds=2,
+        accuracy_samples=3, bandwidth_mb=16), log=print)
+    v = results["versus_export_llm"]["g32"]
+    assert v["ours"] == "et-8da4w-g32" and v["export_llm"] == "export_llm-g32"
+    assert v["interleaved"]["decode"]["rounds"] == 2 and v["interleaved"]["decode"]["median_ratio"] > 0
+    assert v["ab"]["pairs"] == 3 and v["ab"]["decode"]["ratio_median"] > 0
+    assert v["profile_ops"]["ours"]["decode_steps"] > 0 and v["profile_ops"]["export_llm"]["decode_steps"] > 0
+    by = {r["name"]: r for r in results["rows"]}
+    assert by["export_llm-g32"]["accuracy"] is None and by["et-8da4w-g32"]["accuracy"]["heldout_n"] == 3
+    assert {p["profile"] for p in results["predictions"]["rows"]} == {"snapdragon-888", "snapdragon-8-gen-3"}
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    for needle in ("**Ours / export_llm at the same group size**", "paired A/B in one process, 3 pairs",
+                   "Per-operator profile (ETDump)", "Predicted on the devices", "| `export_llm-g32` |"):
+        assert needle in text, needle
