@@ -214,11 +214,35 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     if unchecked:
         raise UserError(f"{art.root / GOLDEN_NPZ}: has no golden case of graph {unchecked[0]} (rebuild to recreate "
                         "it)")
+    check_golden(golden, art.manifest["graphs"], art.root / GOLDEN_NPZ)
     recipe = recipe or art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
     results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.e2e.max_new_tokens, progress)
     return VerifyReport(metrics, results, recipe.e2e.token_agreement_min)
+
+
+def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Path) -> None:
+    """``UserError`` naming the npz and the array unless every golden case of a graph holds each input and output
+    of the graph's contract with its rank, fixed dims and kind of dtype (what the runners are fed and compared
+    with: an npz re-signed after an edit must not reach them)."""
+    from mobilevlm_export.graphs.contracts import GraphContract
+
+    for (graph, case), (ins, outs) in cases(arrays).items():
+        if graph not in graphs:
+            continue
+        contract = GraphContract.from_dict(graphs[graph]["contract"])
+        for kind, specs, have in (("in", contract.inputs, ins), ("out", contract.outputs, outs)):
+            for t in specs:
+                key = f"{graph}/{case}/{kind}/{t.name}"
+                if t.name not in have:
+                    raise UserError(f"{npz}: {key} is missing")
+                a = have[t.name]
+                fixed_ok = a.ndim == len(t.dims) and all(
+                    isinstance(d, str) or d == n for d, n in zip(t.dims, a.shape, strict=True))
+                if not fixed_ok or np.dtype(t.dtype).kind != a.dtype.kind:
+                    raise UserError(f"{npz}: {key} is {a.dtype}{list(a.shape)}; the contract says "
+                                    f"{t.dtype}{list(t.dims)}")
 
 
 def verify_steps(art) -> int:

@@ -268,3 +268,31 @@ def test_junit_path_errors_and_write_failure(exported, tmp_path, monkeypatch):
     obj = json.loads(res.stdout)
     assert res.exit_code == 2 and obj["verification"]["passed"] and obj["exit_code"] == 2 and "junit" in obj["error"]
     assert not (tmp_path / "j.xml").exists()
+
+
+@pytest.mark.parametrize("change", ["dtype", "rank", "missing"])
+def test_resigned_golden_arrays_that_break_the_contract(exported, tmp_path, change):
+    """A golden npz edited and re-signed (its sha256 recorded again) whose arrays no longer fit the graphs'
+    contracts: exit 2 naming the npz and the array, not an error from inside the runtime."""
+    import shutil
+
+    import numpy as np
+
+    from mobilevlm_export.manifest import update_manifest
+
+    out = shutil.copytree(exported[0], tmp_path / "d")
+    npz = out / "golden" / "golden.npz"
+    arrays = dict(np.load(npz))
+    key = next(k for k in arrays if k.startswith("decoder/") and k.endswith("/in/attention_mask"))
+    if change == "dtype":
+        arrays[key] = arrays[key].astype(np.float32)
+    elif change == "rank":
+        arrays[key] = arrays[key][0]
+    else:
+        del arrays[key]
+    np.savez(npz, **arrays)
+    update_manifest(out)
+    res = runner.invoke(app, ["verify", str(out)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    line = res.stderr.strip().splitlines()[-1]
+    assert "golden.npz" in line and key in line, line
