@@ -75,7 +75,7 @@ def test_dangerous_and_unwritable_outputs(tiny_ckpt, samples, tmp_path, monkeypa
     assert (tmp_path / "file").read_text() == "x"
 
 
-def test_force_replaces_only_a_build_of_ours(tiny_ckpt, samples, tmp_path):
+def test_force_replaces_only_a_build_of_ours_and_stale_partials_go(tiny_ckpt, samples, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "data.csv").write_text("user data")
@@ -86,7 +86,12 @@ def test_force_replaces_only_a_build_of_ours(tiny_ckpt, samples, tmp_path):
     assert (out / "data.csv").read_text() == "user data"
 
     built = tmp_path / "built"
-    assert _build(tiny_ckpt, built, samples).exit_code == 0
+    stale = tmp_path / ".built.partial-999999999"  # what a killed build left: removed by the next, and recorded
+    (stale / "graphs").mkdir(parents=True)
+    (stale / "graphs" / "decoder.onnx").write_text("half written")
+    res = _build(tiny_ckpt, built, samples, "--json")
+    assert res.exit_code == 0, res.output
+    assert not stale.exists() and json.loads(res.stdout)["build"]["stale_partials_removed"] == [stale.name]
     (built / "graphs" / "my_notes.txt").write_text("mine")  # a file the build did not write
     _refused(_build(tiny_ckpt, built, samples, "--force"), "graphs/my_notes.txt")
     assert (built / "graphs" / "my_notes.txt").read_text() == "mine"
@@ -110,16 +115,6 @@ def test_commit_does_not_replace_a_directory_that_appeared(tmp_path):
             staging.commit()
     assert _snapshot(out) == {"theirs.txt": b"theirs"}
     assert not list(tmp_path.glob(".out.*"))
-
-
-def test_stale_partial_is_cleaned_and_reported(tiny_ckpt, samples, tmp_path):
-    stale = tmp_path / ".out.partial-999999999"
-    (stale / "graphs").mkdir(parents=True)
-    (stale / "graphs" / "decoder.onnx").write_text("half written")
-    res = _build(tiny_ckpt, tmp_path / "out", samples, "--json")
-    assert res.exit_code == 0, res.output
-    assert not stale.exists()
-    assert json.loads(res.stdout)["build"]["stale_partials_removed"] == [stale.name]
 
 
 def test_lock_is_exclusive_and_released(tmp_path):
