@@ -58,27 +58,34 @@ def test_full_size_onnx_export_parity(full_ckpt, tmp_path):
 
 
 def test_full_size_orin_int4(full_ckpt, tmp_path):
-    """orin-int4 at MobileVLM_V2-1.7B dims: ONNX sizes, build wall time, peak RSS (target <= 10 GB), ONNX Runtime
-    parity. With random weights the int4 decoder's error compounds layer by layer (nothing in random weights is
-    redundant), so the recipe's tolerances, set for trained weights, are not the bar here: the fp16 graphs must
-    match, the lint pass, and the first layer's KV cache stay within the recipe's cosine."""
-    from mobilevlm_export.pipeline import BuildConfig, build
+    """orin-int4 at MobileVLM_V2-1.7B dims, as a user runs it (`mvlm-export build` in its own process): ONNX sizes,
+    build wall time, the build process's peak RSS (<= 10 GB), ONNX Runtime parity. With random weights the int4
+    decoder's error compounds layer by layer (nothing in random weights is redundant), so the recipe's tolerances,
+    set for trained weights, are not the bar here: the fp16 graphs must match, the lint pass, and the first layer's
+    KV cache stay within the recipe's cosine."""
+    import subprocess
+    import sys
+
     from mobilevlm_export.recipes import load_recipe
 
     t0 = time.perf_counter()
-    result = build(BuildConfig(ckpt=full_ckpt, out=tmp_path / "orin", target="orin", bench=False, simplify=False,
-                               threads=2))
-    manifest = result.manifest
+    res = subprocess.run([sys.executable, "-m", "mobilevlm_export.cli", "build", str(full_ckpt), "--target", "orin",
+                          "-o", str(tmp_path / "orin"), "--no-bench", "--no-simplify", "--threads", "2", "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode in (0, 1), res.stderr[-3000:]  # (1: the decoder's random-weight parity, checked below)
+    out = json.loads(res.stdout)
+    manifest = json.loads((tmp_path / "orin" / "manifest.json").read_text())
     sizes = {a["path"]: a["bytes"] for a in manifest["artifacts"] if a["path"].endswith((".onnx", ".data"))}
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    metrics = {(m.graph, m.case, m.output): m for m in result.report.metrics}
-    kv_cosine = {k[2]: round(m.cosine, 4) for k, m in metrics.items() if k[1] == "prefill" and k[2].endswith(".key")}
+    rss_gb = manifest["build"]["peak_rss_mb"] / 1024
+    metrics = {(m["graph"], m["case"], m["output"]): m for m in out["verification"]["metrics"]}
+    kv_cosine = {k[2]: round(m["cosine"], 4) for k, m in metrics.items()
+                 if k[1] == "prefill" and k[2].endswith(".key")}
     print(json.dumps({"build_s": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(rss_gb, 2),
                       "stages": manifest["build"]["stages"], "bytes": sizes, "log": manifest["compile"]["log"],
-                      "kv_key_cosine_by_layer": kv_cosine, "token_agreement": result.report.token_agreement}))
+                      "kv_key_cosine_by_layer": kv_cosine,
+                      "token_agreement": out["verification"]["token_agreement"]}))
     assert manifest["compile"]["lint"] == "passed"
-    assert all(m.passed for k, m in metrics.items() if k[0] != "decoder")  # fp16 image encoder, embeddings
-    assert metrics[("decoder", "prefill", "present.0.key")].cosine >= load_recipe("orin-int4").tolerance(
+    assert all(m["passed"] for k, m in metrics.items() if k[0] != "decoder")  # fp16 image encoder, embeddings
+    assert metrics[("decoder", "prefill", "present.0.key")]["cosine"] >= load_recipe("orin-int4").tolerance(
         "present").cosine_min
-    if rss_gb > 10:
-        pytest.xfail(f"peak RSS {rss_gb:.1f} GB: the 10 GB target is not met yet")
+    assert rss_gb <= 10, f"peak RSS {rss_gb:.1f} GB over the 10 GB target"
