@@ -267,3 +267,16 @@ def test_threadpool_is_sized_before_programs_load(fp32_build):
     res = runner.invoke(app, ["bench", str(fp32_build[0]), "--threads", "2", "--decode-tokens", "2", "--runs", "1",
                               "--warmup", "0", "--prompt-tokens", "4"])
     assert res.exit_code == 0, res.output  # (the same size as the loaded programs': allowed)
+
+
+def test_run_prints_the_answer_only(fp32_build):
+    """A fresh `run` process on a .pte: the answer on stdout and nothing on stderr (ExecuTorch's native cpuinfo
+    probe lines, which this host's /sys makes it print, are filtered)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "mobilevlm_export.cli", "run", str(fp32_build[0]), "--image",
+                          str(SAMPLES / "1_purple_square.png"), "--prompt", "What color is the shape?"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "purple" and res.stderr == "", res.stderr

@@ -175,8 +175,9 @@ def set_threads(threads: int | None) -> None:
 
 
 # lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
-# some containers); they say nothing about the user's input or results
-NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:")
+# some containers; ExecuTorch's threadpool logs its core-count probe, e.g. "[cpuinfo_utils.cpp:109] Failed to open
+# midr file ..."); they say nothing about the user's input or results
+NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:", "[cpuinfo_utils.cpp:")
 
 
 @contextmanager
