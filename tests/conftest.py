@@ -51,6 +51,31 @@ def tiny_loaded(tiny_ckpt):
     return load_checkpoint(tiny_ckpt)
 
 
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory) -> Path:
+    """A samples folder (images + questions.json), one shape per demo question."""
+    from mobilevlm_export.demo.shapes import QUESTIONS, render
+
+    d = tmp_path_factory.mktemp("samples")
+    items = []
+    for i, kind in enumerate(QUESTIONS):
+        render(2, i).image.save(d / f"{i}.png")
+        items.append({"image": f"{i}.png", "question": QUESTIONS[kind]})
+    (d / "questions.json").write_text(json.dumps(items))
+    return d
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory) -> Path:
+    """A random RGB image file (120 x 200)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     """A writable copy of a checkpoint directory (for tests that break one)."""
     import shutil

@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from mobilevlm_export import bench
 from mobilevlm_export.cli import app
-from mobilevlm_export.demo.shapes import QUESTIONS, render
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.pipeline import BuildConfig, build
 from mobilevlm_export.runtime.artifacts import open_artifacts
@@ -27,17 +26,6 @@ HOST_KEYS = {"threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefil
 STAT_KEYS = {"p50", "p90", "min", "max", "mean", "spread"}
 ENV_KEYS = {"commit", "dirty", "versions", "python", "os", "machine", "cpu_model", "cpu_flags", "logical_cores",
             "threads", "date"}
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    d = tmp_path_factory.mktemp("samples")
-    items = []
-    for i, kind in enumerate(QUESTIONS):
-        render(2, i).image.save(d / f"{i}.png")
-        items.append({"image": f"{i}.png", "question": QUESTIONS[kind]})
-    (d / "questions.json").write_text(json.dumps(items))
-    return d
 
 
 @pytest.fixture(scope="module")

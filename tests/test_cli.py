@@ -6,23 +6,13 @@ import json
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 from conftest import copy_checkpoint
-from PIL import Image
 from typer.testing import CliRunner
 
 from mobilevlm_export.cli import app
 from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def test_inspect_json(tiny_ckpt):

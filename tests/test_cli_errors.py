@@ -8,22 +8,13 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from mobilevlm_export.cli import CORES, app
 from mobilevlm_export.errors import UserError
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("img") / "img.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _one_line(res, code: int, *needles: str) -> str:

@@ -16,22 +16,10 @@ from typer.testing import CliRunner
 from mobilevlm_export.checkpoint.model import load_checkpoint
 from mobilevlm_export.checkpoint.reference import Reference
 from mobilevlm_export.cli import app
-from mobilevlm_export.demo.shapes import QUESTIONS, render
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, update_manifest
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory):
-    d = tmp_path_factory.mktemp("samples")
-    items = []
-    for i, kind in enumerate(QUESTIONS):
-        render(2, i).image.save(d / f"{i}.png")
-        items.append({"image": f"{i}.png", "question": QUESTIONS[kind]})
-    (d / "questions.json").write_text(json.dumps(items))
-    return d
 
 
 def _export(ckpt, out, samples, *extra):
