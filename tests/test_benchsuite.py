@@ -21,9 +21,9 @@ FAST_ROWS = ["eager-fp32", "onnx-fp32", "ort-int4-b32"]
 RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "settings", "rows", "versus_export_llm",
                "rounds", "predictions", "notes"}
 ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_size", "decoder_only", "versus",
-            "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs", "host_limit_decode_tokens_per_s",
-            "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s", "ttft_ms", "vision_ms",
-            "prefill_ms", "vision_share", "peak_rss_mb", "accuracy"}
+            "frontier", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
+            "host_limit_decode_tokens_per_s", "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s",
+            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy"}
 METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
                  "note", "cached", "wall_s", "provenance"}
@@ -100,7 +100,7 @@ def test_second_run_rebuilds_nothing(two_runs):
     fp32 = next(r for r in second["rows"] if r["name"] == "onnx-fp32")
     entry = out / "builds" / "demo" / f"onnx-fp32-{fp32['build']['key'][:12]}"
     stored = json.loads((entry / cache.KEY_FILE).read_text())
-    assert stored["key"] == fp32["build"]["key"] and stored["record"]["recipe_text"].startswith("# ONNX export")
+    assert stored["key"] == fp32["build"]["key"] and stored["record"]["recipe"]["recipe"]["name"] == "onnx-fp32"
     assert set(stored["record"]["package"]) == {"version", "source_sha256", "libraries"}
     assert set(fp32["build"]["provenance"]) == {"commit", "dirty", "date"}
 
@@ -132,15 +132,30 @@ def test_rows_selection_and_errors(tmp_path):
     assert suite_main(["--shape", "demo", "--only", "nope", "--out", str(tmp_path / "o")]) == 2
 
 
-def test_derived_g128_recipe(tmp_path):
-    from mobilevlm_export.recipes import load_recipe
+def test_derived_recipes(tmp_path):
+    """Each derived recipe loads, differs from its shipped base only in the quantize tables it names (and its
+    name), and is written into the cache once."""
+    import tomllib
+
+    from mobilevlm_export.recipes import RECIPES_DIR, load_recipe
 
     text, path = rows.recipe_text(rows.BY_NAME["et-8da4w-g128"], tmp_path)
     recipe = load_recipe(path)
     assert recipe.name == rows.G128 and recipe.target == "snapdragon"
     assert {part: q.group_size for part, q in recipe.quantize.items() if q.group_size} == {
         "decoder": 128, "lm_head": 128, "embed_tokens": 128}
-    assert "8da8w" in text and path.read_text() == text
+    assert recipe.quantize["image_encoder"].scheme.value == "8da8w" and path.read_text() == text
+    for name, (base, changes, _) in rows.DERIVED.items():
+        row = next(r for r in rows.ROWS if r.recipe == name)
+        text, path = rows.recipe_text(row, tmp_path)
+        assert load_recipe(path).name == name
+        derived, shipped = tomllib.loads(text), tomllib.loads((RECIPES_DIR / f"{base}.toml").read_text())
+        assert derived["quantize"] == shipped["quantize"] | changes
+        assert {k: v for k, v in derived.items() if k not in ("quantize", "recipe")} == {
+            k: v for k, v in shipped.items() if k not in ("quantize", "recipe")}
+        assert derived["recipe"] == shipped["recipe"] | {"name": name}
+    assert rows.to_toml({"a": {"s": 'q"\\', "b": True, "f": 1e-05, "t": {"i": 3}}}) == (
+        '[a]\ns = "q\\"\\\\"\nb = true\nf = 1e-05\n\n[a.t]\ni = 3\n')
 
 
 def test_cache_entry_builds_once_and_keys_inputs(tmp_path):

@@ -10,9 +10,21 @@ from mobilevlm_export.recipes import RECIPES_DIR
 
 # kinds: how a row is built and timed
 EAGER, OURS, EXPORT_LLM, ORT_INT4 = "eager", "ours", "export_llm", "ort_int4"
-# the suite-derived recipe of our ExecuTorch 8da4w at export_llm's other example group size (see derived_recipe)
+# Recipes the suite derives from a shipped one (written into its cache, not shipped): name -> (the shipped recipe,
+# what changes: a [quantize.PART] table replaced whole, and what the change is, in words). The g128 variant meets
+# export_llm at its other example group size; the others are the points of the 8da4w frontier that each differ from
+# a shipped recipe on one axis (decoder group size, vision 8da4w vs 8da8w, embedding int4 vs int8).
 G128 = "snapdragon-8da4w-g128"
-
+HQQ4 = {"scheme": "8da4w", "algorithm": "hqq"}
+DERIVED = {
+    G128: ("snapdragon-8da4w-g32", {"decoder": {**HQQ4, "group_size": 128}, "lm_head": {**HQQ4, "group_size": 128},
+                                    "embed_tokens": {"scheme": "int4", "group_size": 128, "algorithm": "hqq"}},
+           "every group of 32 made 128 (decoder linears, lm_head, int4 embedding; the vision encoder stays 8da8w)"),
+    "snapdragon-8da4w-vision8da8w": ("snapdragon-8da4w", {"image_encoder": {"scheme": "8da8w", "algorithm": "hqq"}},
+                                     "the vision encoder 8da8w (int8 per-channel weights) instead of 8da4w g64"),
+    "snapdragon-8da4w-emb8": ("snapdragon-8da4w", {"embed_tokens": {"scheme": "int8", "algorithm": "hqq"}},
+                              "the token embedding int8 per row instead of int4 g64"),
+}
 
 @dataclass(frozen=True)
 class Row:
@@ -25,6 +37,7 @@ class Row:
     group_size: int | None = None  # int4 weights: the group (block) size
     decoder_only: bool = False  # peers: no vision encoder, text-only prompts
     versus: str | None = None  # ours: the export_llm row at the same group size
+    frontier: bool = False  # a point of the 8da4w speed/accuracy frontier (part of its plot and table)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,10 +50,15 @@ ROWS = (
     Row("onnx-fp32", OURS, ORT, "onnx-fp32", "fp32", target="onnx"),
     Row("orin-int4", OURS, ORT, "orin-int4", "int4", target="orin", group_size=128),
     Row("et-fp32", OURS, ET, "snapdragon-fp32", "fp32", target="snapdragon"),
-    Row("et-8da4w", OURS, ET, "snapdragon-8da4w", "8da4w", target="snapdragon", group_size=64),
+    Row("et-8da4w", OURS, ET, "snapdragon-8da4w", "8da4w", target="snapdragon", group_size=64, frontier=True),
     Row("et-8da4w-g32", OURS, ET, "snapdragon-8da4w-g32", "8da4w", target="snapdragon", group_size=32,
-        versus="export_llm-g32"),
-    Row("et-8da4w-g128", OURS, ET, G128, "8da4w", target="snapdragon", group_size=128, versus="export_llm-g128"),
+        versus="export_llm-g32", frontier=True),
+    Row("et-8da4w-g128", OURS, ET, G128, "8da4w", target="snapdragon", group_size=128, versus="export_llm-g128",
+        frontier=True),
+    Row("et-8da4w-v8", OURS, ET, "snapdragon-8da4w-vision8da8w", "8da4w", target="snapdragon", group_size=64,
+        frontier=True),
+    Row("et-8da4w-e8", OURS, ET, "snapdragon-8da4w-emb8", "8da4w", target="snapdragon", group_size=64,
+        frontier=True),
     Row("export_llm-g32", EXPORT_LLM, "ExecuTorch export_llm", "8da4w g32, fp32 embedding", "8da4w", group_size=32,
         decoder_only=True),
     Row("export_llm-g128", EXPORT_LLM, "ExecuTorch export_llm", "8da4w g128, fp32 embedding", "8da4w",
@@ -63,25 +81,56 @@ def select(only: str | list[str] | None) -> list[Row]:
     return [r for r in ROWS if r.name in names]
 
 
-def derived_recipe() -> str:
-    """The text of ``G128``: snapdragon-8da4w-g32 with every group of 32 made 128 (decoder linears, lm_head and
-    the int4 embedding; the vision encoder stays 8da8w), so our ExecuTorch program meets export_llm at its other
-    example group size. Written into the suite's cache; not a shipped recipe."""
-    text = (RECIPES_DIR / "snapdragon-8da4w-g32.toml").read_text()
-    if text.count("group_size = 32") < 2 or 'name = "snapdragon-8da4w-g32"' not in text:
-        raise UserError("recipes/snapdragon-8da4w-g32.toml changed form: the suite cannot derive its g128 variant")
-    body = text.replace("group_size = 32", "group_size = 128").replace(
-        'name = "snapdragon-8da4w-g32"', f'name = "{G128}"')
-    return ("# Derived by mobilevlm_export.benchsuite from snapdragon-8da4w-g32.toml: every group of 32 made 128, "
-            "to meet\n# export_llm at group size 128. The tolerances are the g32 recipe's.\n" + body)
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"recipe value {v!r}: the suite writes only strings, numbers and booleans")
+
+
+def to_toml(data: dict) -> str:
+    """A recipe's tables (two levels at most: ``[recipe]``, ``[quantize.decoder]``) as TOML text."""
+    lines: list[str] = []
+
+    def table(name: str, body: dict) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        if scalars:
+            lines.append(f"\n[{name}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for k, v in body.items():
+            if isinstance(v, dict):
+                table(f"{name}.{k}", v)
+
+    for name, body in data.items():
+        table(name, body)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def derived_recipe(name: str) -> str:
+    """The text of the derived recipe ``name`` (``DERIVED``): its shipped base with the named ``[quantize.PART]``
+    tables replaced and the name changed; the base's tolerances kept."""
+    import tomllib
+
+    base, changes, words = DERIVED[name]
+    data = tomllib.loads((RECIPES_DIR / f"{base}.toml").read_text())
+    missing = [part for part in changes if part not in data.get("quantize", {})]
+    if missing or data.get("recipe", {}).get("name") != base:
+        raise UserError(f"recipes/{base}.toml changed form: the suite cannot derive {name} from it")
+    data["recipe"]["name"] = name
+    data["quantize"].update(changes)
+    return (f"# Derived by mobilevlm_export.benchsuite from {base}.toml: {words}.\n# The tolerances are "
+            f"{base}'s. Not a shipped recipe.\n" + to_toml(data))
 
 
 def recipe_text(row: Row, cache: Path) -> tuple[str, Path]:
-    """(the recipe's text, the path to build with) of one of our rows; the derived recipe is written to
+    """(the recipe's text, the path to build with) of one of our rows; a derived recipe is written to
     ``cache/recipes/``."""
-    if row.recipe == G128:
-        path = cache / "recipes" / f"{G128}.toml"
-        text = derived_recipe()
+    if row.recipe in DERIVED:
+        path = cache / "recipes" / f"{row.recipe}.toml"
+        text = derived_recipe(row.recipe)
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)

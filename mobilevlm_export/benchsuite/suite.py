@@ -134,11 +134,14 @@ def artifact_bytes(root: Path, manifest: dict) -> int:
 
 
 def _build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) -> tuple[Path, dict]:
+    import tomllib
+
     from mobilevlm_export.benchsuite.peers import run_measured
 
     text, path = recipe_text(row, out)
-    record = {"kind": OURS, "target": row.target, "recipe_text": text, "checkpoint": cache.shape_record(shape),
-              "package": cache.identity()}
+    # keyed by the recipe's values, not its text: a comment (the justification of a default, say) changes no build
+    record = {"kind": OURS, "target": row.target, "recipe": tomllib.loads(text),
+              "checkpoint": cache.shape_record(shape), "package": cache.identity()}
 
     def make(d: Path) -> dict:
         cmd = [sys.executable, "-m", "mobilevlm_export.cli", "build", str(ckpt), "--target", row.target, "--recipe",

@@ -8,14 +8,17 @@ from __future__ import annotations
 import json
 import sys
 
-from mobilevlm_export.checkpoint.model import load_checkpoint
-from mobilevlm_export.checkpoint.reference import Reference
-from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-from mobilevlm_export.generation import SamplingParams
-from mobilevlm_export.runtime.preprocess import load_image
+from mobilevlm_export.quiet import quiet_libraries
 
 
 def main() -> int:
+    quiet_libraries()  # before torch loads: the answers are the output
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.checkpoint.reference import Reference
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+    from mobilevlm_export.generation import SamplingParams
+    from mobilevlm_export.runtime.preprocess import load_image
+
     ckpt = demo_checkpoint_dir()
     samples = ckpt.parent / "samples"
     ref = Reference(load_checkpoint(ckpt))
