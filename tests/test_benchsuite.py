@@ -19,11 +19,11 @@ from mobilevlm_export.errors import UserError
 
 FAST_ROWS = ["eager-fp32", "onnx-fp32", "ort-int4-b32"]
 RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "settings", "rows", "versus_export_llm",
-               "rounds", "predictions", "notes"}
+               "rounds", "frontier", "predictions", "notes"}
 ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_size", "decoder_only", "versus",
             "frontier", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
             "host_limit_decode_tokens_per_s", "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s",
-            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy"}
+            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy", "schemes"}
 METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
                  "note", "cached", "wall_s", "provenance"}
@@ -245,3 +245,35 @@ def test_executorch_rows_export_llm_ab_and_op_profile(tmp_path):
     for needle in ("**Ours / export_llm at the same group size**", "paired A/B in one process, 3 pairs",
                    "Per-operator profile (ETDump)", "Predicted on the devices", "| `export_llm-g32` |"):
         assert needle in text, needle
+
+
+def _frontier_row(name, decode, ttft, kl, frontier=True):
+    metric = lambda v: {"p50": v, "spread_runs": 0.01, "spread_rounds": None, "rounds": [v]}  # noqa: E731
+    return {"name": name, "frontier": frontier, "schemes": {"decoder": "8da4w g64"}, "artifact_bytes": 10,
+            "decode_tokens_per_s": metric(decode), "ttft_ms": metric(ttft), "vision_ms": metric(ttft / 2),
+            "accuracy": {"kl_mean": kl, "kl_max": 2 * kl, "top1_min": 0.9, "heldout_accuracy": 1.0}}
+
+
+def test_frontier_points_and_report(tmp_path):
+    from mobilevlm_export.benchsuite import frontier, report
+
+    table = [_frontier_row("et-8da4w", 25.0, 900.0, 0.02),      # the default
+             _frontier_row("et-8da4w-g32", 21.0, 800.0, 0.01),  # more accurate, slower decode, faster TTFT
+             _frontier_row("et-8da4w-g128", 20.0, 950.0, 0.03),  # dominated on both
+             _frontier_row("et-8da4w-v8", 25.0, 700.0, 0.02),   # ties the default on decode, faster TTFT
+             _frontier_row("onnx-fp32", 99.0, 1.0, 0.0, frontier=False)]  # not a frontier row: left out
+    fr = frontier.frontier(table)
+    on = {p["row"]: p["on_frontier"] for p in fr["points"]}
+    assert list(on) == ["et-8da4w", "et-8da4w-g32", "et-8da4w-g128", "et-8da4w-v8"] and fr["default"] == "et-8da4w"
+    assert on["et-8da4w"] == {"decode_tokens_per_s": True, "ttft_ms": False}  # v8: same decode and KL, faster TTFT
+    assert on["et-8da4w-g32"] == {"decode_tokens_per_s": True, "ttft_ms": True}
+    assert on["et-8da4w-g128"] == {"decode_tokens_per_s": False, "ttft_ms": False}
+    assert on["et-8da4w-v8"] == {"decode_tokens_per_s": True, "ttft_ms": True}
+    assert frontier.frontier(table[:1] + table[4:]) is None  # one point is no frontier
+    assert frontier.frontier([{**table[0], "accuracy": None}, table[1]]) is None  # unmeasured accuracy: no point
+    name = frontier.plot_frontier(fr, "t", tmp_path / "f.png")
+    assert name == "f.png" and (tmp_path / "f.png").stat().st_size > 1000
+    lines = report._frontier({"frontier": fr, "shape": {"name": "demo"}}, name)
+    text = "\n".join(lines)
+    assert "| `et-8da4w` (default) | 8da4w g64 / fp32 |" in text and "| no / no |" in text
+    assert text.count("\n| `") == 4 and "frontier-" not in text and "(benchmarks/plots/f.png)" in text

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mobilevlm_export.benchsuite.cache import SHAPES
+from mobilevlm_export.benchsuite.frontier import plot_frontier
 from mobilevlm_export.benchsuite.predict import METRIC_LABELS
 
 REPORT = "BENCHMARKS.md"
@@ -136,26 +137,47 @@ def _results_table(r: dict) -> list[str]:
     return lines
 
 
+def _accuracy_words(acc: dict | None) -> str:
+    if not acc:
+        return "not measured"
+    return (f"held-out {acc['heldout_accuracy']:.3f}, KL mean {_num(acc['kl_mean'], 2)} / max "
+            f"{_num(acc['kl_max'], 2)}, top-1 min {_num(acc['top1_min'], 3)}")
+
+
 def _versus(r: dict) -> list[str]:
     if not r["versus_export_llm"]:
         return []
-    lines = ["", "**Ours / export_llm at the same group size** (tokens/s ratios, text-only prompt):", "",
-             "| group size | ours | measurement | prefill ratio (ours ahead) | decode ratio (ours ahead) |",
+    lines = ["", "**Ours / export_llm** (tokens/s ratios, text-only prompt; `g32`, `g128`: the same group size; "
+             "`defaults`: each tool's default program, ours `snapdragon-8da4w` (g64) against export_llm's documented "
+             "default group size 128):", "",
+             "| pair | ours | measurement | prefill ratio (ours ahead) | decode ratio (ours ahead) |",
              "|---|---|---|---|---|"]
     for g, v in r["versus_export_llm"].items():
         it = v["interleaved"]
-        lines.append(f"| {g[1:]} | `{v['ours']}` | {it['decode']['rounds']} interleaved rounds (fresh processes), "
-                     f"median ratio | {it['prefill']['median_ratio']:.3f} "
+        pair = g if g == "defaults" else f"g{v['group_size']}"
+        lines.append(f"| {pair} | `{v['ours']}` vs `{v['export_llm']}` | {it['decode']['rounds']} interleaved "
+                     f"rounds (fresh processes), median ratio | {it['prefill']['median_ratio']:.3f} "
                      f"({it['prefill']['rounds_ours_at_least_as_fast']} of {it['prefill']['rounds']}) | "
                      f"{it['decode']['median_ratio']:.3f} ({it['decode']['rounds_ours_at_least_as_fast']} of "
                      f"{it['decode']['rounds']}) |")
         ab = v.get("ab")
         if ab:
-            lines.append(f"| {g[1:]} | `{v['ours']}` | paired A/B in one process, {ab['pairs']} pairs "
-                         f"({ab['prompt_tokens']}-token prefill + {ab['burst']} decode steps), median ratio | "
-                         f"{ab['prefill']['ratio_median']:.3f} ({ab['prefill']['pairs_ours_at_least_as_fast']} of "
-                         f"{ab['pairs']}) | {ab['decode']['ratio_median']:.3f} "
-                         f"({ab['decode']['pairs_ours_at_least_as_fast']} of {ab['pairs']}) |")
+            lines.append(f"| {pair} | `{v['ours']}` vs `{v['export_llm']}` | paired A/B in one process, "
+                         f"{ab['pairs']} pairs ({ab['prompt_tokens']}-token prefill + {ab['burst']} decode steps), "
+                         f"median ratio | {ab['prefill']['ratio_median']:.3f} "
+                         f"({ab['prefill']['pairs_ours_at_least_as_fast']} of {ab['pairs']}) | "
+                         f"{ab['decode']['ratio_median']:.3f} ({ab['decode']['pairs_ours_at_least_as_fast']} of "
+                         f"{ab['pairs']}) |")
+    lines += ["", "Accuracy beside each pair (on the trained demo; export_llm's own program cannot be measured there: "
+              "it is exported from random weights by ExecuTorch's model class and takes tokens, not the image "
+              "embeddings the demo's questions need, so its scheme as built by us stands in for it):", ""]
+    for g, v in r["versus_export_llm"].items():
+        acc = v.get("accuracy") or {}
+        stand_in = acc.get("export_llm_scheme_built_by_us")
+        lines.append(f"- {g}: ours `{v['ours']}`: {_accuracy_words(acc.get('ours'))}; export_llm "
+                     f"{v['export_llm_group_size']}-group scheme"
+                     + (f" (our `{stand_in}`): {_accuracy_words(acc.get('export_llm_scheme_accuracy'))}."
+                        if stand_in else ": not measured."))
     for g, v in r["versus_export_llm"].items():
         prof = v.get("profile_ops")
         if not prof:
@@ -170,6 +192,33 @@ def _versus(r: dict) -> list[str]:
             lines.append(f"| {n} | {_num(ours['ms_per_step'].get(n), 3)} | {_num(ours['calls_per_step'].get(n))} | "
                          f"{_num(theirs.get('ms_per_step', {}).get(n), 3)} | "
                          f"{_num(theirs.get('calls_per_step', {}).get(n))} |")
+    return lines
+
+
+def _frontier(r: dict, plot: str | None) -> list[str]:
+    fr = r.get("frontier")
+    if not fr:
+        return []
+    lines = ["", "### The 8da4w speed/accuracy frontier", "",
+             "Our ExecuTorch 8da4w programs, each differing from a neighbour on one axis (decoder group size, "
+             "vision encoder 8da4w vs 8da8w, token embedding int4 vs int8); speed at this shape, accuracy on the demo "
+             "(logits KL vs fp32, the mean over the golden decoder cases, is the axis). *On the frontier*: no other "
+             f"point is at least as fast and at least as accurate. The default is `{fr['default']}`.", "",
+             "| row | decoder / lm_head | vision encoder | embedding | artifact bytes | decode tok/s | TTFT ms "
+             "(vision ms) | KL mean | KL max | top-1 min | held-out | on the frontier: decode / TTFT |",
+             "|" + "---|" * 12]
+    yes = {True: "yes", False: "no", None: "–"}
+    for p in fr["points"]:
+        sch = p["schemes"] or {}
+        name = f"`{p['row']}`" + (" (default)" if p["row"] == fr["default"] else "")
+        lines.append(f"| {name} | {sch.get('decoder', 'fp32')} / {sch.get('lm_head', 'fp32')} | "
+                     f"{sch.get('image_encoder', 'fp32')} | {sch.get('embed_tokens', 'fp32')} | "
+                     f"{_num(p['artifact_bytes'])} | {_num(p['decode_tokens_per_s'])} | {_num(p['ttft_ms'])} "
+                     f"({_num(p['vision_ms'])}) | {_num(p['kl_mean'], 3)} | {_num(p['kl_max'], 3)} | "
+                     f"{_num(p['top1_min'], 3)} | {_num(p['heldout_accuracy'], 3)} | "
+                     f"{yes[p['on_frontier']['decode_tokens_per_s']]} / {yes[p['on_frontier']['ttft_ms']]} |")
+    if plot:
+        lines += ["", f"![8da4w frontier, {r['shape']['name']}]({(PLOTS / plot).as_posix()})"]
     return lines
 
 
@@ -240,7 +289,7 @@ Speed does not depend on weight values; the host's speed drifts by more than som
 rows within one table only."""
 
 
-def render(results: list[dict], plots: dict[str, str | None]) -> str:
+def render(results: list[dict], plots: dict[str, str | None], frontier_plots: dict[str, str | None]) -> str:
     lines = ["# Benchmarks", "",
              "Written by `python -m mobilevlm_export.benchsuite` (`make bench`): the latest suite run of each shape, "
              "not history (raw data: the suite's `results-<shape>.json`; older measurements: "
@@ -253,7 +302,7 @@ def render(results: list[dict], plots: dict[str, str | None]) -> str:
             lines += ["", f"![decode tok/s and time to first token, {r['shape']['name']}]({(PLOTS / name).as_posix()})"]
         elif name is None:
             lines += ["", "(No plot: matplotlib is not installed; `pip install -e '.[dev]'` adds it.)"]
-        lines += _versus(r) + _builds(r) + _predictions(r)
+        lines += _versus(r) + _frontier(r, frontier_plots.get(r["shape"]["name"])) + _builds(r) + _predictions(r)
         for note in r.get("notes") or []:
             lines += ["", f"Note: {note}"]
     if results:
@@ -267,9 +316,14 @@ def write_report(out: Path, plot: bool = True) -> Path:
     out = Path(out)
     results = load_results(out)
     plots: dict[str, str | None] = {}
+    frontier_plots: dict[str, str | None] = {}
     for r in results:
         shape = r["shape"]["name"]
         plots[shape] = plot_results(r, out / PLOTS / f"benchmarks-{shape}.png") if plot else ""
+        if plot and r.get("frontier"):
+            frontier_plots[shape] = plot_frontier(r["frontier"], f"8da4w frontier: {r['shape']['title']}, "
+                                                  f"{r['environment']['cpu_model']}",
+                                                  out / PLOTS / f"frontier-{shape}.png")
     path = out / REPORT
-    path.write_text(render(results, plots))
+    path.write_text(render(results, plots, frontier_plots))
     return path

@@ -67,6 +67,8 @@ ROWS = (
         group_size=32, decoder_only=True),
 )
 BY_NAME = {r.name: r for r in ROWS}
+# each tool's default program: ours (the shipped snapdragon-8da4w) and export_llm's documented default group size
+DEFAULTS = ("et-8da4w", "export_llm-g128")
 
 
 def select(only: str | list[str] | None) -> list[Row]:
@@ -137,3 +139,15 @@ def recipe_text(row: Row, cache: Path) -> tuple[str, Path]:
         return text, path
     path = RECIPES_DIR / f"{row.recipe}.toml"
     return path.read_text(), path
+
+
+def schemes(row: Row, cache: Path) -> dict[str, str] | None:
+    """How each part of one of our rows is stored, from its recipe (``{"decoder": "8da4w g64", ...}``; a part the
+    recipe leaves out stays in the build's float precision); None for the reference and the peers."""
+    if row.kind != OURS:
+        return None
+    from mobilevlm_export.recipes import load_recipe
+
+    recipe = load_recipe(recipe_text(row, cache)[1])
+    return {part: spec.scheme.value + (f" g{spec.group_size}" if spec.group_size else "")
+            for part, spec in recipe.quantize.items()}

@@ -18,9 +18,11 @@ bytes per token), ``bandwidth_fraction``, the metrics ``decode_tokens_per_s``, `
 request), ``ttft_ms``, ``vision_ms``, ``prefill_ms`` (image request; None for decoder-only peers), each {p50,
 spread_runs, spread_rounds, rounds}, ``vision_share``, ``peak_rss_mb`` (of the timing processes), ``accuracy``
 {heldout_accuracy, heldout_correct, heldout_n, kl_max, kl_mean, top1_min, logits_cases, note, cached, wall_s,
-provenance} or None; ``versus_export_llm``: "g32"/"g128" -> {group_size, ours, export_llm, interleaved {prefill, decode:
-{median_ratio, rounds_ours_at_least_as_fast, rounds, ratios}}, ab (``ab.paired_ab``) or None, profile_ops
-(``opprofile.profile_ops``) or None}; ``rounds``: [{round, order, rows: name -> the worker's ``time_row``}];
+provenance} or None, ``schemes`` (ours: part -> "8da4w g64", ...; None for the peers); ``versus_export_llm``:
+"g32"/"g128" (equal group sizes) and "defaults" (``rows.DEFAULTS``) -> {group_size, export_llm_group_size, ours,
+export_llm, interleaved {prefill, decode: {median_ratio, rounds_ours_at_least_as_fast, rounds, ratios}}, ab
+(``ab.paired_ab``) or None, profile_ops (``opprofile.profile_ops``) or None, accuracy (``pair_accuracy``)};
+``rounds``: [{round, order, rows: name -> the worker's ``time_row``}]; ``frontier`` (``frontier.frontier``);
 ``predictions`` {rows: ``predict.predictions``, calibration: ``predict.calibration_fit``}; ``notes``.
 """
 
@@ -36,7 +38,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mobilevlm_export.benchsuite import cache
-from mobilevlm_export.benchsuite.rows import BY_NAME, EAGER, EXPORT_LLM, ORT_INT4, OURS, Row, recipe_text, select
+from mobilevlm_export.benchsuite.rows import (
+    BY_NAME,
+    DEFAULTS,
+    EAGER,
+    EXPORT_LLM,
+    ORT_INT4,
+    OURS,
+    Row,
+    recipe_text,
+    schemes,
+    select,
+)
 from mobilevlm_export.errors import UserError
 
 SCHEMA = "mobilevlm_export.benchsuite/1"
@@ -311,12 +324,23 @@ def ratios(ours: str, peer: str, rounds: list[dict]) -> dict:
 
 # --- the run ----------------------------------------------------------------------------------------------------
 
+def pair_accuracy(ours: Row, peer: Row, accuracy: dict) -> dict:
+    """The accuracies beside an ours / export_llm ratio: ours, measured on the demo; export_llm's own program
+    cannot be (it is exported from random weights by ExecuTorch's model class, and takes tokens, not the image
+    embeddings the demo's questions need), so the nearest measured figure is given: our build of its scheme (8da4w
+    at its group size, ``Row.versus``), named as such."""
+    same = next((r.name for r in BY_NAME.values() if r.versus == peer.name), None)
+    return {"ours": accuracy.get(ours.name), "export_llm": None, "export_llm_scheme_built_by_us": same,
+            "export_llm_scheme_accuracy": accuracy.get(same) if same else None}
+
+
 def run_suite(cfg: SuiteConfig, log=print) -> dict:
     """Run the suite as ``cfg`` says; the results (also written to ``cfg.out/results-<shape>.json``, with
     ``BENCHMARKS.md`` from every results file in ``cfg.out``). ``cfg.build_only``: build what is missing and stop
     (so single-threaded builds can run side by side, ``--only`` splitting the rows, and the timings then run
     alone)."""
     from mobilevlm_export.bench import environment, memory_bandwidth
+    from mobilevlm_export.benchsuite.frontier import frontier
     from mobilevlm_export.benchsuite.predict import calibration_fit, predictions
     from mobilevlm_export.benchsuite.report import write_report
     from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
@@ -342,22 +366,25 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
     dims = {"vocab": config["vocab_size"], "image_tokens": 0, "image_size": 1}  # text-only peers' workload
     rounds = interleaved_rounds(rows, prepared, cfg, threads, dims, log)
     names = {r.name for r in rows}
-    pairs = [(r, BY_NAME[r.versus]) for r in rows if r.versus in names]
+    pairs = [(f"g{r.group_size}", r, BY_NAME[r.versus]) for r in rows if r.versus in names]
+    if set(DEFAULTS) <= names:  # each tool's default, at different group sizes (and so different accuracies)
+        pairs.append(("defaults", BY_NAME[DEFAULTS[0]], BY_NAME[DEFAULTS[1]]))
     versus = {}
-    for ours, peer in pairs:
-        entry = {"group_size": ours.group_size, "ours": ours.name, "export_llm": peer.name,
-                 "interleaved": ratios(ours.name, peer.name, rounds), "ab": None, "profile_ops": None}
+    for key, ours, peer in pairs:
+        entry = {"group_size": ours.group_size, "export_llm_group_size": peer.group_size, "ours": ours.name,
+                 "export_llm": peer.name, "interleaved": ratios(ours.name, peer.name, rounds), "ab": None,
+                 "profile_ops": None, "accuracy": pair_accuracy(ours, peer, accuracy)}
         if cfg.ab:
             log(f"paired A/B {ours.name} vs {peer.name} ({cfg.ab_pairs} pairs) ...")
             entry["ab"] = worker({"task": "ab", "ours": prepared[ours.name]["path"],
                                   "peer": prepared[peer.name]["path"], "threads": threads, "pairs": cfg.ab_pairs,
                                   "prompt_tokens": cfg.prompt_tokens, "burst": cfg.ab_burst})
-        if cfg.profile_ops:
+        if cfg.profile_ops and key != "defaults":  # (an operator profile compares equal schemes)
             log(f"per-operator profile {ours.name} vs {peer.name} ...")
             entry["profile_ops"] = worker({"task": "profile_ops", "ours": prepared[ours.name]["path"],
                                            "peer": prepared[peer.name]["path"], "threads": threads,
                                            "prompt_tokens": cfg.prompt_tokens, "rounds": cfg.profile_rounds})
-        versus[f"g{ours.group_size}"] = entry
+        versus[key] = entry
     if cfg.profile_ops and not pairs:
         cfg.notes.append("--profile-ops: no ours/export_llm pair selected (et-8da4w-g32 + export_llm-g32, or g128)")
     if cfg.ab and not pairs:
@@ -372,14 +399,15 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
                       "artifact_bytes": prep["artifact_bytes"],
                       "decoder_bytes_per_token": prep["decoder_bytes_per_token"], "costs": prep["costs"],
                       "host_limit_decode_tokens_per_s": float(f"{limit:.4g}"),
-                      "bandwidth_fraction": round(decode / limit, 3), **summary, "accuracy": accuracy[r.name]})
+                      "bandwidth_fraction": round(decode / limit, 3), **summary, "accuracy": accuracy[r.name],
+                      "schemes": schemes(r, out)})
     results = {
         "schema": SCHEMA, "shape": {"name": cfg.shape, "title": SHAPE_TITLES[cfg.shape], "checkpoint": str(ckpt),
                                     "checkpoint_build": ckpt_info},
         "environment": env, "package": cache.identity(), "bandwidth": bandwidth,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "notes"}
         | {"threads": threads},
-        "rows": table, "versus_export_llm": versus, "rounds": rounds,
+        "rows": table, "versus_export_llm": versus, "rounds": rounds, "frontier": frontier(table),
         "predictions": {"rows": predictions(table), "calibration": calibration_fit()},
         "notes": list(cfg.notes),
     }
