@@ -20,6 +20,20 @@ def test_demo_checkpoint_layout_and_size():
     assert len(json.loads((samples / "questions.json").read_text())) >= 6
 
 
+def test_demo_module_answers_every_question_and_prints_nothing_else():
+    """``python -m mobilevlm_export.demo`` (``make demo``'s first step) in a fresh process: every shipped question
+    answered as expected, and no library notes (torchao's kernel loads, torch's pytree deprecations) on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_LOGS", "PYTHONWARNINGS", "TRANSFORMERS_VERBOSITY")}
+    res = subprocess.run([sys.executable, "-m", "mobilevlm_export.demo"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.rstrip().endswith("all answers correct") and res.stderr == "", res.stderr
+
+
 def test_demo_heldout_accuracy():
     accuracy, records = heldout_accuracy(n=150)
     assert accuracy >= 0.95, (accuracy, per_kind(records))

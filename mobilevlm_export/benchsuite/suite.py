@@ -64,7 +64,7 @@ class SuiteConfig:
     shape: str = "1.7b"
     only: list[str] | None = None
     rounds: int = 3
-    runs: int = 3
+    runs: int = 4  # per round: 12 timed requests per row (and 1 warm-up per round) by default
     warmup: int = 1
     threads: int | None = None  # None: min(4, the usable cores)
     out: Path = Path("build/bench")
