@@ -8,13 +8,17 @@ Rules (a build never deletes what it did not write):
 - An existing non-empty ``-o`` is replaced only with ``--force``, and only when it is a build of ours: it holds
   our ``manifest.json`` and every file in it is listed there. The check is repeated at commit time.
 - ``.NAME.lock`` beside ``-o`` is an advisory lock held for the whole build: a second build to the same ``-o``
-  fails fast. ``.NAME.partial-PID`` is the staging directory; one left by a killed build is removed by the next
-  build to the same ``-o`` (which holds the lock, so no live build owns it).
+  fails fast. ``.NAME.partial-PID`` is the staging directory, ``.NAME.old-PID`` the replaced build while the
+  staging directory is swapped in; one left by a killed build is removed by the next build to the same ``-o``
+  (which holds the lock, so no live build owns it).
+- A symlink given as ``-o`` is resolved once: the build lands in the directory it points to (lock and staging
+  directory beside that one).
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -94,17 +98,34 @@ def check_output_file(path: Path, flag: str) -> None:
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written."""
+    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written, and the
+    temporary file is removed whatever fails. The file gets the mode a plain ``open`` would give it (0o666 less the
+    umask), not the temporary file's 0o600."""
     import tempfile
 
     path = Path(path)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.replace(tmp.name, path)
-    except OSError:
-        os.unlink(tmp.name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it is shown (setting it to read it back is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class OutputLock:
@@ -147,20 +168,33 @@ class OutputLock:
 
 class Staging:
     """Checks ``out``, takes its lock, and yields a staging directory beside it; ``commit()`` swaps it in for
-    ``out``; leaving without a commit removes it. ``stale`` lists the partial builds of killed runs it removed."""
+    ``out``; leaving without a commit removes it. ``stale`` lists the leftovers of killed builds it removed."""
 
     def __init__(self, out: Path, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
-        self.out, self.force, self.inputs = Path(out), force, inputs
+        # resolved once: a symlink as -o names its target, whose lock, staging sibling and commit are the build's
+        self.given, self.out, self.force, self.inputs = Path(out), Path(out).resolve(), force, inputs
         self.path = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
         self.lock = OutputLock(self.out)
         self.stale: list[str] = []
 
+    def _leftovers(self) -> list[Path]:
+        """The staging (``.NAME.partial-PID``) and replaced (``.NAME.old-PID``) directories of killed builds to
+        ``out``: with the lock held, no live build owns one."""
+        found = []
+        for kind in ("partial", "old"):
+            prefix = f".{self.out.name}.{kind}-"  # (escaped: -o 'out[1]' must not match another build's)
+            found += [p for p in self.out.parent.glob(glob.escape(prefix) + "*") if p.name[len(prefix):].isdigit()]
+        return sorted(found)
+
     def __enter__(self) -> Path:
-        check_output_dir(self.out, self.force, self.inputs)
+        check_output_dir(self.given, self.force, self.inputs)
         self.lock.acquire()
         try:
-            for old in self.out.parent.glob(f".{self.out.name}.partial-*"):
-                shutil.rmtree(old, ignore_errors=True)
+            for old in self._leftovers():
+                try:
+                    shutil.rmtree(old)
+                except OSError:  # (not ours to remove after all, or half removed: not recorded as removed)
+                    continue
                 self.stale.append(old.name)
             self.path.mkdir()
         except OSError as exc:

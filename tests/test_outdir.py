@@ -152,3 +152,61 @@ def test_two_concurrent_builds_to_one_output(tiny_ckpt, samples, tmp_path):
     assert {a["path"] for a in manifest["artifacts"]} == {
         p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_symlink_output_builds_into_its_target(tmp_path):
+    """`-o LINK` (a link to a directory): resolved once, so the lock, the staging directory and the commit are the
+    target's; the link stays a link to the new build, and --force replaces a build of ours through it."""
+    target = tmp_path / "real" / "out"
+    target.parent.mkdir()
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    for force, content in ((False, "first"), (True, "second")):
+        staging = Staging(link, force=force)
+        with staging as tmp:
+            assert tmp.parent == target.parent and (target.parent / f".{target.name}.lock").exists()
+            (tmp / "x.onnx").write_text(content)
+            (tmp / MANIFEST).write_text(json.dumps({"tool": "mobilevlm_export", "artifacts": [{"path": "x.onnx"}]}))
+            staging.commit()
+        assert link.is_symlink() and (target / "x.onnx").read_text() == content
+    assert sorted(os.listdir(target.parent)) == ["out"] and sorted(os.listdir(tmp_path)) == ["link", "real"]
+
+
+def test_stale_leftovers_removed_escaped_and_recorded_when_removed(tmp_path):
+    """Under the lock, a killed build's staging (.NAME.partial-PID) and replaced copy (.NAME.old-PID, killed between
+    commit's two renames) go; the name is matched literally (-o 'out[1]' is not 'out1'), other names' directories
+    stay, and only what was actually removed is recorded."""
+    out = tmp_path / "out[1]"
+    for name in (".out[1].partial-999999999", ".out[1].old-999999998", ".out1.partial-7", ".out[1].partial-x",
+                 ".out[1].partial-1.partial-3"):
+        (tmp_path / name / "graphs").mkdir(parents=True)
+    (tmp_path / ".out[1].partial-999999997").write_text("a file: rmtree refuses it")
+    staging = Staging(out, force=False)
+    with staging as tmp:
+        (tmp / "x.onnx").write_text("built")
+        staging.commit()
+    assert staging.stale == [".out[1].old-999999998", ".out[1].partial-999999999"]
+    assert sorted(os.listdir(tmp_path)) == [".out1.partial-7", ".out[1].partial-1.partial-3",
+                                            ".out[1].partial-999999997", ".out[1].partial-x", "out[1]"]
+
+
+def test_write_file_atomic_mode_and_cleanup(tmp_path, monkeypatch):
+    """The file gets 0o666 less the umask (not the temporary file's 0o600); a failed write leaves nothing."""
+    from mobilevlm_export import outdir
+
+    old = os.umask(0o027)
+    try:
+        outdir.write_file_atomic(tmp_path / "report.xml", b"<x/>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.xml").read_bytes() == b"<x/>"
+    assert (tmp_path / "report.xml").stat().st_mode & 0o777 == 0o640
+
+    def fail(*_a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outdir.os, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        outdir.write_file_atomic(tmp_path / "other.xml", b"<y/>")
+    assert sorted(os.listdir(tmp_path)) == ["report.xml"]
