@@ -58,9 +58,13 @@ def artifact_entries(root: Path) -> list[dict]:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    """Write DIR/manifest.json as strict JSON (non-finite numbers recorded as null) with DIR's artifacts."""
+    """Write DIR/manifest.json as strict JSON (non-finite numbers recorded as null) with DIR's artifacts, atomically
+    (``trt-build`` rewrites the manifest of a finished bundle in place: a kill never leaves half of one)."""
+    from mobilevlm_export.outdir import write_file_atomic  # (outdir reads MANIFEST and TOOL from here)
+
     manifest = {"format_version": FORMAT_VERSION, **manifest, "artifacts": artifact_entries(root)}
-    (root / MANIFEST).write_text(json.dumps(finite(manifest), indent=2, default=str, allow_nan=False) + "\n")
+    text = json.dumps(finite(manifest), indent=2, default=str, allow_nan=False) + "\n"
+    write_file_atomic(Path(root) / MANIFEST, text.encode())
 
 
 def finite(value):

@@ -443,3 +443,29 @@ def test_any_e2e_json_reads_or_is_a_user_error(scratch, value):
         pass
     finally:
         e2e.write_bytes(saved)
+
+
+def test_write_manifest_is_atomic(tmp_path, monkeypatch):
+    """A manifest rewritten in place (trt-build) is replaced whole or not at all: a failed write leaves the old one
+    and no temporary file; the new one has a plain file's mode."""
+    import mobilevlm_export.outdir
+
+    (tmp_path / "a.onnx").write_bytes(b"graph")
+    write_manifest(tmp_path, {"tool": "mobilevlm_export", "note": "first"})
+    before = (tmp_path / MANIFEST).read_bytes()
+    assert _manifest(tmp_path)["artifacts"][0]["path"] == "a.onnx"
+    assert (tmp_path / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+    def killed(*_a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mobilevlm_export.outdir.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(tmp_path, {"tool": "mobilevlm_export", "note": "second"})
+    assert (tmp_path / MANIFEST).read_bytes() == before and sorted(os.listdir(tmp_path)) == ["a.onnx", MANIFEST]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
