@@ -89,6 +89,24 @@ def test_bench_json_schema_figures_and_environment(built):
     assert datetime.fromisoformat(env["date"]).utcoffset().total_seconds() == 0
 
 
+def test_text_only_runs_no_vision_encoder(built, monkeypatch):
+    """`--text-only`: the vision encoder is not run (vision 0 ms, time to first token = prefill), the prefill covers
+    the text tokens only, and the JSON keeps its keys."""
+    from mobilevlm_export.runtime.pipeline import VLMPipeline
+
+    def no_vision(self, pixels):
+        raise AssertionError("the vision encoder ran for a text-only request")
+
+    monkeypatch.setattr(VLMPipeline, "image_embeds", no_vision)
+    res = _bench(built, "--text-only", *TINY, "--json")
+    assert res.exit_code == 0, res.output
+    host = json.loads(res.stdout)["host"]
+    assert set(host) == HOST_KEYS and set(host["stats"]) == set(bench.METRICS)
+    assert host["image_in_prompt"] is False and host["prefill_positions"] == 4
+    assert host["vision_ms"] == 0 and set(host["stats"]["vision_ms"].values()) == {0}
+    assert host["ttft_ms"] == host["prefill_ms"] and host["stats"]["ttft_ms"] == host["stats"]["prefill_ms"]
+    assert host["prefill_ms"] > 0
+
 def test_decode_is_warmed_and_every_run_is_timed(built, monkeypatch):
     """Warm-up and timed runs are the same whole request: one_run is called warmup + runs times."""
     calls = []
