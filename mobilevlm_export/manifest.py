@@ -91,7 +91,7 @@ def read_manifest(root: Path, check: bool = True) -> dict:
     manifest = _parse(path)
     check_manifest(manifest, root)
     if check:
-        _check_artifacts(root, manifest["artifacts"])
+        check_artifacts(root, manifest["artifacts"])
     return manifest
 
 
@@ -302,7 +302,7 @@ def _inside(root: Path, rel: str, label: str, source: str) -> str:
     return posixpath.normpath(rel)
 
 
-def _check_artifacts(root: Path, artifacts: list[dict]) -> None:
+def check_artifacts(root: Path, artifacts: list[dict]) -> None:
     """Every artifact exists with its recorded size and sha256 (``UserError`` naming the file)."""
     for entry in artifacts:
         f = Path(root) / entry["path"]

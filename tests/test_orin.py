@@ -31,20 +31,28 @@ def _build(out: Path, recipe: str, *extra: str):
     return res
 
 
+class _Builds(dict):
+    """name -> (DIR, the build's JSON), each built on first use (a test of one recipe builds only that one)."""
+
+    def __init__(self, root: Path, recipes: dict[str, str]) -> None:
+        super().__init__()
+        self.root, self.recipes = root, recipes
+
+    def __missing__(self, name: str):
+        res = _build(self.root / name, self.recipes[name])
+        assert res.exit_code == 0, res.output
+        self[name] = (self.root / name, json.loads(res.stdout))
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory):
-    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4, built once per module."""
+    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4, each built once per module."""
     root = tmp_path_factory.mktemp("orin")
     rtn = root / "orin-int4-rtn.toml"
     rtn.write_text((RECIPES_DIR / "orin-int4.toml").read_text().replace('algorithm = "awq"', 'algorithm = "rtn"')
                    .replace('name = "orin-int4"', 'name = "orin-int4-rtn"'))
-    out = {}
-    for name, recipe in (("fp16", "orin-fp16"), ("int4", "orin-int4"), ("int4-rtn", str(rtn)),
-                         ("int8", "orin-int8")):
-        res = _build(root / name, recipe)
-        assert res.exit_code == 0, res.output
-        out[name] = (root / name, json.loads(res.stdout))
-    return out
+    return _Builds(root, {"fp16": "orin-fp16", "int4": "orin-int4", "int4-rtn": str(rtn), "int8": "orin-int8"})
 
 
 def _logits(result: dict) -> list[dict]:
@@ -208,6 +216,7 @@ def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
         (bundle / e.engine).write_bytes(b"engine bytes of " + e.graph.encode())
     res = runner.invoke(app, ["verify", str(bundle)])
     assert res.exit_code == 2 and "not recorded" in res.stderr, res.output
+    assert f"mvlm-export trt-build {bundle} --record-only" in res.stderr  # the command that records them
     res = runner.invoke(app, ["trt-build", str(bundle), "--record-only", "--json"])
     assert res.exit_code == 0, res.output
     recorded = {e["graph"]: e["file"] for e in json.loads(res.stdout)["engines"]}
@@ -221,6 +230,33 @@ def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     engine.write_bytes(engine.read_bytes() + b"x")  # changed after recording: caught
     res = runner.invoke(app, ["verify", str(bundle)])
     assert res.exit_code == 2 and "sha256" in res.stderr, res.output
+
+
+def test_engines_rebuilt_by_the_script_are_recorded_again(builds, tmp_path):
+    """build_engines.sh run again (new engines and timing cache over recorded ones): `trt-build --record-only`
+    records them, and `trt-build` gets past the bundle check (to "no TensorRT here" where it is absent); every
+    other file is still checked against its sha256."""
+    from mobilevlm_export.backends.tensorrt import TIMING_CACHE, read_plan
+
+    bundle = shutil.copytree(builds["fp16"][0], tmp_path / "bundle")
+    plan = read_plan(bundle)
+    for round_ in (1, 2):  # the script's first run, then a second one
+        for e in plan.engines:
+            (bundle / e.engine).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / e.engine).write_bytes(f"engine {round_} of {e.graph}".encode())
+        (bundle / TIMING_CACHE).write_bytes(f"cache {round_}".encode())
+        if round_ == 2 and "tensorrt" not in sys.modules:
+            res = runner.invoke(app, ["trt-build", str(bundle)])
+            assert res.exit_code == 2 and "tensorrt is not importable" in res.stderr, res.output
+        res = runner.invoke(app, ["trt-build", str(bundle), "--record-only", "--json"])
+        assert res.exit_code == 0, res.output
+    from mobilevlm_export.runtime.artifacts import open_artifacts
+
+    assert open_artifacts(bundle).manifest["compile"]["engines"][0]["builder"] == "build_engines.sh"
+    other = bundle / "build_engines.sh"  # not an engine: still checked
+    other.write_text(other.read_text() + "# edited\n")
+    res = runner.invoke(app, ["trt-build", str(bundle), "--record-only"])
+    assert res.exit_code == 2 and "build_engines.sh: corrupt artifact" in res.stderr, res.output
 
 
 def test_tensorrt_engines(builds, tmp_path):

@@ -13,6 +13,7 @@ with blocked DQ as ``trt::DequantizeLinear`` at opset 20, and the build checks t
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -177,7 +178,9 @@ class OrinTarget:
         for e in read_plan(root).engines if (root / PLAN).is_file() else ():
             if "engine" not in graphs.get(e.graph, {}) and (root / e.engine).exists():
                 raise UserError(f"{root / e.engine}: built but not recorded in {root / MANIFEST} (no sha256); "
-                                f"`mvlm-export trt-build {root}` builds and records the engines verify and run use")
+                                f"`mvlm-export trt-build {root} --record-only` records the engines build_engines.sh "
+                                f"built (`mvlm-export trt-build {root}` builds and records them with the TensorRT "
+                                "API)")
         if all("engine" in g for g in graphs.values()) and tensorrt_available() is None:
             return {name: TensorRTRunner(root / g["engine"], GraphContract.from_dict(g["contract"]))
                     for name, g in graphs.items()}
@@ -360,15 +363,28 @@ def trt_build(root: Path, log=print, record_only: bool = False) -> list[dict]:
     from its ``build_plan.json`` with the TensorRT API, and record them in the manifest (sha256 included), so
     ``verify``, ``run`` and ``bench`` use them. ``record_only``: build nothing; record the engines
     ``build_engines.sh`` (trtexec) built, each of which must exist. Torch-free. ``UserError`` for a DIR that is not
-    an orin bundle, a corrupt bundle, no TensorRT/GPU here (when building), or a missing engine (when recording)."""
-    from mobilevlm_export.backends.tensorrt import build_engine, import_tensorrt, read_plan, tensorrt_available
-    from mobilevlm_export.manifest import update_manifest
-    from mobilevlm_export.runtime.artifacts import open_artifacts
+    an orin bundle, a corrupt bundle, no TensorRT/GPU here (when building), or a missing engine (when recording).
+    Every recorded file is checked against its sha256 but the plan's engines and the timing cache, which the
+    engine builders rewrite and this call (re)records: after ``build_engines.sh`` is run again, the engines an
+    earlier call recorded differ, and that is no corruption."""
+    from mobilevlm_export.backends.tensorrt import (
+        PLAN,
+        TIMING_CACHE,
+        build_engine,
+        import_tensorrt,
+        read_plan,
+        tensorrt_available,
+    )
+    from mobilevlm_export.manifest import check_artifacts, read_manifest, update_manifest
 
-    art = open_artifacts(root)  # every file against its sha256
-    if art.manifest.get("target") != "orin":
-        raise UserError(f"{root}: is a {art.manifest.get('target')} build, not an orin bundle (build --target orin)")
+    manifest = read_manifest(root, check=False)
+    if manifest.get("target") != "orin":
+        raise UserError(f"{root}: is a {manifest.get('target')} build, not an orin bundle (build --target orin)")
+    artifacts = manifest["artifacts"]
+    check_artifacts(root, [a for a in artifacts if a["path"] == PLAN])  # the plan first: it names the engines
     plan = read_plan(root)
+    rewritten = {posixpath.normpath(e.engine) for e in plan.engines} | {TIMING_CACHE}
+    check_artifacts(root, [a for a in artifacts if a["path"] not in rewritten])
     if record_only:
         missing = [e.engine for e in plan.engines if not (Path(root) / e.engine).is_file()]
         if missing:
@@ -382,8 +398,8 @@ def trt_build(root: Path, log=print, record_only: bool = False) -> list[dict]:
         if why:
             raise UserError(f"{root}: cannot build engines here: {why}")
         built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
-    graphs = art.manifest["graphs"]
+    graphs = manifest["graphs"]
     for e in built:
         graphs[e["graph"]]["engine"] = e["file"]
-    update_manifest(Path(root), graphs=graphs, compile={**art.manifest["compile"], "engines": built})
+    update_manifest(Path(root), graphs=graphs, compile={**manifest["compile"], "engines": built})
     return built
