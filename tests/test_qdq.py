@@ -129,6 +129,30 @@ def test_int4_fp16_graph_keeps_fp16_scales():
     assert got.dtype == np.float16 and _rel(got, want) < 5e-3  # fp16 arithmetic in ORT
 
 
+def test_one_external_data_threshold_for_save_and_calibration(tmp_path, monkeypatch):
+    """save_model and the calibration session decide "over protobuf's limit?" with one function
+    (backends.onnx.needs_external_data): with the threshold lowered, both take the external-data path, and the
+    session's outputs are unchanged."""
+    from mobilevlm_export.backends import onnx as onnx_backend
+
+    model = _mlp()
+    x = {"x": np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)}
+    small = qdq.ort_session(model).run(["logits"], x)[0]
+    onnx_backend.save_model(model, tmp_path / "small.onnx")
+    assert not (tmp_path / "small.onnx.data").exists()
+    assert onnx_backend.needs_external_data(onnx_backend.EXTERNAL_DATA_BYTES + 1)
+    assert not onnx_backend.needs_external_data(onnx_backend.EXTERNAL_DATA_BYTES)
+
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 1024)
+    onnx_backend.save_model(_mlp(), tmp_path / "large.onnx")
+    assert (tmp_path / "large.onnx.data").is_file()
+    saved = []
+    real = onnx_backend.save_model
+    monkeypatch.setattr(onnx_backend, "save_model", lambda m, path, external=None: saved.append(path) or real(
+        m, path, external))
+    large = qdq.ort_session(model).run(["logits"], x)[0]
+    assert saved and np.array_equal(small, large)
+
 def test_int4_block_size_must_divide_k():
     with pytest.raises(qdq.QdqError, match=r"does not divide K=96 of initializer 'up' \(MatMul 'mm_up'\)"):
         qdq.quantize_weights(_mlp(k=96), "int4", block_size=64)

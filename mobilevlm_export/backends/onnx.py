@@ -24,6 +24,12 @@ CHECK_SIZES = [SAMPLE_SIZES, {**SAMPLE_SIZES, "batch": 1, "past": 0, "seq": 7},
                {**SAMPLE_SIZES, "batch": 1, "seq": 1, "past": 9}]
 
 
+def needs_external_data(weight_bytes: int) -> bool:
+    """Whether a graph holding ``weight_bytes`` of weights is written with external data (``.onnx.data``): they come
+    near protobuf's 2 GB limit for one serialized message. The one test of it, for export, save and calibration."""
+    return weight_bytes > EXTERNAL_DATA_BYTES
+
+
 @dataclass
 class ExportInfo:
     file: str
@@ -38,7 +44,7 @@ class ExportInfo:
 
 def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     """Write ``graph`` (a ``graphs.split.Graph``) to ``path`` (an ``.onnx`` file, plus ``.onnx.data`` when the
-    weights exceed 1.8 GB)."""
+    weights need it, ``needs_external_data``)."""
     import time
 
     import torch
@@ -53,7 +59,7 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     shapes = [{i: auto for i, d in enumerate(t.dims) if isinstance(d, str)} for t in c.inputs]
     dynamic = tuple(shapes[:fixed]) + ((tuple(shapes[fixed:]),) if len(shapes) > fixed else ())
     weight_bytes = sum(p.numel() * p.element_size() for p in graph.module.parameters())
-    external = weight_bytes > EXTERNAL_DATA_BYTES
+    external = needs_external_data(weight_bytes)
     program = torch.onnx.export(
         graph.module, args, dynamo=True, opset_version=OPSET, optimize=True, verbose=False,
         input_names=[t.name for t in c.inputs], output_names=[t.name for t in c.outputs],
@@ -177,7 +183,7 @@ def save_model(model, path: Path, external: bool | None = None) -> Path:
     if external is None:
         from mobilevlm_export.quantize.qdq import initializer_bytes
 
-        external = initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
+        external = needs_external_data(initializer_bytes(model.graph))
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)

@@ -527,24 +527,17 @@ def ort_session(model: onnx.ModelProto | Path, threads: int | None = None, consu
     exact int4 Q/DQ MatMuls). ``consume``: a calibration pass over a copy the caller drops: no constant folding
     (which would store fp32 copies of fp16 weights), and a model over 2 GB gives its weights to the temporary file
     instead of being copied again."""
-    from mobilevlm_export.backends.onnx import _session, save_model
+    from mobilevlm_export.backends.onnx import _session, needs_external_data, save_model
 
     if isinstance(model, Path):
         return _session(str(model), threads, fold_constants=not consume)
-    if not is_large(model):
+    if not needs_external_data(initializer_bytes(model.graph)):
         return _session(model.SerializeToString(), threads, fold_constants=not consume)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
         path = save_model(model if consume else copy.deepcopy(model), Path(tmp) / "model.onnx", external=True)
         return _session(str(path), threads, fold_constants=not consume)
-
-
-def is_large(model: onnx.ModelProto) -> bool:
-    """Whether ``model``'s weights come near protobuf's 2 GB limit for one serialized message."""
-    from mobilevlm_export.backends.onnx import EXTERNAL_DATA_BYTES
-
-    return initializer_bytes(model.graph) > EXTERNAL_DATA_BYTES
 
 
 def calibrate(model: onnx.ModelProto | Path, feeds: Iterable[Mapping[str, np.ndarray]],

@@ -49,8 +49,15 @@ def case_names(root: Path) -> tuple[set[tuple[str, str]], int]:
     """The (graph, case) pairs of DIR's golden data and its number of end-to-end pairs, without reading the
     arrays (an npz's names are its zip directory). ``UserError`` as ``load_golden``'s."""
     npz, e2e = _files(root)
-    names = _read_npz(npz, lambda data: {tuple(k.split("/")[:2]) for k in data.files if len(k.split("/")) == 4})
+    names = _read_npz(npz, lambda data: {parts[:2] for parts in map(case_key, data.files) if parts})
     return names, len(_read_pairs(e2e))
+
+
+def case_key(key: str) -> tuple[str, str, str, str] | None:
+    """``(graph, case, "in" | "out", name)`` of a graph case's array name, ``{graph}/{case}/{kind}/{name}``; None
+    for the other names (``e2e/{i}/pixel_values``)."""
+    parts = key.split("/")
+    return (parts[0], parts[1], parts[2], parts[3]) if len(parts) == 4 else None
 
 
 def _read_npz(npz: Path, read: Callable):
@@ -80,8 +87,8 @@ def cases(arrays: dict[str, np.ndarray]) -> dict[tuple[str, str], tuple[dict, di
     """``{(graph, case): (inputs, reference outputs)}`` from the flat npz names."""
     out: dict[tuple[str, str], tuple[dict, dict]] = {}
     for key, value in arrays.items():
-        parts = key.split("/")
-        if len(parts) != 4:
+        parts = case_key(key)
+        if parts is None:
             continue
         graph, case, kind, name = parts
         ins, outs = out.setdefault((graph, case), ({}, {}))
