@@ -207,9 +207,11 @@ def gate_recipe(art, name_or_path: str | None) -> Recipe:
 
 def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Recipe | None = None) -> VerifyReport:
     """Verify an opened artifact directory (``runtime.artifacts.ArtifactSet``) against its golden data, with the
-    tolerances of ``recipe`` (default: the manifest's). ``UserError`` when a graph has no golden case."""
+    tolerances and token agreement of ``recipe`` (default: the manifest's). The end-to-end pairs are generated with
+    the build's own ``e2e.max_new_tokens`` (the manifest's recipe), which its reference ids were made with: a gate
+    recipe judges, it does not change what is compared. ``UserError`` when a graph has no golden case."""
     golden, e2e = load_golden(art.root)
-    checked = {key.split("/")[0] for key in golden if key.count("/") == 3}
+    checked = {graph for graph, _ in cases(golden)}
     unchecked = [g for g in art.manifest["graphs"] if g not in checked]
     if unchecked:
         raise UserError(f"{art.root / GOLDEN_NPZ}: has no golden case of graph {unchecked[0]} (rebuild to recreate "
@@ -218,7 +220,7 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     recipe = recipe or art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
-    results = verify_e2e(art.pipeline(runners), golden, e2e, recipe.e2e.max_new_tokens, progress)
+    results = verify_e2e(art.pipeline(runners), golden, e2e, art.recipe.e2e.max_new_tokens, progress)
     return VerifyReport(metrics, results, recipe.e2e.token_agreement_min)
 
 

@@ -305,6 +305,31 @@ def test_verify_named_recipe_passes(demo):
     assert json.loads(res.stdout)["verification"]["passed"]
 
 
+def test_gate_recipe_judges_but_does_not_change_the_e2e_length(demo, tmp_path):
+    """`verify --recipe` takes tolerances and token agreement from the named recipe; the end-to-end pairs are
+    generated with the build's own e2e.max_new_tokens (what the reference ids were made with): a gate asking for
+    more tokens than the decoder holds still verifies."""
+    from mobilevlm_export.recipes import RECIPES_DIR
+
+    gate = tmp_path / "gate.toml"
+    gate.write_text((RECIPES_DIR / "onnx-fp32.toml").read_text().replace("max_new_tokens = 8", "max_new_tokens = "
+                    "100000").replace("token_agreement_min = 1.0", "token_agreement_min = 0.5"))
+    res = runner.invoke(app, ["verify", str(demo), "--recipe", str(gate), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["verification"]
+    assert report["passed"] and report["token_agreement_min"] == 0.5
+
+
+def test_golden_array_names():
+    """One reading of the npz names (runtime.golden.case_key), used by cases, case_names and verify."""
+    from mobilevlm_export.runtime.golden import case_key, cases
+
+    assert case_key("decoder/prefill/in/attention_mask") == ("decoder", "prefill", "in", "attention_mask")
+    assert case_key("e2e/0/pixel_values") is None and case_key("a/b/c/d/e") is None
+    one = np.zeros(1)
+    assert cases({"decoder/c0/in/x": one, "decoder/c0/out/y": one, "e2e/0/pixel_values": one}) == {
+        ("decoder", "c0"): ({"x": one}, {"y": one})}
+
 def test_loosened_manifest_is_judged_by_the_named_recipe(demo, tmp_path):
     """Golden logits off by 1e-2 and the manifest's tolerances loosened to hide it: plain verify passes (the
     manifest's copy), verify --recipe onnx-fp32 fails on max_abs (exit 1)."""
