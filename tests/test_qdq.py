@@ -153,6 +153,19 @@ def test_one_external_data_threshold_for_save_and_calibration(tmp_path, monkeypa
     large = qdq.ort_session(model).run(["logits"], x)[0]
     assert saved and np.array_equal(small, large)
 
+def test_calibration_session_turns_optimizations_and_arena_off():
+    """ort_session(calibration=True): graph optimizations and the CPU memory arena off (the calibration pass over an
+    fp16 graph); the default session keeps both; the outputs agree."""
+    import onnxruntime as ort
+
+    x = {"x": np.random.default_rng(2).standard_normal((2, 256)).astype(np.float32)}
+    plain, calib = qdq.ort_session(_mlp()), qdq.ort_session(_mlp(), calibration=True)
+    off = calib.get_session_options()
+    assert off.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL and not off.enable_cpu_mem_arena
+    on = plain.get_session_options()
+    assert on.graph_optimization_level != ort.GraphOptimizationLevel.ORT_DISABLE_ALL and on.enable_cpu_mem_arena
+    assert _rel(calib.run(["logits"], x)[0], plain.run(["logits"], x)[0]) < 1e-5
+
 def test_int4_block_size_must_divide_k():
     with pytest.raises(qdq.QdqError, match=r"does not divide K=96 of initializer 'up' \(MatMul 'mm_up'\)"):
         qdq.quantize_weights(_mlp(k=96), "int4", block_size=64)

@@ -149,9 +149,9 @@ def _simplify_if_equal(model, c: GraphContract):
     return simple, True, f"simplified {n0} -> {n1} nodes, outputs equal (max abs diff {worst:.3g})"
 
 
-def _session(model_bytes_or_path, threads: int | None = None, fold_constants: bool = True):
+def _session(model_bytes_or_path, threads: int | None = None, calibration: bool = False):
     """A CPU session; ``threads`` (intra-op) is the session's own setting (default: up to
-    ``DEFAULT_MAX_THREADS`` cores). ``fold_constants=False`` (a calibration pass over an fp16 graph) turns graph
+    ``DEFAULT_MAX_THREADS`` cores). ``calibration`` (a calibration pass over an fp16 graph) turns graph
     optimizations off, since folding would store fp32 copies of its weights, and the CPU memory arena too: ONNX
     Runtime's CPU kernels run fp16 MatMuls through fp32 casts of the weights, and the arena kept growing by those
     casts' size on every run (measured: +1 GB per run over 512 MB of fp16 weights; flat without the arena)."""
@@ -167,7 +167,7 @@ def _session(model_bytes_or_path, threads: int | None = None, fold_constants: bo
     opts.log_severity_level = 3
     # exact int4 Q/DQ matmuls (ORT otherwise fuses them into MatMulNBits with int8 activations)
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
-    if not fold_constants:
+    if calibration:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(model_bytes_or_path, sess_options=opts, providers=["CPUExecutionProvider"])

@@ -522,22 +522,23 @@ def _all_nodes(g: onnx.GraphProto):
 # calibration
 
 
-def ort_session(model: onnx.ModelProto | Path, threads: int | None = None, consume: bool = False):
+def ort_session(model: onnx.ModelProto | Path, threads: int | None = None, calibration: bool = False):
     """A CPU ONNX Runtime session over ``model`` (in memory, or an ``.onnx`` path; ``backends.onnx``'s session:
-    exact int4 Q/DQ MatMuls). ``consume``: a calibration pass over a copy the caller drops: no constant folding
-    (which would store fp32 copies of fp16 weights), and a model over 2 GB gives its weights to the temporary file
-    instead of being copied again."""
+    exact int4 Q/DQ MatMuls). ``calibration``: the session of a calibration pass (``backends.onnx._session``'s):
+    graph optimizations off (constant folding would store fp32 copies of fp16 weights) and no CPU memory arena;
+    and ``model`` is a copy the caller drops, so one over 2 GB gives its weights to the temporary file instead of
+    being copied again."""
     from mobilevlm_export.backends.onnx import _session, needs_external_data, save_model
 
     if isinstance(model, Path):
-        return _session(str(model), threads, fold_constants=not consume)
+        return _session(str(model), threads, calibration=calibration)
     if not needs_external_data(initializer_bytes(model.graph)):
-        return _session(model.SerializeToString(), threads, fold_constants=not consume)
+        return _session(model.SerializeToString(), threads, calibration=calibration)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
-        path = save_model(model if consume else copy.deepcopy(model), Path(tmp) / "model.onnx", external=True)
-        return _session(str(path), threads, fold_constants=not consume)
+        path = save_model(model if calibration else copy.deepcopy(model), Path(tmp) / "model.onnx", external=True)
+        return _session(str(path), threads, calibration=calibration)
 
 
 def calibrate(model: onnx.ModelProto | Path, feeds: Iterable[Mapping[str, np.ndarray]],
@@ -566,12 +567,12 @@ def calibrate(model: onnx.ModelProto | Path, feeds: Iterable[Mapping[str, np.nda
                 np.dtype(dtype)), None)
             tmp.graph.output.append(v)
     if path is None:
-        session = ort_session(tmp, threads, consume=True)
+        session = ort_session(tmp, threads, calibration=True)
     else:  # beside the original, so its external-data references resolve
         probe = path.with_name(f".calibrate-{os.getpid()}-{path.name}")
         try:
             onnx.save_model(tmp, str(probe))
-            session = ort_session(probe, threads, consume=True)
+            session = ort_session(probe, threads, calibration=True)
         finally:
             probe.unlink(missing_ok=True)
     del tmp
