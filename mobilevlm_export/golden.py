@@ -30,6 +30,7 @@ DYNAMIC_IMAGE_BATCH = 2
 class Pair:
     image: Path
     question: str
+    source: str = "the question"  # where the question came from, for messages: "DIR/questions.json: key '[0].question'"
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def load_pairs(folder: Path) -> list[Pair]:
     for i, item in enumerate(items):
         entry = parse_table(_Entry, item, f"[{i}]", bad, allow_unknown=True)
         load_image(folder / entry.image, named=f"{qfile}: key '[{i}].image' names")
-        pairs.append(Pair(folder / entry.image, entry.question))
+        pairs.append(Pair(folder / entry.image, entry.question, f"{qfile}: key '[{i}].question'"))
     return pairs
 
 

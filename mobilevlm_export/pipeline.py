@@ -159,7 +159,7 @@ def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, capacity: int) -> N
     from mobilevlm_export.runtime.prompt import build_prompt_ids, prompt_length
 
     for p in pairs:
-        need = prompt_length(build_prompt_ids(ckpt.tokenizer, p.question), image_tokens)
+        need = prompt_length(build_prompt_ids(ckpt.tokenizer, p.question, source=p.source), image_tokens)
         if need + recipe.e2e.max_new_tokens > capacity:
             raise UserError(f"{recipe.source}: the build's context of {capacity} positions is smaller than the "
                             f"prompt plus image tokens ({need}) + e2e.max_new_tokens ({recipe.e2e.max_new_tokens}) "

@@ -128,3 +128,19 @@ def test_prompt_that_is_not_utf8(tiny_ckpt, image_file):
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--prompt" in lines[0] and "UTF-8" in lines[0], res.stderr
+    assert "character 3," in lines[0], res.stderr  # (a character index: the 4th character, \xe9's surrogate)
+
+
+def test_question_that_is_not_utf8_names_its_file_and_key(tiny_ckpt, samples, tmp_path):
+    """A questions.json entry holding a lone surrogate (a JSON escape): the error names the file and the entry's
+    key, not --prompt."""
+    bad = tmp_path / "samples"
+    bad.mkdir()
+    items = json.loads((samples / "questions.json").read_text())
+    (bad / items[0]["image"]).write_bytes((samples / items[0]["image"]).read_bytes())
+    (bad / "questions.json").write_text(json.dumps([{"image": items[0]["image"], "question": "ok \ud800?"}]))
+    res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(tmp_path / "o"), "--samples",
+                              str(bad), "--no-bench"])
+    line = _one_line(res, 2, f"{bad / 'questions.json'}: key '[0].question'", "UTF-8", "character 3,")
+    assert "--prompt" not in line
+    assert not (tmp_path / "o").exists()

@@ -30,15 +30,16 @@ def conversation_v1(question: str) -> str:
     return f"{SYSTEM_V1} USER: {question} ASSISTANT:"
 
 
-def tokenize_with_images(tokenizer, prompt: str, num_images: int = 1) -> list[int]:
+def tokenize_with_images(tokenizer, prompt: str, num_images: int = 1, source: str = "--prompt") -> list[int]:
     """Token ids of ``prompt`` with ``IMAGE_TOKEN_INDEX`` where each ``<image>`` stood.
 
-    Each chunk between tags is tokenized on its own; the BOS of the first chunk is kept once.
+    Each chunk between tags is tokenized on its own; the BOS of the first chunk is kept once. ``source`` (the flag
+    or the file and key the prompt came from) is named in a ``UserError``.
     """
     tags = prompt.count(IMAGE_TAG)
     if tags != num_images:
         raise UserError(
-            f"--prompt has {tags} '{IMAGE_TAG}' tag(s) but {num_images} image(s) were given"
+            f"{source} has {tags} '{IMAGE_TAG}' tag(s) but {num_images} image(s) were given"
         )
     chunks = [list(tokenizer.encode(chunk)) for chunk in prompt.split(IMAGE_TAG)]
     bos = tokenizer.bos_token_id
@@ -79,14 +80,16 @@ def segments(input_ids: Sequence[int]) -> list[tuple[str, list[int]]]:
     return out
 
 
-def build_prompt_ids(tokenizer, prompt: str, raw_prompt: bool = False, num_images: int = 1) -> list[int]:
-    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``. ``UserError`` for
-    a prompt that is not valid text (bytes that were not UTF-8 reach Python as lone surrogates)."""
+def build_prompt_ids(tokenizer, prompt: str, raw_prompt: bool = False, num_images: int = 1,
+                     source: str = "--prompt") -> list[int]:
+    """Apply the conversation template (unless ``raw_prompt``) and tokenize around ``<image>``. ``UserError``
+    naming ``source`` (the flag, or the file and key, the prompt came from) for a prompt that is not valid text
+    (bytes that were not UTF-8 reach Python as lone surrogates; a JSON file can hold them as escapes)."""
     try:
         prompt.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise UserError(f"--prompt: not valid UTF-8 (byte {exc.start} of the prompt)") from None
-    return tokenize_with_images(tokenizer, prompt if raw_prompt else conversation_v1(prompt), num_images)
+    except UnicodeEncodeError as exc:  # exc.start: an index into the str, a character, not a byte
+        raise UserError(f"{source}: not valid UTF-8 text (at character {exc.start}, counted from 0)") from None
+    return tokenize_with_images(tokenizer, prompt if raw_prompt else conversation_v1(prompt), num_images, source)
 
 
 def decode_text(tokenizer, ids: list[int], eos_id: int) -> str:
