@@ -23,6 +23,7 @@ try:  # typer >= 0.2x carries its own click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
 
+from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
 
 DEBUG_ENV = "MVLM_EXPORT_DEBUG"  # set to 1: internal errors show their traceback
@@ -69,9 +70,10 @@ TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
 SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-ThreadsOpt = Annotated[int | None, typer.Option(help=f"Runtime threads, 1..{CORES} (default: at most 4).", min=1,
-                                                max=CORES)]
+CORES = usable_cores()
+ThreadsOpt = Annotated[int | None, typer.Option(
+    help=f"CPU runtime threads, 1..{CORES} (default: ONNX Runtime min({CORES}, {ONNX_MAX_DEFAULT_THREADS}); "
+         "ExecuTorch its threadpool's own size; TensorRT engines run on the GPU).", min=1, max=CORES)]
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:

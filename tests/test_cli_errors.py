@@ -144,3 +144,30 @@ def test_question_that_is_not_utf8_names_its_file_and_key(tiny_ckpt, samples, tm
     line = _one_line(res, 2, f"{bad / 'questions.json'}: key '[0].question'", "UTF-8", "character 3,")
     assert "--prompt" not in line
     assert not (tmp_path / "o").exists()
+
+
+def test_threads_bound_and_default_from_one_core_count(monkeypatch):
+    """--threads' bound and ONNX Runtime's default come from cores.usable_cores (the affinity mask where there is
+    one); the help says which runtime the default of at most 4 is for."""
+    from mobilevlm_export import cli, cores
+    from mobilevlm_export.backends.onnx import _session
+    from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, onnx_default_threads, usable_cores
+
+    assert CORES == usable_cores() and cli.ThreadsOpt.__metadata__[0].max == CORES
+    help_text = cli.ThreadsOpt.__metadata__[0].help
+    assert f"1..{CORES}" in help_text and f"ONNX Runtime min({CORES}, {ONNX_MAX_DEFAULT_THREADS})" in help_text
+    assert "ExecuTorch" in help_text
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: {0, 1})
+        assert usable_cores() == 2 and onnx_default_threads() == 2
+        monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)))
+        assert usable_cores() == 64 and onnx_default_threads() == ONNX_MAX_DEFAULT_THREADS
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    session = _session(model.SerializeToString())
+    assert session.get_session_options().intra_op_num_threads == onnx_default_threads()

@@ -8,7 +8,6 @@ The runner side (``OnnxRunner``) needs numpy and onnxruntime only; torch is impo
 from __future__ import annotations
 
 import inspect
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import numpy as np
 from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract
 
 OPSET = 21
-DEFAULT_MAX_THREADS = 4  # intra-op threads when none are asked for (more rarely helps these small graphs)
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
 # shape sets the simplified graph is checked on: prefill (past = 0), decode (seq = 1), batch 1 and 2
 CHECK_SIZES = [SAMPLE_SIZES, {**SAMPLE_SIZES, "batch": 1, "past": 0, "seq": 7},
@@ -150,15 +148,17 @@ def _simplify_if_equal(model, c: GraphContract):
 
 
 def _session(model_bytes_or_path, threads: int | None = None, calibration: bool = False):
-    """A CPU session; ``threads`` (intra-op) is the session's own setting (default: up to
-    ``DEFAULT_MAX_THREADS`` cores). ``calibration`` (a calibration pass over an fp16 graph) turns graph
+    """A CPU session; ``threads`` (intra-op) is the session's own setting (default:
+    ``cores.onnx_default_threads``). ``calibration`` (a calibration pass over an fp16 graph) turns graph
     optimizations off, since folding would store fp32 copies of its weights, and the CPU memory arena too: ONNX
     Runtime's CPU kernels run fp16 MatMuls through fp32 casts of the weights, and the arena kept growing by those
     casts' size on every run (measured: +1 GB per run over 512 MB of fp16 weights; flat without the arena)."""
     import onnxruntime as ort
 
+    from mobilevlm_export.cores import onnx_default_threads
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, DEFAULT_MAX_THREADS)
+    opts.intra_op_num_threads = threads or onnx_default_threads()
     opts.inter_op_num_threads = 1
     # nodes that depend on weights only (the fp32 casts of fp16 weights on CPU, the DequantizeLinear of Q/DQ
     # weights) otherwise all run first, and every converted weight is alive at once: a full-size fp16 decoder's run
