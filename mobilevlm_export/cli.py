@@ -301,10 +301,9 @@ def bench(
         from mobilevlm_export.runtime.artifacts import open_artifacts
 
         art = open_artifacts(artifacts)
-        prof = profile or (art.manifest.get("profile") or {}).get("name")
+        prof = load_profile(profile) if profile else art.profile  # (the build's: its manifest's copy)
         result = {"artifacts": str(artifacts), "target": art.manifest["target"],
-                  **bench_artifacts(art, threads, load_profile(prof) if prof else None, prompt_tokens,
-                                    decode_tokens, runs, warmup, text_only)}
+                  **bench_artifacts(art, threads, prof, prompt_tokens, decode_tokens, runs, warmup, text_only)}
         if as_json:
             _print_json(result)
             return

@@ -52,6 +52,18 @@ class DeviceProfile:
             d["options"] = asdict(self.options)
         return d
 
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "manifest.json (profile)") -> DeviceProfile:
+        """The profile ``to_dict`` wrote (a build's manifest holds one), validated as a profile file is: a build
+        made with ``--profile ./custom.toml`` has no profile of that name to load again."""
+        from mobilevlm_export.schema import Where
+
+        if not isinstance(data, dict):
+            raise Where(source).bad("profile", "must be an object")
+        device = {k: v for k, v in data.items() if k not in ("options", "source") and v is not None}
+        options = data.get("options")
+        return parse_profile({"device": device, **({str(data.get("target")): options} if options else {})}, source)
+
     def predict(self, decoder_bytes_per_token: float, decoder_ops_per_token: float, vision_ops: float) -> dict:
         """Roofline predictions: decode is bandwidth-bound (weights read once per token), prefill and the vision
         encoder compute-bound; each scaled by the profile's calibrated efficiency."""

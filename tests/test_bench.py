@@ -107,6 +107,33 @@ def test_text_only_runs_no_vision_encoder(built, monkeypatch):
     assert host["ttft_ms"] == host["prefill_ms"] and host["stats"]["ttft_ms"] == host["stats"]["prefill_ms"]
     assert host["prefill_ms"] > 0
 
+def test_prediction_uses_the_profile_stored_in_the_manifest(built, tmp_path):
+    """A build made with `--profile ./custom.toml` (no profile of its name to load again): `bench` without
+    --profile predicts with the manifest's copy; a stored profile that is not valid is one line naming the
+    manifest."""
+    import shutil
+
+    from mobilevlm_export.manifest import MANIFEST, write_manifest
+    from mobilevlm_export.profiles import DeviceProfile, load_profile, parse_profile
+
+    custom = parse_profile({"device": {"name": "my-lab-box", "target": "onnx", "precisions": ["fp32"],
+                                       "memory_gb": 16, "bandwidth_gbps": 50, "int8_gops": 500,
+                                       "max_context": 2048, "bandwidth_efficiency": 0.5, "compute_efficiency": 0.5,
+                                       "threads": 4}}, "custom.toml")
+    assert DeviceProfile.from_dict(custom.to_dict()) == custom
+    orin = load_profile("orin-agx-64gb")  # a profile with its target's own table
+    assert DeviceProfile.from_dict(orin.to_dict()).to_dict() == {**orin.to_dict(), "source": "manifest.json (profile)"}
+
+    d = shutil.copytree(built, tmp_path / "d")
+    manifest = json.loads((d / MANIFEST).read_text())
+    keep = {k: v for k, v in manifest.items() if k not in ("artifacts", "format_version")}
+    write_manifest(d, {**keep, "profile": custom.to_dict()})
+    res = _bench(d, *TINY, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["predicted"]["device"] == "my-lab-box"
+    write_manifest(d, {**keep, "profile": {**custom.to_dict(), "memory_gb": -1}})
+    _one_line_error(_bench(d, *TINY), f"{d / MANIFEST} (profile)", "memory_gb")
+
 def test_decode_is_warmed_and_every_run_is_timed(built, monkeypatch):
     """Warm-up and timed runs are the same whole request: one_run is called warmup + runs times."""
     calls = []

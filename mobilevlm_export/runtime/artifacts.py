@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, TOKENIZER_DIR, read_manifest
+from mobilevlm_export.profiles import DeviceProfile
 from mobilevlm_export.recipes import Recipe
 from mobilevlm_export.runtime.pipeline import DynamicKVSession, StaticKVSession, VLMPipeline
 from mobilevlm_export.runtime.preprocess import ImagePreprocess, load_image
@@ -33,6 +34,12 @@ class ArtifactSet:
     @property
     def recipe(self) -> Recipe:
         return Recipe.from_dict(self.manifest["recipe"], source=f"{self.root / MANIFEST} (recipe)")
+
+    @property
+    def profile(self) -> DeviceProfile | None:
+        """The device profile DIR was built for (its manifest's copy), or None."""
+        data = self.manifest.get("profile")
+        return None if data is None else DeviceProfile.from_dict(data, source=f"{self.root / MANIFEST} (profile)")
 
     @property
     def preprocess(self) -> ImagePreprocess:
