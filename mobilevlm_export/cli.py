@@ -7,6 +7,7 @@ object in every case: the result, or ``{"error": ..., "exit_code": ...}``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -28,6 +29,10 @@ from mobilevlm_export.errors import CheckFailed, UserError
 
 DEBUG_ENV = "MVLM_EXPORT_DEBUG"  # set to 1: internal errors show their traceback
 INTERNAL_ERROR = 3
+# stdout's reader went away (`mvlm-export inspect | head`): exit silently with 128 + SIGPIPE, the status a shell
+# reports for a command SIGPIPE ended (`yes | head`), as a CLI that left SIGPIPE at its default would end. Not
+# click's 1, which here means a failed parity check; not 0, since the output was cut short (`set -o pipefail`).
+BROKEN_PIPE = 128 + 13
 
 
 class _OneLineErrors(TyperGroup):
@@ -39,8 +44,8 @@ class _OneLineErrors(TyperGroup):
         try:
             code = super().main(args=argv, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                                 **extra)
-        except clickx.NoArgsIsHelpError as exc:
-            exc.show()
+        except getattr(clickx, "NoArgsIsHelpError", ()) as exc:  # click >= 8.2 (before, the help is printed and
+            exc.show()                                              # main returns 0: nothing to catch)
             code = 0
         except clickx.ClickException as exc:
             code = _fail(exc.format_message(), exc.exit_code, "--json" in argv)
@@ -97,12 +102,39 @@ def _exit_codes(as_json: bool = False):
         raise typer.Exit(_fail("interrupted", 130, as_json)) from None
     except (typer.Exit, clickx.ClickException):
         raise
+    except BrokenPipeError:
+        raise typer.Exit(_broken_pipe()) from None
     except Exception as exc:  # noqa: BLE001 - every unexpected failure gets one line and its own exit code
         if _state["debug"]:
             raise
         where = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise typer.Exit(_fail(f"internal error: {where} (run `mvlm-export --debug ...` or set {DEBUG_ENV}=1 for "
                                "the traceback)", INTERNAL_ERROR, as_json)) from None
+
+
+def _broken_pipe() -> int:
+    """Stop writing to stdout, whose reader is gone: point it at /dev/null, so that no flush (Python's at exit
+    included) raises again or prints "Exception ignored"; the exit code to end with (``BROKEN_PIPE``)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # (no file descriptor: a test runner's stream)
+        pass
+    return BROKEN_PIPE
+
+
+def _console():
+    """A rich console on stdout whose reader going away raises ``BrokenPipeError`` (handled as any write's:
+    ``BROKEN_PIPE``), instead of rich's own exit 1, which is a failed check's code here."""
+    from rich.console import Console
+
+    class StdoutConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "stdout's reader is gone")
+
+    return StdoutConsole()
 
 
 def _print_json(obj) -> None:
@@ -307,7 +339,6 @@ def bench(
         if as_json:
             _print_json(result)
             return
-        from rich.console import Console
         from rich.table import Table
 
         host, env = result["host"], result["environment"]
@@ -316,7 +347,7 @@ def bench(
         for metric, label in METRICS.items():
             s = host["stats"][metric]
             table.add_row(label, *(f"{s[k]:g}" for k in ("p50", "p90", "min", "max")))
-        console = Console()
+        console = _console()
         console.print(table)
         console.print(f"{env['cpu_model']}, threads {threads or 'default'}, peak RSS {host['peak_rss_mb']} MB")
         for note in host["notes"]:
@@ -326,10 +357,9 @@ def bench(
 
 
 def _print_build(manifest: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     comp = manifest["compile"]
     for line in comp["log"]:
         console.print(f"{manifest['target']}: {line}")
@@ -441,10 +471,9 @@ def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True) ->
     if as_json:
         _print_json({**extra, "verification": report.to_dict()})
     else:
-        from rich.console import Console
         from rich.table import Table
 
-        console = Console()
+        console = _console()
         table = Table("graph", "case", "output", "max abs", "mean abs", "cosine", "top-1", "KL", "ok",
                       title="Per-graph parity")
         for m in report.metrics:
@@ -468,10 +497,9 @@ def _num(value) -> str:
 
 
 def _print_inspect(info: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     a, d = info["architecture"], info["dims"]
     console.print(f"[bold]{info['checkpoint']}[/]  {a['architectures']}  projector={a['projector']}")
     console.print(f"vision tower: {a['vision_tower']} ({info['vision_tower_source']})")
@@ -500,7 +528,13 @@ def _terminated(signum, _frame) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
-    app()
+    try:
+        try:
+            app()
+        finally:  # output still buffered meets a reader that is gone here, not inside a command
+            sys.stdout.flush()
+    except BrokenPipeError:
+        sys.exit(_broken_pipe())
 
 
 if __name__ == "__main__":

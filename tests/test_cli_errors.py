@@ -146,6 +146,30 @@ def test_question_that_is_not_utf8_names_its_file_and_key(tiny_ckpt, samples, tm
     assert not (tmp_path / "o").exists()
 
 
+def test_click_without_no_args_is_help_error(monkeypatch):
+    """Before click 8.2 there is no NoArgsIsHelpError: a usage error is still one line, exit 2 (not an
+    AttributeError from the handler naming it)."""
+    from mobilevlm_export import cli
+
+    res = runner.invoke(app, [])  # (this click: the help, exit 0)
+    assert res.exit_code == 0 and "Usage" in res.output and "inspect" in res.output, res.output
+    monkeypatch.delattr(cli.clickx, "NoArgsIsHelpError")
+    _one_line(runner.invoke(app, ["inspect", "--bogus"]), 2, "--bogus")
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_stdout_reader_gone_exits_quietly(tiny_ckpt, as_json):
+    """`mvlm-export inspect | head`: the reader going away ends the command with 141 (128 + SIGPIPE, as a shell
+    reports `yes | head`), nothing on stderr: neither an internal error (3) nor rich's exit 1 (a failed check's
+    code), nor Python's "Exception ignored"."""
+    proc = subprocess.Popen([sys.executable, "-m", "mobilevlm_export.cli", "inspect", str(tiny_ckpt),
+                             *(["--json"] if as_json else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes (it loads the checkpoint first)
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert stderr == "", stderr
+
+
 def test_threads_bound_and_default_from_one_core_count(monkeypatch):
     """--threads' bound and ONNX Runtime's default come from cores.usable_cores (the affinity mask where there is
     one); the help says which runtime the default of at most 4 is for."""
