@@ -2,8 +2,8 @@
 
 Exit codes: 0 success, 1 a check failed (parity), 2 bad input (one line on stderr, no traceback), 3 an internal
 error (one line; ``--debug`` or ``MVLM_EXPORT_DEBUG=1`` shows the traceback), 141 stdout's reader went away
-(silently). With ``--json``, stdout holds one JSON
-object in every case: the result, or ``{"error": ..., "exit_code": ...}``.
+(silently). With ``--json``, stdout holds one JSON object in every case: the result, or ``{"error": ...,
+"exit_code": ...}``.
 """
 
 from __future__ import annotations
