@@ -186,6 +186,56 @@ def test_cache_entry_builds_once_and_keys_inputs(tmp_path):
     assert set(cache.shape_record("demo")["files"]) >= {"config.json", "model.safetensors"}
 
 
+def test_cache_entry_made_once_by_processes_side_by_side(tmp_path):
+    """Two makers of one entry at once (``--build-only`` splits side by side): the second waits for the first's
+    lock and finds the entry made; neither deletes the other's work."""
+    import threading
+
+    started, release, calls, logs, results = threading.Event(), threading.Event(), [], [], {}
+
+    def slow(d):
+        calls.append(d)
+        started.set()
+        release.wait(10)
+        (d / "x").write_text("built")
+        return {"rc": 0}
+
+    def run(tag, make):
+        results[tag] = cache.entry(tmp_path, "thing", {"recipe": "A"}, make, log=logs.append)
+
+    first = threading.Thread(target=run, args=("first", slow))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=run, args=("second", slow))
+    second.start()
+    for _ in range(100):  # until the second is waiting on the lock
+        if any(line.startswith("waiting for another suite process") for line in logs):
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(calls) == 1 and results["first"][1]["cached"] is False and results["second"][1]["cached"] is True
+    assert results["first"][0] == results["second"][0] and (results["second"][0] / "x").read_text() == "built"
+    assert any(line.startswith("waiting for another suite process building thing") for line in logs)
+
+
+def test_failed_compile_check_is_not_cached(tmp_path, monkeypatch):
+    """Exit 1 with no build committed (a failed lint or operator check) is a failed build, not a parity miss to
+    time: nothing is cached, so the next run tries again."""
+    from mobilevlm_export.benchsuite import peers
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+
+    def fake(cmd, cwd, log):
+        log.write_text("FAILED: lint\n")
+        return 1, 1.0, 10.0
+
+    monkeypatch.setattr(peers, "run_measured", fake)
+    with pytest.raises(RuntimeError, match="exit 1, nothing built"):
+        suite._build_ours(rows.BY_NAME["onnx-fp32"], demo_checkpoint_dir(), "demo", tmp_path, 1, lambda _: None)
+    assert not [p for p in (tmp_path / "builds" / "demo").iterdir() if not p.name.endswith((".lock", ".partial"))]
+
+
 def test_calibration_fit_against_published_figures():
     fit = predict.calibration_fit()
     assert len(fit) == len(predict.CALIBRATION)

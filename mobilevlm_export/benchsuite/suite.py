@@ -161,9 +161,13 @@ def _build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) 
                str(path), "-o", str(d / "artifacts"), "--no-bench", "--threads", str(min(threads, usable_cores())),
                "--json"]
         rc, wall, rss = run_measured(cmd, d, d / "build.log")
-        if rc not in (0, 1):  # 1: parity below the recipe's bounds (random weights at full size): still timed
+        # 1: a check failed. Parity below the recipe's bounds (random weights at full size) still leaves a build
+        # to time; a failed compile check (lint, an operator fallback) leaves nothing and must not be cached
+        manifest = d / "artifacts" / "manifest.json"
+        built = manifest.is_file() and bool(json.loads(manifest.read_text()).get("verification"))
+        if rc not in (0, 1) or not built:
             tail = (d / "build.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"build {row.recipe} failed (exit {rc}):\n{tail}")
+            raise RuntimeError(f"build {row.recipe} failed (exit {rc}{'' if built else ', nothing built'}):\n{tail}")
         return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1), "rc": rc, "parity_passed": rc == 0,
                 "command": " ".join(cmd[1:])}
 
@@ -180,7 +184,9 @@ def _build_export_llm(row: Row, ckpt: Path, shape: str, out: Path, log) -> tuple
     max_seq = min(EXPORT_LLM_MAX_SEQ, llama.context)
     record = {"kind": EXPORT_LLM, "shape": asdict(llama), "group_size": row.group_size, "max_seq_len": max_seq,
               "executorch": version("executorch"), "torchao": version("torchao"),
-              "command": export_llm_command(Path("P"), Path("O"), "N", row.group_size, max_seq)[1:],
+              # (the command without the interpreter and the paths, which depend on where the suite runs)
+              "command": [a for a in export_llm_command(Path("P"), Path("O"), "N", row.group_size, max_seq)[1:]
+                          if not a.startswith(("base.params=", "export.output_dir="))],
               "builder": cache.suite_digest("peers")}
 
     def make(d: Path) -> dict:
