@@ -26,7 +26,8 @@ ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_s
             "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy", "schemes"}
 METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
-                 "note", "cached", "wall_s", "provenance"}
+                 "e2e_kl_mean", "e2e_kl_max", "e2e_top1", "e2e_positions", "e2e_pairs", "note", "cached", "wall_s",
+                 "provenance"}
 ARGS = ["--shape", "demo", "--rounds", "1", "--runs", "1", "--warmup", "0", "--threads", "1",
         "--prompt-tokens", "8", "--decode-tokens", "4", "--accuracy-samples", "3", "--bandwidth-mb", "16"]
 
@@ -58,6 +59,11 @@ def test_results_schema_and_figures(two_runs):
             assert set(row[m]) == METRIC_KEYS and row[m]["p50"] > 0 and len(row[m]["rounds"]) == 1
         assert 0 < row["bandwidth_fraction"] and row["host_limit_decode_tokens_per_s"] > 0
         assert set(row["accuracy"]) == ACCURACY_KEYS and row["accuracy"]["heldout_n"] == 3
+        if row["name"] != "eager-fp32":  # the whole program against the reference on the held-out pairs
+            acc = row["accuracy"]
+            assert acc["e2e_pairs"] == 3 and acc["e2e_positions"] >= 3, acc
+            assert -1e-9 <= acc["e2e_kl_mean"] <= acc["e2e_kl_max"] + 1e-12, acc  # (float64 rounding near 0)
+            assert acc["e2e_top1"] >= 0.5 and (row["name"] != "onnx-fp32" or acc["e2e_kl_max"] < 1e-4)
         if row["decoder_only"]:  # the peer: decoder only, no time to first token
             assert row["ttft_ms"] is None and row["vision_share"] is None
         else:
@@ -132,6 +138,26 @@ def test_rows_selection_and_errors(tmp_path):
     assert suite_main(["--shape", "demo", "--only", "nope", "--out", str(tmp_path / "o")]) == 2
 
 
+def test_timing_order_keeps_pairs_adjacent():
+    names = lambda rs: [r.name for r in rs]  # noqa: E731
+    order = names(rows.timing_order(rows.select(None)))
+    assert sorted(order) == sorted(rows.BY_NAME)
+    for ours, peer in (("et-8da4w-g32", "export_llm-g32"), ("et-8da4w", "export_llm-g128"),
+                       ("et-8da4w-g128", "export_llm-g128")):
+        assert abs(order.index(ours) - order.index(peer)) == 1, (ours, peer, order)
+    assert names(rows.timing_order(rows.select("export_llm-g32,eager-fp32,et-8da4w-g32"))) == [
+        "eager-fp32", "et-8da4w-g32", "export_llm-g32"]
+
+
+def test_report_skips_results_of_another_schema(tmp_path):
+    from mobilevlm_export.benchsuite import report
+
+    (tmp_path / "results-1.7b.json").write_text(json.dumps({"schema": "mobilevlm_export.benchsuite/1",
+                                                            "shape": {"name": "1.7b"}}))
+    assert report.load_results(tmp_path) == []
+    assert "## " not in report.write_report(tmp_path, plot=False).read_text()
+
+
 def test_derived_recipes(tmp_path):
     """Each derived recipe loads, differs from its shipped base only in the quantize tables it names (and its
     name), and is written into the cache once."""
@@ -146,14 +172,16 @@ def test_derived_recipes(tmp_path):
         "decoder": 128, "lm_head": 128, "embed_tokens": 128}
     assert recipe.quantize["image_encoder"].scheme.value == "8da8w" and path.read_text() == text
     for name, (base, changes, _) in rows.DERIVED.items():
-        row = next(r for r in rows.ROWS if r.recipe == name)
+        row = next(r for r in (*rows.ROWS, *rows.STAND_INS.values()) if r.recipe == name)
         text, path = rows.recipe_text(row, tmp_path)
         assert load_recipe(path).name == name
         derived, shipped = tomllib.loads(text), tomllib.loads((RECIPES_DIR / f"{base}.toml").read_text())
-        assert derived["quantize"] == shipped["quantize"] | changes
+        assert derived["quantize"] == {k: v for k, v in (shipped["quantize"] | changes).items() if v is not None}
         assert {k: v for k, v in derived.items() if k not in ("quantize", "recipe")} == {
             k: v for k, v in shipped.items() if k not in ("quantize", "recipe")}
         assert derived["recipe"] == shipped["recipe"] | {"name": name}
+    stand_in = load_recipe(rows.recipe_text(rows.STAND_INS["export_llm-g128"], tmp_path)[1])
+    assert set(stand_in.quantize) == {"decoder", "lm_head"} and stand_in.quantize["lm_head"].group_size == 128
     assert rows.to_toml({"a": {"s": 'q"\\', "b": True, "f": 1e-05, "t": {"i": 3}}}) == (
         '[a]\ns = "q\\"\\\\"\nb = true\nf = 1e-05\n\n[a.t]\ni = 3\n')
 
@@ -184,6 +212,56 @@ def test_cache_entry_builds_once_and_keys_inputs(tmp_path):
     assert info3["cached"] is False and not list(tmp_path.glob(".thing-*.partial")) and len(calls) == 3
     assert cache.shape_record("1.7b")["dims"]["hidden"] == 2048 and cache.shape_record("1.7b")["dtype"] == "float16"
     assert set(cache.shape_record("demo")["files"]) >= {"config.json", "model.safetensors"}
+
+
+def test_cache_entry_made_once_by_processes_side_by_side(tmp_path):
+    """Two makers of one entry at once (``--build-only`` splits side by side): the second waits for the first's
+    lock and finds the entry made; neither deletes the other's work."""
+    import threading
+
+    started, release, calls, logs, results = threading.Event(), threading.Event(), [], [], {}
+
+    def slow(d):
+        calls.append(d)
+        started.set()
+        release.wait(10)
+        (d / "x").write_text("built")
+        return {"rc": 0}
+
+    def run(tag, make):
+        results[tag] = cache.entry(tmp_path, "thing", {"recipe": "A"}, make, log=logs.append)
+
+    first = threading.Thread(target=run, args=("first", slow))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=run, args=("second", slow))
+    second.start()
+    for _ in range(100):  # until the second is waiting on the lock
+        if any(line.startswith("waiting for another suite process") for line in logs):
+            break
+        threading.Event().wait(0.05)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(calls) == 1 and results["first"][1]["cached"] is False and results["second"][1]["cached"] is True
+    assert results["first"][0] == results["second"][0] and (results["second"][0] / "x").read_text() == "built"
+    assert any(line.startswith("waiting for another suite process building thing") for line in logs)
+
+
+def test_failed_compile_check_is_not_cached(tmp_path, monkeypatch):
+    """Exit 1 with no build committed (a failed lint or operator check) is a failed build, not a parity miss to
+    time: nothing is cached, so the next run tries again."""
+    from mobilevlm_export.benchsuite import peers
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+
+    def fake(cmd, cwd, log):
+        log.write_text("FAILED: lint\n")
+        return 1, 1.0, 10.0
+
+    monkeypatch.setattr(peers, "run_measured", fake)
+    with pytest.raises(RuntimeError, match="exit 1, nothing built"):
+        suite._build_ours(rows.BY_NAME["onnx-fp32"], demo_checkpoint_dir(), "demo", tmp_path, 1, lambda _: None)
+    assert not [p for p in (tmp_path / "builds" / "demo").iterdir() if not p.name.endswith((".lock", ".partial"))]
 
 
 def test_calibration_fit_against_published_figures():
@@ -251,7 +329,8 @@ def _frontier_row(name, decode, ttft, kl, frontier=True):
     metric = lambda v: {"p50": v, "spread_runs": 0.01, "spread_rounds": None, "rounds": [v]}  # noqa: E731
     return {"name": name, "frontier": frontier, "schemes": {"decoder": "8da4w g64"}, "artifact_bytes": 10,
             "decode_tokens_per_s": metric(decode), "ttft_ms": metric(ttft), "vision_ms": metric(ttft / 2),
-            "accuracy": {"kl_mean": kl, "kl_max": 2 * kl, "top1_min": 0.9, "heldout_accuracy": 1.0}}
+            "accuracy": {"e2e_kl_mean": kl, "e2e_kl_max": 2 * kl, "e2e_top1": 1.0, "kl_max": kl / 2,
+                         "heldout_accuracy": 1.0}}
 
 
 def test_frontier_points_and_report(tmp_path):

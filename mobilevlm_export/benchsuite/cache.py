@@ -102,28 +102,49 @@ def shape_record(shape: str) -> dict:
     return {"shape": shape, "dims": asdict(synthetic_dims(shape)), **SYNTHETIC}
 
 
+def _finished(final: Path, key: str) -> dict | None:
+    """The info of the complete entry ``final`` of ``key``; None when it is absent, incomplete or of another key."""
+    if (final / KEY_FILE).is_file() and (final / BUILD_FILE).is_file():
+        if json.loads((final / KEY_FILE).read_text()).get("key") == key:
+            return json.loads((final / BUILD_FILE).read_text())
+    return None
+
+
 def entry(parent: Path, name: str, record: dict, make: Callable[[Path], dict], log=print,
           doing: str = "building") -> tuple[Path, dict]:
     """The cached entry ``parent/<name>-<key[:12]>`` of ``record``: made by ``make(directory) -> info`` into a
-    ``.partial`` sibling unless complete (logged as ``doing``). Returns (the entry's directory, its info with
+    ``.partial`` sibling unless complete (logged as ``doing``). Suite processes run side by side (``--build-only``
+    splits) make each entry once: the maker holds ``.<entry>.lock`` (flock) while it builds, and another process
+    that needs the same entry waits for it, then finds it complete. Returns (the entry's directory, its info with
     ``"cached"``, ``"key"`` and the making's ``"wall_s"``)."""
+    import fcntl
+
     key = key_of(record)
     final = parent / f"{name}-{key[:12]}"
-    if (final / KEY_FILE).is_file() and (final / BUILD_FILE).is_file():
-        stored = json.loads((final / KEY_FILE).read_text())
-        if stored.get("key") == key:
-            return final, {**json.loads((final / BUILD_FILE).read_text()), "cached": True, "key": key}
-    partial = parent / f".{final.name}.partial"
-    for stale in (partial, final):
-        if stale.exists():
-            shutil.rmtree(stale)
-    partial.mkdir(parents=True)
-    log(f"{doing} {name} ({parent.name}, {key[:12]}) ...")
-    t0 = time.perf_counter()
-    info = make(partial)
-    info.setdefault("wall_s", round(time.perf_counter() - t0, 1))
-    info["provenance"] = provenance()
-    (partial / BUILD_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
-    (partial / KEY_FILE).write_text(json.dumps({"key": key, "record": record}, indent=1, default=str) + "\n")
-    partial.rename(final)
+    done = _finished(final, key)
+    if done is not None:
+        return final, {**done, "cached": True, "key": key}
+    parent.mkdir(parents=True, exist_ok=True)
+    with open(parent / f".{final.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another suite process {doing} {name} ({parent.name}, {key[:12]}) ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        done = _finished(final, key)  # made while this process waited
+        if done is not None:
+            return final, {**done, "cached": True, "key": key}
+        partial = parent / f".{final.name}.partial"
+        for stale in (partial, final):  # an interrupted making, or an entry of another key under this name
+            if stale.exists():
+                shutil.rmtree(stale)
+        partial.mkdir(parents=True)
+        log(f"{doing} {name} ({parent.name}, {key[:12]}) ...")
+        t0 = time.perf_counter()
+        info = make(partial)
+        info.setdefault("wall_s", round(time.perf_counter() - t0, 1))
+        info["provenance"] = provenance()
+        (partial / BUILD_FILE).write_text(json.dumps(info, indent=1, default=str) + "\n")
+        (partial / KEY_FILE).write_text(json.dumps({"key": key, "record": record}, indent=1, default=str) + "\n")
+        partial.rename(final)
     return final, {**info, "cached": False, "key": key}

@@ -24,6 +24,13 @@ DERIVED = {
                                      "the vision encoder 8da8w (int8 per-channel weights) instead of 8da4w g64"),
     "snapdragon-8da4w-emb8": ("snapdragon-8da4w", {"embed_tokens": {"scheme": "int8", "algorithm": "hqq"}},
                               "the token embedding int8 per row instead of int4 g64"),
+    # export_llm's own scheme (`quantization.qmode=8da4w`: every nn.Linear, lm_head included, 8da4w in groups,
+    # HQQ scale-only qparams by default; the embedding left fp32) on our pipeline, the vision encoder fp32: its
+    # accuracy on the demo stands in for export_llm's program, which cannot run the demo's image questions
+    **{f"export_llm-scheme-g{g}": ("snapdragon-8da4w-g32", {
+        "decoder": {**HQQ4, "group_size": g}, "lm_head": {**HQQ4, "group_size": g}, "embed_tokens": None,
+        "image_encoder": None}, f"export_llm's scheme: decoder and lm_head 8da4w g{g} HQQ, embedding and vision "
+                                "encoder fp32") for g in (32, 128)},
 }
 
 @dataclass(frozen=True)
@@ -67,8 +74,30 @@ ROWS = (
         group_size=32, decoder_only=True),
 )
 BY_NAME = {r.name: r for r in ROWS}
+# accuracy-only rows (built on the demo, never timed): export_llm's scheme on our pipeline, beside each export_llm row
+STAND_INS = {f"export_llm-g{g}": Row(f"export_llm-scheme-g{g}", OURS, ET, f"export_llm-scheme-g{g}", "8da4w",
+                                     target="snapdragon", group_size=g) for g in (32, 128)}
 # each tool's default program: ours (the shipped snapdragon-8da4w) and export_llm's documented default group size
 DEFAULTS = ("et-8da4w", "export_llm-g128")
+# rows timed back to back in every round (so each ours / export_llm ratio compares measurements seconds apart, not
+# minutes, on a host whose speed drifts): the g32 pair, and export_llm g128 between its two partners (ours at g128
+# and our default)
+ADJACENT = (("et-8da4w-g32", "export_llm-g32"), ("et-8da4w", "export_llm-g128", "et-8da4w-g128"))
+
+
+def timing_order(rows: list[Row]) -> list[Row]:
+    """``rows`` in the order a round times them: the suite's order, each ``ADJACENT`` group's selected rows
+    together where its first selected member stands."""
+    chosen = {r.name: r for r in rows}
+    order, placed = [], set()
+    for r in rows:
+        if r.name in placed:
+            continue
+        group = next((g for g in ADJACENT if r.name in g), (r.name,))
+        members = [chosen[n] for n in group if n in chosen and n not in placed]
+        order += members
+        placed |= {m.name for m in members}
+    return order
 
 
 def select(only: str | list[str] | None) -> list[Row]:
@@ -113,7 +142,7 @@ def to_toml(data: dict) -> str:
 
 def derived_recipe(name: str) -> str:
     """The text of the derived recipe ``name`` (``DERIVED``): its shipped base with the named ``[quantize.PART]``
-    tables replaced and the name changed; the base's tolerances kept."""
+    tables replaced (or removed: None) and the name changed; the base's tolerances kept."""
     import tomllib
 
     base, changes, words = DERIVED[name]
@@ -122,7 +151,11 @@ def derived_recipe(name: str) -> str:
     if missing or data.get("recipe", {}).get("name") != base:
         raise UserError(f"recipes/{base}.toml changed form: the suite cannot derive {name} from it")
     data["recipe"]["name"] = name
-    data["quantize"].update(changes)
+    for part, table in changes.items():  # None: the part left in the build's float precision
+        if table is None:
+            del data["quantize"][part]
+        else:
+            data["quantize"][part] = table
     return (f"# Derived by mobilevlm_export.benchsuite from {base}.toml: {words}.\n# The tolerances are "
             f"{base}'s. Not a shipped recipe.\n" + to_toml(data))
 

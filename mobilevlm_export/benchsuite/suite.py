@@ -45,14 +45,16 @@ from mobilevlm_export.benchsuite.rows import (
     EXPORT_LLM,
     ORT_INT4,
     OURS,
+    STAND_INS,
     Row,
     recipe_text,
     schemes,
     select,
+    timing_order,
 )
 from mobilevlm_export.errors import UserError
 
-SCHEMA = "mobilevlm_export.benchsuite/1"
+SCHEMA = "mobilevlm_export.benchsuite/2"
 SHAPE_TITLES = {"demo": "the bundled demo checkpoint (trained, tiny)", "tiny": "tiny dims, random weights",
                 "1.7b": "MobileVLM_V2-1.7B dims, random weights"}
 TEXT_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")
@@ -63,8 +65,8 @@ IMAGE_METRICS = ("ttft_ms", "vision_ms", "prefill_ms")
 class SuiteConfig:
     shape: str = "1.7b"
     only: list[str] | None = None
-    rounds: int = 3
-    runs: int = 4  # per round: 12 timed requests per row (and 1 warm-up per round) by default
+    rounds: int = 4  # even: each row is timed first as often as last (the order reverses every other round)
+    runs: int = 3  # per round: 12 timed requests per row (and 1 warm-up per round) by default
     warmup: int = 1
     threads: int | None = None  # None: min(4, the usable cores)
     out: Path = Path("build/bench")
@@ -161,9 +163,13 @@ def _build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) 
                str(path), "-o", str(d / "artifacts"), "--no-bench", "--threads", str(min(threads, usable_cores())),
                "--json"]
         rc, wall, rss = run_measured(cmd, d, d / "build.log")
-        if rc not in (0, 1):  # 1: parity below the recipe's bounds (random weights at full size): still timed
+        # 1: a check failed. Parity below the recipe's bounds (random weights at full size) still leaves a build
+        # to time; a failed compile check (lint, an operator fallback) leaves nothing and must not be cached
+        manifest = d / "artifacts" / "manifest.json"
+        built = manifest.is_file() and bool(json.loads(manifest.read_text()).get("verification"))
+        if rc not in (0, 1) or not built:
             tail = (d / "build.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"build {row.recipe} failed (exit {rc}):\n{tail}")
+            raise RuntimeError(f"build {row.recipe} failed (exit {rc}{'' if built else ', nothing built'}):\n{tail}")
         return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1), "rc": rc, "parity_passed": rc == 0,
                 "command": " ".join(cmd[1:])}
 
@@ -180,7 +186,9 @@ def _build_export_llm(row: Row, ckpt: Path, shape: str, out: Path, log) -> tuple
     max_seq = min(EXPORT_LLM_MAX_SEQ, llama.context)
     record = {"kind": EXPORT_LLM, "shape": asdict(llama), "group_size": row.group_size, "max_seq_len": max_seq,
               "executorch": version("executorch"), "torchao": version("torchao"),
-              "command": export_llm_command(Path("P"), Path("O"), "N", row.group_size, max_seq)[1:],
+              # (the command without the interpreter and the paths, which depend on where the suite runs)
+              "command": [a for a in export_llm_command(Path("P"), Path("O"), "N", row.group_size, max_seq)[1:]
+                          if not a.startswith(("base.params=", "export.output_dir="))],
               "builder": cache.suite_digest("peers")}
 
     def make(d: Path) -> dict:
@@ -274,10 +282,12 @@ def timing_task(row: Row, prep: dict, cfg: SuiteConfig, threads: int, dims: dict
 
 
 def interleaved_rounds(rows: list[Row], prepared: dict, cfg: SuiteConfig, threads: int, dims: dict, log) -> list:
-    """``cfg.rounds`` rounds, each row in a fresh process, the order reversed every other round."""
-    rounds = []
+    """``cfg.rounds`` rounds, each row in a fresh process, in ``rows.timing_order`` (ours / export_llm pairs back
+    to back), the order reversed every other round (so with an even number of rounds every row, and each side of a
+    pair, is timed first as often as last)."""
+    rounds, base = [], timing_order(rows)
     for i in range(cfg.rounds):
-        order = rows if i % 2 == 0 else rows[::-1]
+        order = base if i % 2 == 0 else base[::-1]
         result = {}
         for row in order:
             result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims))
@@ -327,11 +337,12 @@ def ratios(ours: str, peer: str, rounds: list[dict]) -> dict:
 def pair_accuracy(ours: Row, peer: Row, accuracy: dict) -> dict:
     """The accuracies beside an ours / export_llm ratio: ours, measured on the demo; export_llm's own program
     cannot be (it is exported from random weights by ExecuTorch's model class, and takes tokens, not the image
-    embeddings the demo's questions need), so the nearest measured figure is given: our build of its scheme (8da4w
-    at its group size, ``Row.versus``), named as such."""
-    same = next((r.name for r in BY_NAME.values() if r.versus == peer.name), None)
-    return {"ours": accuracy.get(ours.name), "export_llm": None, "export_llm_scheme_built_by_us": same,
-            "export_llm_scheme_accuracy": accuracy.get(same) if same else None}
+    embeddings the demo's questions need), so its scheme built by our pipeline stands in (``rows.STAND_INS``),
+    named as such."""
+    stand_in = STAND_INS.get(peer.name)
+    return {"ours": accuracy.get(ours.name), "export_llm": None,
+            "export_llm_scheme_built_by_us": stand_in.name if stand_in else None,
+            "export_llm_scheme_accuracy": accuracy.get(stand_in.name) if stand_in else None}
 
 
 def run_suite(cfg: SuiteConfig, log=print) -> dict:
@@ -354,7 +365,8 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
     demo = demo_checkpoint_dir()
     done: dict = {}
     prepared = {r.name: prepare(r, ckpt, cfg.shape, out, threads, log, done) for r in rows}
-    accuracy = {r.name: measure_accuracy(r, demo, out, threads, cfg.accuracy_samples, log, done) for r in rows}
+    accuracy = {r.name: measure_accuracy(r, demo, out, threads, cfg.accuracy_samples, log, done)
+                for r in [*rows, *(STAND_INS[r.name] for r in rows if r.name in STAND_INS)]}
     if cfg.build_only:
         log(f"built: {', '.join(r.name for r in rows)} (--build-only: nothing timed, no results written)")
         return {"built": {name: {"path": p["path"], "build": p["build"]} for name, p in prepared.items()},

@@ -92,6 +92,51 @@ def time_row(kind: str, path: str, threads: int | None, prompt_tokens: int, deco
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
+E2E_NEW_TOKENS = 4  # as the held-out accuracy's answers (one word, a few tokens)
+
+
+def e2e_agreement(path: str, samples: int) -> dict:
+    """The whole program against the fp32 reference on the demo's held-out pairs, quantized vision encoder and
+    embedding included (the decoder golden cases feed the decoder the reference's embeddings, so they cannot see
+    those parts): per pair, the reference's greedy answer (up to ``E2E_NEW_TOKENS``) is teacher-forced through
+    both, and the next-token distributions compared at every answer position: KL(reference || program) mean and
+    max, and the share of positions whose top-1 agrees."""
+    import numpy as np
+    import torch
+
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.checkpoint.reference import Reference
+    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
+    from mobilevlm_export.demo.evaluate import KINDS
+    from mobilevlm_export.demo.shapes import HELDOUT_SEED, QUESTIONS, render
+    from mobilevlm_export.generation import SamplingParams
+    from mobilevlm_export.runtime.artifacts import open_artifacts
+    from mobilevlm_export.runtime.prompt import build_prompt_ids
+    from mobilevlm_export.verify import kl_divergence
+
+    ref = Reference(load_checkpoint(demo_checkpoint_dir()))
+    art = open_artifacts(path)
+    pipe = art.pipeline()
+    kls, agree = [], []
+    for i in range(samples):
+        sample = render(HELDOUT_SEED, i)
+        ids = build_prompt_ids(ref.tokenizer, QUESTIONS[KINDS[i % len(KINDS)]])
+        embeds = ref.splice(ids, ref.image_embeds(ref.ckpt.preprocess(sample.image)))
+        answer = ref.generate_from_embeds(embeds, SamplingParams(max_new_tokens=E2E_NEW_TOKENS))
+        with torch.inference_mode():
+            full = torch.cat([embeds, ref.model.embed_tokens(torch.tensor([answer[:-1]], dtype=torch.long))], dim=1)
+            want = ref.model.language_model(inputs_embeds=full, use_cache=False).logits[0, embeds.shape[1] - 1:]
+        want = want.float().numpy()
+        pixels = art.preprocess(sample.image)
+        got = [pipe.prefill(ids, pipe.image_embeds(pixels[None]))]
+        got += [pipe.step(token) for token in answer[:-1]]
+        for w, g in zip(want, got, strict=True):
+            kls.append(kl_divergence(w[None], np.asarray(g, np.float32)[None]))
+            agree.append(int(np.argmax(w)) == int(np.argmax(g)))
+    return {"e2e_kl_mean": float(np.mean(kls)), "e2e_kl_max": float(np.max(kls)),
+            "e2e_top1": float(np.mean(agree)), "e2e_positions": len(kls), "e2e_pairs": samples}
+
+
 def accuracy(kind: str, path: str, samples: int, threads: int | None, reverify: bool) -> dict:
     """Held-out accuracy over ``samples`` pairs (``demo.evaluate``) and the decoder logits' KL and top-1 against
     the fp32 reference over the golden cases: from the build's own verification, or verified afresh
@@ -102,6 +147,7 @@ def accuracy(kind: str, path: str, samples: int, threads: int | None, reverify: 
         acc, records = heldout_accuracy(ckpt_dir=path, n=samples)
         return {"heldout_accuracy": acc, "heldout_correct": sum(r["correct"] for r in records),
                 "heldout_n": len(records), "kl_max": 0.0, "kl_mean": 0.0, "top1_min": 1.0, "logits_cases": 0,
+                "e2e_kl_mean": 0.0, "e2e_kl_max": 0.0, "e2e_top1": 1.0, "e2e_positions": 0, "e2e_pairs": 0,
                 "note": "the reference itself"}
     from mobilevlm_export.runtime.artifacts import open_artifacts
 
@@ -118,7 +164,7 @@ def accuracy(kind: str, path: str, samples: int, threads: int | None, reverify: 
     return {"heldout_accuracy": acc, "heldout_correct": sum(r["correct"] for r in records), "heldout_n": len(records),
             "kl_max": max(kls) if kls else None, "kl_mean": sum(kls) / len(kls) if kls else None,
             "top1_min": min(m["top1"] for m in logits) if logits else None, "logits_cases": len(logits),
-            "note": "verified afresh" if reverify else "the build's verification"}
+            **e2e_agreement(path, samples), "note": "verified afresh" if reverify else "the build's verification"}
 
 
 def checkpoint(out: str, shape: str) -> dict:
