@@ -320,7 +320,9 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first (decode included).")] = 2,
     text_only: Annotated[bool, typer.Option("--text-only", help="Prefill text tokens only (no image), as "
                                                                 "decoder-only peers measure.")] = False,
-    profile: Annotated[str | None, typer.Option(help="Device profile to predict (default: the build's).")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", "--predict", help="Device profile (name or TOML path) whose figures to predict beside the "
+                                       "measured ones (default: the build's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure vision ms, time to first token, prefill and decode on this host from DIR alone (p50, p90, min, max

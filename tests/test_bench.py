@@ -131,6 +131,10 @@ def test_prediction_uses_the_profile_stored_in_the_manifest(built, tmp_path):
     res = _bench(d, *TINY, "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["predicted"]["device"] == "my-lab-box"
+    for flag in ("--predict", "--profile"):  # a named profile replaces the build's, under either flag
+        res = _bench(d, *TINY, flag, "snapdragon-888", "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["predicted"]["device"] == "snapdragon-888"
     write_manifest(d, {**keep, "profile": {**custom.to_dict(), "memory_gb": -1}})
     _one_line_error(_bench(d, *TINY), f"{d / MANIFEST} (profile)", "memory_gb")
 
