@@ -24,7 +24,7 @@ ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_s
             "frontier", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
             "host_limit_decode_tokens_per_s", "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s",
             "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy", "schemes"}
-METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "rounds"}
+METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
                  "e2e_kl_mean", "e2e_kl_max", "e2e_top1", "e2e_positions", "e2e_pairs", "note", "cached", "wall_s",
                  "provenance"}
@@ -285,6 +285,14 @@ def test_round_arithmetic():
     assert m["p50"] == 11 and m["spread_runs"] == 0.2 and m["rounds"] == [10.0, 12.0, 11.0]
     assert m["spread_rounds"] == pytest.approx(bench.stats([10, 12, 11])["spread"])
     assert suite.metric([5.0], [0.0])["spread_rounds"] is None
+    # every run of every round pooled: the median of 6 runs, not the median of the 2 rounds' p50s
+    pooled = suite.metric([10.0, 20.0], [0.1, 0.1], [9.0, 10.0, 11.0, 12.0, 19.0, 21.0])
+    assert pooled["p50"] == 11.5 and pooled["runs"] == 6 and pooled["rounds"] == [10.0, 20.0]
+    sample = {"stats": {m: {"p50": 1.0, "spread": 0.0} for m in suite.TEXT_METRICS}}
+    row = suite.summarize_row("a", [{"rows": {"a": {"peak_rss_mb": 1, "text": {**sample, "samples": {
+        m: [1.0, 2.0, 3.0] for m in suite.TEXT_METRICS}}, "image": None}}}] * 2)
+    assert row["decode_tokens_per_s"]["p50"] == 2.0 and row["decode_tokens_per_s"]["runs"] == 6
+    assert row["ttft_ms"] is None and row["vision_share"] is None
 
     def rec(decode, prefill):
         return {"text": {"stats": {"decode_tokens_per_s": {"p50": decode}, "prefill_tokens_per_s": {"p50": prefill}}}}

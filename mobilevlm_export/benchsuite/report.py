@@ -9,6 +9,7 @@ from pathlib import Path
 from mobilevlm_export.benchsuite.cache import SHAPES
 from mobilevlm_export.benchsuite.frontier import plot_frontier
 from mobilevlm_export.benchsuite.predict import METRIC_LABELS
+from mobilevlm_export.benchsuite.rows import BY_NAME
 
 REPORT = "BENCHMARKS.md"
 PLOTS = Path("benchmarks") / "plots"  # relative to the report, so the report and its plots move together
@@ -117,6 +118,9 @@ def _machine(r: dict) -> list[str]:
         f"{s['runs']} timed requests per row; text-only prompt {s['prompt_tokens']} tokens + "
         f"{s['decode_tokens']} decode steps; time to first token: image + {s['prompt_tokens']}-token prompt; accuracy: "
         f"{s['accuracy_samples']} held-out demo pairs.",
+        "- Rows: " + ("all of the suite's." if not s.get("only") else
+                      f"{len(s['only'])} selected with `--only {','.join(s['only'])}`; the suite's other rows "
+                      f"({', '.join(f'`{n}`' for n in BY_NAME if n not in s['only'])}) were not run."),
     ]
 
 

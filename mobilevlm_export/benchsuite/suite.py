@@ -3,10 +3,11 @@ rounds, summarize, write the results JSON and BENCHMARKS.md.
 
 Timing: each row in a fresh process per round (``worker``), the rows' order reversed every other round (the
 host's speed drifts by more than the differences measured, so a row is never always first or last); within a
-process ``bench.measure`` takes ``warmup`` untimed then ``runs`` timed requests. A row's figure is the median over
-rounds of each round's p50. Decode and prefill come from a text-only request (a ``prompt_tokens``-token prompt,
-``decode_tokens`` greedy steps), as the decoder-only peers are measured; the time to first token from the image +
-``prompt_tokens`` request (vision encoder + prefill of the image tokens and the text).
+process ``worker.each_run`` takes ``warmup`` untimed then ``runs`` timed requests. A row's figure is the median of
+all its timed runs over all rounds (``rounds`` x ``runs``). Decode and prefill come from a text-only request (a
+``prompt_tokens``-token prompt, ``decode_tokens`` greedy steps), as the decoder-only peers are measured; the time
+to first token from the image + ``prompt_tokens`` request (vision encoder + prefill of the image tokens and the
+text).
 
 ``results-<shape>.json`` (``SCHEMA``): ``shape`` {name, title, checkpoint, checkpoint_build}; ``environment``
 (``bench.environment``: commit, dirty, versions, CPU, ...); ``package`` (``cache.identity``: version,
@@ -16,7 +17,7 @@ source_sha256, libraries); ``bandwidth``
 ``artifact_bytes``, ``decoder_bytes_per_token``, ``costs`` (ours), ``host_limit_decode_tokens_per_s`` (bandwidth /
 bytes per token), ``bandwidth_fraction``, the metrics ``decode_tokens_per_s``, ``prefill_tokens_per_s`` (text-only
 request), ``ttft_ms``, ``vision_ms``, ``prefill_ms`` (image request; None for decoder-only peers), each {p50,
-spread_runs, spread_rounds, rounds}, ``vision_share``, ``peak_rss_mb`` (of the timing processes), ``accuracy``
+spread_runs, spread_rounds, runs, rounds}, ``vision_share``, ``peak_rss_mb`` (of the timing processes), ``accuracy``
 {heldout_accuracy, heldout_correct, heldout_n, kl_max, kl_mean, top1_min, logits_cases, note, cached, wall_s,
 provenance} or None, ``schemes`` (ours: part -> "8da4w g64", ...; None for the peers); ``versus_export_llm``:
 "g32"/"g128" (equal group sizes) and "defaults" (``rows.DEFAULTS``) -> {group_size, export_llm_group_size, ours,
@@ -298,14 +299,16 @@ def interleaved_rounds(rows: list[Row], prepared: dict, cfg: SuiteConfig, thread
     return rounds
 
 
-def metric(values: list[float], run_spreads: list[float]) -> dict:
-    """A row's figure over rounds: the median of the rounds' p50s, the spread of those p50s ((p90 - p10) / p50,
-    None for one round), the median within-round spread, and each round's p50."""
+def metric(values: list[float], run_spreads: list[float], pooled: list[float] | None = None) -> dict:
+    """A row's figure over rounds: the median of every timed run of every round (``pooled``; without it, of the
+    rounds' p50s), the spread of the rounds' p50s ((p90 - p10) / p50, None for one round), the median within-round
+    spread, how many runs the median is over, and each round's p50."""
     from mobilevlm_export.bench import stats
 
-    return {"p50": float(f"{statistics.median(values):.4g}"),
+    return {"p50": float(f"{statistics.median(pooled or values):.4g}"),
             "spread_rounds": stats(values)["spread"] if len(values) > 1 else None,
-            "spread_runs": float(f"{statistics.median(run_spreads):.4g}"), "rounds": values}
+            "spread_runs": float(f"{statistics.median(run_spreads):.4g}"),
+            "runs": len(pooled) if pooled else len(values), "rounds": values}
 
 
 def summarize_row(name: str, rounds: list[dict]) -> dict:
@@ -313,8 +316,10 @@ def summarize_row(name: str, rounds: list[dict]) -> dict:
     for part, names in (("text", TEXT_METRICS), ("image", IMAGE_METRICS)):
         records = [r["rows"][name][part] for r in rounds if r["rows"][name].get(part)]
         for m in names:
+            pooled = ([x for rec in records for x in rec["samples"][m]]
+                      if records and all("samples" in rec for rec in records) else None)
             out[m] = metric([rec["stats"][m]["p50"] for rec in records],
-                            [rec["stats"][m]["spread"] for rec in records]) if records else None
+                            [rec["stats"][m]["spread"] for rec in records], pooled) if records else None
     out["vision_share"] = (round(out["vision_ms"]["p50"] / out["ttft_ms"]["p50"], 3)
                            if out["ttft_ms"] and out["ttft_ms"]["p50"] else None)
     out["peak_rss_mb"] = max(r["rows"][name]["peak_rss_mb"] for r in rounds)
