@@ -211,6 +211,32 @@ def test_cache_entry_builds_once_and_keys_inputs(tmp_path):
     _, info3 = cache.entry(tmp_path, "thing", {"recipe": "C"}, make, log=lambda _: None)
     assert info3["cached"] is False and not list(tmp_path.glob(".thing-*.partial")) and len(calls) == 3
     assert cache.shape_record("1.7b")["dims"]["hidden"] == 2048 and cache.shape_record("1.7b")["dtype"] == "float16"
+    assert set(cache.shape_record("1.7b")) >= {"torch", "writer"}  # the synthetic weights' maker is in the key
+
+
+def test_source_digest_covers_the_samples_builds_read(tmp_path, monkeypatch):
+    """A build's golden data and calibration come from the package's sample pairs: changing one is a new key."""
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(cache.PACKAGE / "demo" / "samples", pkg / "demo" / "samples")
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "benchsuite").mkdir()
+    (pkg / "benchsuite" / "b.py").write_text("y = 1\n")
+    monkeypatch.setattr(cache, "PACKAGE", pkg)
+
+    def fresh() -> str:
+        cache.source_digest.cache_clear()
+        return cache.source_digest()
+
+    try:
+        before = fresh()
+        (pkg / "benchsuite" / "b.py").write_text("y = 2\n")  # the suite's own code makes no build
+        assert fresh() == before
+        (pkg / "demo" / "samples" / "questions.json").write_text("[]")
+        assert fresh() != before
+    finally:
+        cache.source_digest.cache_clear()
     assert set(cache.shape_record("demo")["files"]) >= {"config.json", "model.safetensors"}
 
 

@@ -36,12 +36,17 @@ def key_of(record: dict) -> str:
     return digest(json.dumps(record, sort_keys=True, default=str))
 
 
+# package data a build reads besides its checkpoint: the sample pairs its golden data and calibration come from
+BUILD_DATA = ("demo/samples",)
+
+
 @cache
 def source_digest() -> str:
-    """sha256 over the package's Python sources (path and content; this suite's own modules left out, as they
-    make no build)."""
+    """sha256 over the package's Python sources and ``BUILD_DATA`` (path and content; this suite's own modules
+    left out, as they make no build)."""
     h = hashlib.sha256()
-    for p in sorted(PACKAGE.rglob("*.py")):
+    files = [*PACKAGE.rglob("*.py"), *(p for d in BUILD_DATA for p in (PACKAGE / d).rglob("*") if p.is_file())]
+    for p in sorted(files):
         rel = p.relative_to(PACKAGE).as_posix()
         if rel.startswith("benchsuite/"):
             continue
@@ -90,7 +95,8 @@ SYNTHETIC = {"projector": "ldpnetv2", "shards": 2, "dtype": "float16", "seed": 0
 
 def shape_record(shape: str) -> dict:
     """What identifies the checkpoint of ``shape``: the bundled demo checkpoint's files (it may be retrained),
-    or a synthetic checkpoint's dims and writer arguments (its random weights are made from a fixed seed)."""
+    or a synthetic checkpoint's dims, writer arguments, the writer's source and torch's version (its random weights
+    are made from a fixed seed by torch's generator)."""
     if shape == "demo":
         from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
 
@@ -99,7 +105,10 @@ def shape_record(shape: str) -> dict:
                                            for p in sorted(root.rglob("*")) if p.is_file()}}
     if shape not in SHAPES:
         raise UserError(f"--shape {shape}: unknown (known: {', '.join(SHAPES)})")
-    return {"shape": shape, "dims": asdict(synthetic_dims(shape)), **SYNTHETIC}
+    from importlib.metadata import version
+
+    return {"shape": shape, "dims": asdict(synthetic_dims(shape)), **SYNTHETIC, "torch": version("torch"),
+            "writer": digest((PACKAGE / "checkpoint" / "synthetic.py").read_bytes())}
 
 
 def _finished(final: Path, key: str) -> dict | None:

@@ -36,34 +36,6 @@ class _Loaded:
         return self.prog.pipeline(runners)
 
 
-class _TextOnly:
-    """A built directory (or a peer) whose pipeline skips the vision encoder: a text-only request never reads
-    the image embeddings, so ``bench.measure(text_only=True)`` times only the decoder's work."""
-
-    def __init__(self, art) -> None:
-        self.art, self.manifest = art, art.manifest
-
-    def runners(self, threads):
-        return self.art.runners(threads)
-
-    def pipeline(self, runners):
-        return _NoVision(self.art.pipeline(runners))
-
-
-class _NoVision:
-    def __init__(self, pipe) -> None:
-        self.pipe, self.decoder = pipe, pipe.decoder
-
-    def image_embeds(self, pixel_values):
-        return None
-
-    def prefill(self, prompt_ids, image_embeds):
-        return self.pipe.prefill(prompt_ids, image_embeds)
-
-    def step(self, token):
-        return self.pipe.step(token)
-
-
 def open_program(kind: str, path: str, dims: dict | None = None):
     """What ``bench.measure`` runs for a row of ``kind``: a built directory, the eager reference on a
     checkpoint, or an export_llm program."""
@@ -102,7 +74,7 @@ def time_row(kind: str, path: str, threads: int | None, prompt_tokens: int, deco
     from mobilevlm_export.bench import peak_rss_mb
 
     prog = _Loaded(open_program(kind, path, dims))
-    text = each_run(_TextOnly(prog), threads, prompt_tokens, decode_tokens, runs, warmup, text_only=True)
+    text = each_run(prog, threads, prompt_tokens, decode_tokens, runs, warmup, text_only=True)  # (no vision run)
     image = each_run(prog, threads, prompt_tokens, ttft_decode_tokens, runs, warmup) if ttft else None
     return {"text": text, "image": image, "load_avg": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_mb": round(peak_rss_mb(), 1)}
