@@ -138,6 +138,16 @@ def test_rows_selection_and_errors(tmp_path):
     assert suite_main(["--shape", "demo", "--only", "nope", "--out", str(tmp_path / "o")]) == 2
 
 
+def test_pair_accuracy_names_its_stand_in():
+    acc = {"et-8da4w": {"e2e_kl_mean": 1.0}, "export_llm-scheme-g128": {"e2e_kl_mean": 2.0}}
+    got = suite.pair_accuracy(rows.BY_NAME["et-8da4w"], rows.BY_NAME["export_llm-g128"], acc)
+    assert got == {"ours": {"e2e_kl_mean": 1.0}, "export_llm": None,
+                   "export_llm_scheme_built_by_us": "export_llm-scheme-g128",
+                   "export_llm_scheme_accuracy": {"e2e_kl_mean": 2.0}}
+    assert suite.pair_accuracy(rows.BY_NAME["et-8da4w-g32"], rows.BY_NAME["export_llm-g32"], {})[
+        "export_llm_scheme_built_by_us"] == "export_llm-scheme-g32"
+
+
 def test_timing_order_keeps_pairs_adjacent():
     names = lambda rs: [r.name for r in rs]  # noqa: E731
     order = names(rows.timing_order(rows.select(None)))
