@@ -138,6 +138,37 @@ def test_rows_selection_and_errors(tmp_path):
     assert suite_main(["--shape", "demo", "--only", "nope", "--out", str(tmp_path / "o")]) == 2
 
 
+def test_pair_accuracy_names_its_stand_in():
+    acc = {"et-8da4w": {"e2e_kl_mean": 1.0}, "export_llm-scheme-g128": {"e2e_kl_mean": 2.0}}
+    got = suite.pair_accuracy(rows.BY_NAME["et-8da4w"], rows.BY_NAME["export_llm-g128"], acc)
+    assert got == {"ours": {"e2e_kl_mean": 1.0}, "export_llm": None,
+                   "export_llm_scheme_built_by_us": "export_llm-scheme-g128",
+                   "export_llm_scheme_accuracy": {"e2e_kl_mean": 2.0}}
+    assert suite.pair_accuracy(rows.BY_NAME["et-8da4w-g32"], rows.BY_NAME["export_llm-g32"], {})[
+        "export_llm_scheme_built_by_us"] == "export_llm-scheme-g32"
+
+
+def test_versus_section_renders_equal_groups_and_defaults():
+    from mobilevlm_export.benchsuite import report
+
+    side = {"median_ratio": 1.02, "rounds_ours_at_least_as_fast": 3, "rounds": 4, "ratios": [1.0, 1.02, 1.03, 0.99]}
+    ab = {"pairs": 20, "prompt_tokens": 64, "burst": 8, "prefill": {"ratio_median": 1.01,
+          "pairs_ours_at_least_as_fast": 15}, "decode": {"ratio_median": 1.005, "pairs_ours_at_least_as_fast": 12}}
+    acc = {"heldout_accuracy": 1.0, "e2e_kl_mean": 3e-6, "e2e_top1": 1.0, "kl_max": 1e-7}
+    entry = {"interleaved": {"prefill": side, "decode": side}, "ab": ab, "profile_ops": None,
+             "accuracy": {"ours": acc, "export_llm": None, "export_llm_scheme_built_by_us": "export_llm-scheme-g128",
+                          "export_llm_scheme_accuracy": acc}}
+    versus = {"g128": {**entry, "group_size": 128, "export_llm_group_size": 128, "ours": "et-8da4w-g128",
+                       "export_llm": "export_llm-g128"},
+              "defaults": {**entry, "group_size": 64, "export_llm_group_size": 128, "ours": "et-8da4w",
+                           "export_llm": "export_llm-g128"}}
+    text = "\n".join(report._versus({"versus_export_llm": versus}))
+    assert "| g128 | `et-8da4w-g128` vs `export_llm-g128` | 4 interleaved rounds" in text
+    assert "| defaults | `et-8da4w` vs `export_llm-g128` | paired A/B in one process, 20 pairs" in text
+    assert "1.020 (3 of 4)" in text and "1.005 (12 of 20)" in text
+    assert "- defaults: ours `et-8da4w`: held-out 1.000" in text and "(our `export_llm-scheme-g128`)" in text
+
+
 def test_timing_order_keeps_pairs_adjacent():
     names = lambda rs: [r.name for r in rs]  # noqa: E731
     order = names(rows.timing_order(rows.select(None)))

@@ -233,8 +233,9 @@ def _frontier(r: dict, plot: str | None) -> list[str]:
 
 
 def _builds(r: dict) -> list[str]:
-    lines = ["", "Builds (cached by a hash of recipe text, checkpoint shape and package; `cached`: reused from an "
-             "earlier run, so its wall time and peak RSS are those of the run that built it):", "",
+    lines = ["", "Builds (cached by a hash of the recipe's values, the checkpoint's shape and the package; "
+             "`cached`: reused from an earlier run, so its wall time and peak RSS are those of the run that built "
+             "it, often beside other builds):", "",
              "| row | build wall s | build peak RSS MB | parity passed | cached | key |", "|---|---|---|---|---|---|"]
     for row in r["rows"]:
         b = row["build"]
@@ -284,10 +285,11 @@ METHOD = """\
 How to read the tables. Rows are backend x recipe on this host's CPU. *Decode* and *prefill* come from a
 text-only request (the same prompt length for every row, as the decoder-only peers are measured); *TTFT* (time to
 first token) from an image + prompt request: vision encoder + prefill of the image tokens and the prompt, with the
-vision encoder's share. Each figure is the median over interleaved rounds (each row in a fresh process per round,
-the order reversed every other round) of each round's p50; *spread* is (p90 - p10) / p50 of the runs within a
-round (median over rounds) / of the rounds' p50s. *Of host limit*: decode tok/s as a fraction of this host's
-bandwidth roof = measured memory bandwidth / bytes of weights read per token (the build's
+vision encoder's share. Each figure is the median of every timed run over interleaved rounds (each row in a fresh
+process per round, ours / export_llm pairs back to back, the order reversed every other round); *spread* is
+(p90 - p10) / p50 of the runs within a round (median over rounds) / of the rounds' p50s. *Of host limit*: decode
+tok/s as a fraction of this host's bandwidth roof = measured memory bandwidth / bytes of weights read per token (the
+build's
 `costs.decoder_bytes_per_token`; export_llm: its .pte less the fp32 embedding table; ONNX Runtime's int4: its
 decoder graph's bytes; eager: the fp32 linears). *Artifact bytes*: the files the host's runtime loads.
 Accuracy is measured on the trained demo checkpoint built with the same recipe: held-out exact-match accuracy
