@@ -30,7 +30,6 @@ export_llm, interleaved {prefill, decode: {median_ratio, rounds_ours_at_least_as
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from mobilevlm_export.benchsuite.rows import (
     select,
     timing_order,
 )
+from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
 
 SCHEMA = "mobilevlm_export.benchsuite/2"
@@ -100,11 +100,8 @@ class SuiteConfig:
             raise UserError(f"--threads {self.threads}: must be at least 1")
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def default_threads() -> int:
+    """The runtime threads when ``--threads`` is not given: the usable cores, at most 4."""
     return min(4, usable_cores())
 
 
