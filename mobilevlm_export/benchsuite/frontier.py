@@ -52,15 +52,24 @@ def frontier(table: list[dict]) -> dict | None:
     return {"accuracy_metric": ACCURACY, "default": DEFAULTS[0], "points": points}
 
 
-def plot_frontier(result: dict, title: str, path) -> str | None:
-    """Decode tok/s and time to first token against the accuracy metric, one point per row, the default marked;
-    None when matplotlib is missing."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend; None when matplotlib is not installed (the report then says
+    so). The suite's plots all start here."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_frontier(result: dict, title: str, path) -> str | None:
+    """Decode tok/s and time to first token against the accuracy metric, one point per row, the default marked;
+    None when matplotlib is missing."""
+    plt = pyplot()
+    if plt is None:
         return None
     points = result["points"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from mobilevlm_export.benchsuite.cache import SHAPES
-from mobilevlm_export.benchsuite.frontier import plot_frontier
+from mobilevlm_export.benchsuite.frontier import plot_frontier, pyplot
 from mobilevlm_export.benchsuite.predict import METRIC_LABELS
 from mobilevlm_export.benchsuite.rows import BY_NAME
 
@@ -63,12 +63,8 @@ def load_results(out: Path) -> list[dict]:
 def plot_results(results: dict, path: Path) -> str | None:
     """Decode tok/s and time to first token (vision + prefill) per backend x recipe; None when matplotlib is
     missing (the report then says so)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     rows = results["rows"]
     labels = [_label(r) for r in rows]
