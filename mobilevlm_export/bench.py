@@ -123,7 +123,8 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             warmup: int = 2, text_only: bool = False) -> dict:
     """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``). The ``host`` record: each
     metric's p50 under its historical key (``decode_ms_per_token`` only in ``stats``), ``stats`` (metric ->
-    ``stats``), ``notes`` (``noisy``), ``runs``, ``warmup``, the workload and the process's peak RSS.
+    ``stats``), ``samples`` (metric -> every timed run's value, in order, for pooling over rounds), ``notes``
+    (``noisy``), ``runs``, ``warmup``, the workload and the process's peak RSS.
     ``UserError`` when ``runs`` < 1, ``warmup`` < 0 or ``decode_tokens`` < 1, or the request does not fit."""
     if runs < 1 or warmup < 0 or decode_tokens < 1:
         raise UserError(f"--runs {runs}, --warmup {warmup}, --decode-tokens {decode_tokens}: need runs >= 1, "
@@ -133,14 +134,15 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     for _ in range(warmup):
         one_run(pipe, w)
     timed = [one_run(pipe, w) for _ in range(runs)]
-    table = {m: stats([r[m] for r in timed]) for m in METRICS}
+    samples = {m: [_sig(r[m]) for r in timed] for m in METRICS}
+    table = {m: stats(values) for m, values in samples.items()}
     p50 = {m: s["p50"] for m, s in table.items()}
     return {"threads": threads, "vision_ms": p50["vision_ms"], "prompt_tokens": prompt_tokens,
             "image_in_prompt": not text_only, "prefill_positions": w.positions, "prefill_ms": p50["prefill_ms"],
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
-            "notes": noisy(table)}
+            "samples": samples, "notes": noisy(table)}
 
 
 def _git(cwd: Path, *args: str) -> str | None:

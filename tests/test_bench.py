@@ -22,7 +22,7 @@ runner = CliRunner()
 TINY = ["--runs", "2", "--warmup", "1", "--prompt-tokens", "4", "--decode-tokens", "2"]
 HOST_KEYS = {"threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefill_positions", "prefill_ms",
              "prefill_tokens_per_s", "ttft_ms", "decode_tokens", "decode_tokens_per_s", "peak_rss_mb", "runs",
-             "warmup", "stats", "notes"}
+             "warmup", "stats", "samples", "notes"}
 STAT_KEYS = {"p50", "p90", "min", "max", "mean", "spread"}
 ENV_KEYS = {"commit", "dirty", "versions", "python", "os", "machine", "cpu_model", "cpu_flags", "logical_cores",
             "threads", "date"}
@@ -67,8 +67,10 @@ def test_bench_json_schema_figures_and_environment(built):
                                                                             else set())
     host = result["host"]
     assert set(host) == HOST_KEYS
-    assert set(host["stats"]) == set(bench.METRICS)
+    assert set(host["stats"]) == set(bench.METRICS) == set(host["samples"])
     for metric, s in host["stats"].items():
+        values = host["samples"][metric]  # every timed run, which the stats summarize
+        assert len(values) == host["runs"] and min(values) == s["min"] and max(values) == s["max"], metric
         assert set(s) == STAT_KEYS, metric
         assert 0 < s["min"] <= s["p50"] <= s["p90"] <= s["max"] and s["min"] <= s["mean"] <= s["max"], (metric, s)
         assert s["spread"] >= 0

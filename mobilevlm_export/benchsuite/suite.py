@@ -3,7 +3,7 @@ rounds, summarize, write the results JSON and BENCHMARKS.md.
 
 Timing: each row in a fresh process per round (``worker``), the rows' order reversed every other round (the
 host's speed drifts by more than the differences measured, so a row is never always first or last); within a
-process ``worker.each_run`` takes ``warmup`` untimed then ``runs`` timed requests. A row's figure is the median of
+process ``bench.measure`` takes ``warmup`` untimed then ``runs`` timed requests. A row's figure is the median of
 all its timed runs over all rounds (``rounds`` x ``runs``). Decode and prefill come from a text-only request (a
 ``prompt_tokens``-token prompt, ``decode_tokens`` greedy steps), as the decoder-only peers are measured; the time
 to first token from the image + ``prompt_tokens`` request (vision encoder + prefill of the image tokens and the

@@ -52,30 +52,15 @@ def open_program(kind: str, path: str, dims: dict | None = None):
     return open_artifacts(path)
 
 
-def each_run(prog, threads: int | None, prompt_tokens: int, decode_tokens: int, runs: int, warmup: int,
-             text_only: bool = False) -> dict:
-    """``bench.measure``'s record of ``runs`` timed requests after ``warmup`` untimed ones, taken one request at a
-    time (the program loaded once) so that each run's figure is kept: ``samples`` (metric -> every run's value),
-    which the suite pools over rounds; the stats, notes and p50s are over all the runs."""
-    from mobilevlm_export.bench import measure, noisy, stats
-
-    records = [measure(prog, threads, prompt_tokens, decode_tokens, 1, warmup if i == 0 else 0, text_only=text_only)
-               for i in range(runs)]
-    samples = {m: [r["stats"][m]["p50"] for r in records] for m in records[0]["stats"]}
-    table = {m: stats(values) for m, values in samples.items()}
-    p50 = {m: s["p50"] for m, s in table.items() if m in records[-1]}
-    return {**records[-1], **p50, "runs": runs, "warmup": warmup, "stats": table, "samples": samples,
-            "notes": noisy(table)}
-
-
 def time_row(kind: str, path: str, threads: int | None, prompt_tokens: int, decode_tokens: int, runs: int,
              warmup: int, ttft: bool, ttft_decode_tokens: int, dims: dict | None = None) -> dict:
-    """``{"text": each_run(text-only), "image": each_run(image + text) or None, "load_avg", "peak_rss_mb"}``."""
-    from mobilevlm_export.bench import peak_rss_mb
+    """``{"text": bench.measure(text-only), "image": bench.measure(image + text) or None, "load_avg",
+    "peak_rss_mb"}``: each with every timed run's value in ``samples``, which the suite pools over rounds."""
+    from mobilevlm_export.bench import measure, peak_rss_mb
 
     prog = _Loaded(open_program(kind, path, dims))
-    text = each_run(prog, threads, prompt_tokens, decode_tokens, runs, warmup, text_only=True)  # (no vision run)
-    image = each_run(prog, threads, prompt_tokens, ttft_decode_tokens, runs, warmup) if ttft else None
+    text = measure(prog, threads, prompt_tokens, decode_tokens, runs, warmup, text_only=True)  # (no vision run)
+    image = measure(prog, threads, prompt_tokens, ttft_decode_tokens, runs, warmup) if ttft else None
     return {"text": text, "image": image, "load_avg": [round(x, 2) for x in os.getloadavg()],
             "peak_rss_mb": round(peak_rss_mb(), 1)}
 
