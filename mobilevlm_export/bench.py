@@ -134,8 +134,8 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     for _ in range(warmup):
         one_run(pipe, w)
     timed = [one_run(pipe, w) for _ in range(runs)]
+    table = {m: stats([r[m] for r in timed]) for m in METRICS}  # from the raw values; the record rounded
     samples = {m: [_sig(r[m]) for r in timed] for m in METRICS}
-    table = {m: stats(values) for m, values in samples.items()}
     p50 = {m: s["p50"] for m, s in table.items()}
     return {"threads": threads, "vision_ms": p50["vision_ms"], "prompt_tokens": prompt_tokens,
             "image_in_prompt": not text_only, "prefill_positions": w.positions, "prefill_ms": p50["prefill_ms"],
