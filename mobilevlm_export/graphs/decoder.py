@@ -205,13 +205,14 @@ class StaticKVDecoder(_Layers):
 
     @staticmethod
     def _masked_attention(attn: _Attention, q, k_cache, v_cache, visible) -> torch.Tensor:
-        """[1, T, heads, D] attention of q over the whole cache, positions not visible masked out."""
-        q, k, v = q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+        """[1, T, heads, D] attention of q over the whole cache, positions not visible masked out. 3-D ``bmm`` on
+        the batch of one, as 4-D ``matmul`` lowers to an ``expand_copy`` of the whole cache per product."""
+        q, k, v = q[0].transpose(0, 1), k_cache[0].transpose(0, 1), v_cache[0].transpose(0, 1)  # [heads, *, D]
         groups = attn.heads // attn.kv_heads
         if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scale
-        scores = torch.where(visible[None, None], scores, torch.finfo(scores.dtype).min)
+            k = k.repeat_interleave(groups, dim=0)
+            v = v.repeat_interleave(groups, dim=0)
+        scores = torch.bmm(q, k.transpose(1, 2)) * attn.scale
+        scores = torch.where(visible[None], scores, torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        return torch.matmul(probs, v).transpose(1, 2)
+        return torch.bmm(probs, v).transpose(0, 1)[None]
