@@ -52,6 +52,7 @@ def test_results_schema_and_figures(two_runs):
     assert results["shape"]["name"] == "demo"
     assert set(results["environment"]) >= {"commit", "cpu_model", "cpu_flags", "logical_cores", "versions", "date"}
     assert results["bandwidth"]["gbps"] > 0 and len(results["bandwidth"]["samples_gbps"]) == 5
+    assert results["settings"]["executorch_process_env"] == {"OMP_NUM_THREADS": "1"}
     assert [r["name"] for r in results["rows"]] == FAST_ROWS
     for row in results["rows"]:
         assert set(row) == ROW_KEYS, row["name"]
@@ -118,11 +119,39 @@ def test_benchmarks_md_sections_and_plot(two_runs):
                    "- Memory bandwidth, measured: **", "- Versions: ", "- Run: ", "| row | backend | recipe | "
                    "decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | artifact bytes |",
                    "| `onnx-fp32` | ONNX Runtime | onnx-fp32 |", "| `ort-int4-b32` |", "decoder only",
-                   "## Device profiles: predicted vs published", "| orin-agx-64gb | decode tok/s |", "Builds (cached"):
+                   "## Device profiles: predicted vs published", "| orin-agx-64gb | decode tok/s |", "Builds (cached",
+                   "Processes that run ExecuTorch programs (ours and export_llm's) have `OMP_NUM_THREADS=1`"):
         assert needle in text, needle
     image = re.search(r"!\[[^]]*\]\(([^)]+)\)", text)
     assert image and (out / image.group(1)).is_file()
     assert (out / image.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_executorch_processes_get_one_openmp_thread(tmp_path, monkeypatch):
+    """A fresh process that runs ExecuTorch programs (a paired A/B, a .pte's or export_llm's timing) starts with
+    ``EXECUTORCH_PROCESS_ENV``; one that times ONNX Runtime or eager PyTorch keeps the suite's environment."""
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(kw.get("env"))
+        spec = json.loads(open(cmd[-1]).read())
+        with open(spec["result"], "w") as f:
+            f.write("{}")
+        return type("Done", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    (tmp_path / "pte").mkdir()
+    (tmp_path / "pte" / "model.pte").write_bytes(b"")
+    (tmp_path / "onnx").mkdir()
+    for task in ({"task": "ab"}, {"task": "time", "kind": "ours", "path": str(tmp_path / "pte")},
+                 {"task": "time", "kind": rows.EXPORT_LLM, "path": str(tmp_path / "x.pte")}):
+        assert suite.worker(task) == {}
+        assert seen.pop()["OMP_NUM_THREADS"] == "1" and suite.EXECUTORCH_PROCESS_ENV == {"OMP_NUM_THREADS": "1"}
+    for task in ({"task": "time", "kind": "ours", "path": str(tmp_path / "onnx")},
+                 {"task": "time", "kind": rows.EAGER, "path": str(tmp_path)}, {"task": "accuracy"}):
+        suite.worker(task)
+        assert seen.pop() is None  # (inherits OMP_NUM_THREADS=7)
 
 
 def test_rows_selection_and_errors(tmp_path):
@@ -152,8 +181,9 @@ def test_versus_section_renders_equal_groups_and_defaults():
     from mobilevlm_export.benchsuite import report
 
     side = {"median_ratio": 1.02, "rounds_ours_at_least_as_fast": 3, "rounds": 4, "ratios": [1.0, 1.02, 1.03, 0.99]}
-    ab = {"pairs": 20, "prompt_tokens": 64, "burst": 8, "prefill": {"ratio_median": 1.01,
-          "pairs_ours_at_least_as_fast": 15}, "decode": {"ratio_median": 1.005, "pairs_ours_at_least_as_fast": 12}}
+    ab = {"pairs": 20, "prompt_tokens": 64, "burst": 8,
+          "prefill": {"ratio_median": 1.01, "pairs_ours_at_least_as_fast": 15},
+          "decode": {"ratio_median": 1.005, "ratio_ci95": [0.98, 1.03], "pairs_ours_at_least_as_fast": 12}}
     acc = {"heldout_accuracy": 1.0, "e2e_kl_mean": 3e-6, "e2e_top1": 1.0, "kl_max": 1e-7}
     entry = {"interleaved": {"prefill": side, "decode": side}, "ab": ab, "profile_ops": None,
              "accuracy": {"ours": acc, "export_llm": None, "export_llm_scheme_built_by_us": "export_llm-scheme-g128",
@@ -165,8 +195,17 @@ def test_versus_section_renders_equal_groups_and_defaults():
     text = "\n".join(report._versus({"versus_export_llm": versus}))
     assert "| g128 | `et-8da4w-g128` vs `export_llm-g128` | 4 interleaved rounds" in text
     assert "| defaults | `et-8da4w` vs `export_llm-g128` | paired A/B in one process, 20 pairs" in text
-    assert "1.020 (3 of 4)" in text and "1.005 (12 of 20)" in text
+    assert "1.020 (3 of 4)" in text and "1.005 [0.980, 1.030] (12 of 20)" in text and "1.010 (15 of 20)" in text
     assert "- defaults: ours `et-8da4w`: held-out 1.000" in text and "(our `export_llm-scheme-g128`)" in text
+
+
+def test_median_confidence_interval():
+    from mobilevlm_export.benchsuite.ab import median_ci95
+
+    assert median_ci95([float(x) for x in range(20, 0, -1)]) == [6.0, 15.0]  # 20 pairs: 6th and 15th smallest
+    assert median_ci95(list(range(1, 31))) == [10, 21]
+    assert median_ci95([3, 1, 2, 5, 4, 6]) == [1, 6]  # 6 values: the extremes cover the median with p = 31/32
+    assert median_ci95([1, 2, 3, 4, 5]) is None
 
 
 def test_timing_order_keeps_pairs_adjacent():

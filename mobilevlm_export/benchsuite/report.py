@@ -113,11 +113,20 @@ def _machine(r: dict) -> list[str]:
         f"- Settings: {_threads(s['threads'])}; interleaved rounds: {s['rounds']}, each of {s['warmup']} warm-up + "
         f"{s['runs']} timed requests per row; text-only prompt {s['prompt_tokens']} tokens + "
         f"{s['decode_tokens']} decode steps; time to first token: image + {s['prompt_tokens']}-token prompt; accuracy: "
-        f"{s['accuracy_samples']} held-out demo pairs.",
+        f"{s['accuracy_samples']} held-out demo pairs." + _process_env(s.get("executorch_process_env")),
         "- Rows: " + ("all of the suite's." if not s.get("only") else
                       f"{len(s['only'])} selected with `--only {','.join(s['only'])}`; the suite's other rows "
                       f"({', '.join(f'`{n}`' for n in BY_NAME if n not in s['only'])}) were not run."),
     ]
+
+
+def _process_env(env: dict | None) -> str:
+    if not env:
+        return ""
+    return (" Processes that run ExecuTorch programs (ours and export_llm's) have "
+            f"{', '.join(f'`{k}={v}`' for k, v in env.items())}: in a Python host the LLM custom ops' fp32 products "
+            "run on PyTorch's MKL, whose OpenMP team would contend with ExecuTorch's threadpool (a C++ runner has no "
+            "PyTorch; `benchsuite.suite.EXECUTORCH_PROCESS_ENV`).")
 
 
 def _results_table(r: dict) -> list[str]:
@@ -148,6 +157,11 @@ def _accuracy_words(acc: dict | None) -> str:
             f"(top-1 {_num(acc.get('e2e_top1'), 3)}), decoder-case KL max {_num(acc['kl_max'], 2)}")
 
 
+def _ci(ratio: dict) -> str:
+    ci = ratio.get("ratio_ci95")
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def _versus(r: dict) -> list[str]:
     if not r["versus_export_llm"]:
         return []
@@ -168,10 +182,10 @@ def _versus(r: dict) -> list[str]:
         if ab:
             lines.append(f"| {pair} | `{v['ours']}` vs `{v['export_llm']}` | paired A/B in one process, "
                          f"{ab['pairs']} pairs ({ab['prompt_tokens']}-token prefill + {ab['burst']} decode steps), "
-                         f"median ratio | {ab['prefill']['ratio_median']:.3f} "
+                         f"median ratio [95 % CI] | {ab['prefill']['ratio_median']:.3f}{_ci(ab['prefill'])} "
                          f"({ab['prefill']['pairs_ours_at_least_as_fast']} of {ab['pairs']}) | "
-                         f"{ab['decode']['ratio_median']:.3f} ({ab['decode']['pairs_ours_at_least_as_fast']} of "
-                         f"{ab['pairs']}) |")
+                         f"{ab['decode']['ratio_median']:.3f}{_ci(ab['decode'])} "
+                         f"({ab['decode']['pairs_ours_at_least_as_fast']} of {ab['pairs']}) |")
     lines += ["", "Accuracy beside each pair (on the trained demo; export_llm's own program cannot be measured there: "
               "it is exported from random weights by ExecuTorch's model class and takes tokens, not the image "
               "embeddings the demo's questions need, so its scheme as built by us stands in for it):", ""]

@@ -30,6 +30,7 @@ export_llm, interleaved {prefill, decode: {median_ratio, rounds_ours_at_least_as
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -105,14 +106,27 @@ def default_threads() -> int:
     return min(4, usable_cores())
 
 
+# The environment of a process that runs ExecuTorch programs. ExecuTorch runs its kernels on its own threadpool, but
+# in a Python host the LLM custom ops' fp32 products (llama.custom_sdpa's q.k and p.v) call the BLAS that PyTorch's
+# library exports (MKL on an OpenMP team as wide as the host), whose threads then contend with that pool: at
+# 1.7B width, 4 layers, 2 threads, custom_sdpa took 3-4x longer from about 100 cached positions on (a 4-layer step
+# of attention alone: 1.0-1.7 ms at 100-128 positions, 0.36-0.45 ms with one OpenMP thread). ExecuTorch's C++
+# runners carry no PyTorch, so one OpenMP thread is what a deployed program sees; it is set for ours and
+# export_llm's programs alike (PyTorch reads it once, at import: hence the fresh process's environment).
+EXECUTORCH_PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+
+
 def worker(task: dict, timeout: float | None = None) -> dict:
-    """Run one ``worker`` task in a fresh process; its result. ``RuntimeError`` with the stderr tail when it
-    fails."""
+    """Run one ``worker`` task in a fresh process (``EXECUTORCH_PROCESS_ENV`` added to the environment of one that
+    runs ExecuTorch programs); its result. ``RuntimeError`` with the stderr tail when it fails."""
+    from mobilevlm_export.benchsuite.worker import _uses_executorch
+
+    env = {**os.environ, **EXECUTORCH_PROCESS_ENV} if _uses_executorch(task) else None
     with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
         spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**task, "result": str(result)}, default=str))
         res = subprocess.run([sys.executable, "-m", "mobilevlm_export.benchsuite.worker", str(spec)],
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=timeout, env=env)
         if res.returncode != 0 or not result.is_file():
             raise RuntimeError(f"suite task {task['task']} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         return json.loads(result.read_text())
@@ -420,7 +434,7 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
                                     "checkpoint_build": ckpt_info},
         "environment": env, "package": cache.identity(), "bandwidth": bandwidth,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "notes"}
-        | {"threads": threads},
+        | {"threads": threads, "executorch_process_env": EXECUTORCH_PROCESS_ENV},
         "rows": table, "versus_export_llm": versus, "rounds": rounds, "frontier": frontier(table),
         "predictions": {"rows": predictions(table), "calibration": calibration_fit()},
         "notes": list(cfg.notes),
