@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,7 +143,17 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
-            "samples": samples, "notes": noisy(table)}
+            "samples": samples, "notes": noisy(table) + _contention(art)}
+
+
+def _contention(art) -> list[str]:
+    """The note of ExecuTorch programs timed beside PyTorch's OpenMP team (``openmp_contention``), if any."""
+    if art.manifest.get("backend") != "executorch" or "torch" not in sys.modules:
+        return []
+    from mobilevlm_export.backends.executorch import openmp_contention
+
+    note = openmp_contention(sys.modules["torch"].get_num_threads())
+    return [note] if note else []
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -186,14 +197,14 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
 def environment(threads: int | None) -> dict:
     """Where a measurement ran: source ``commit``/``dirty`` (``source_state``), package ``versions``, Python, OS,
     machine, CPU model and ISA flags (``cpu_info``), logical cores, the ``threads`` asked for (None: the backend's
-    default) and the UTC date."""
+    default), the process's ``OMP_NUM_THREADS`` (``backends.executorch.RUNTIME_PROCESS_ENV``) and the UTC date."""
     from mobilevlm_export.manifest import versions
 
     commit, dirty = source_state()
     model, flags = cpu_info()
     return {"commit": commit, "dirty": dirty, "versions": versions(), "python": platform.python_version(),
             "os": platform.platform(), "machine": platform.machine(), "cpu_model": model, "cpu_flags": flags,
-            "logical_cores": os.cpu_count(), "threads": threads,
+            "logical_cores": os.cpu_count(), "threads": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 

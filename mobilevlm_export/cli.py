@@ -25,6 +25,7 @@ try:  # typer >= 0.2x carries its own click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
 
+from mobilevlm_export.backends.executorch import prepare_runtime_process
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
 
@@ -330,6 +331,7 @@ def bench(
     prompt (image tokens included); time to first token = vision + prefill. A note where a metric's spread,
     (p90 - p10) / p50, exceeds 10 %. A prompt plus --decode-tokens that does not fit the decoder is refused (exit 2),
     never clamped."""
+    prepare_runtime_process()
     with _exit_codes(as_json):
         from mobilevlm_export.bench import METRICS, bench_artifacts
         from mobilevlm_export.profiles import load_profile
@@ -414,6 +416,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
+    prepare_runtime_process()
     with _exit_codes(as_json):
         from mobilevlm_export.generation import SamplingParams
         from mobilevlm_export.runtime.artifacts import answer, open_artifacts
@@ -443,6 +446,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
+    prepare_runtime_process()
     with _exit_codes(as_json):
         from mobilevlm_export.outdir import check_output_file
         from mobilevlm_export.runtime.artifacts import open_artifacts

@@ -25,7 +25,7 @@ HOST_KEYS = {"threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefil
              "warmup", "stats", "samples", "notes"}
 STAT_KEYS = {"p50", "p90", "min", "max", "mean", "spread"}
 ENV_KEYS = {"commit", "dirty", "versions", "python", "os", "machine", "cpu_model", "cpu_flags", "logical_cores",
-            "threads", "date"}
+            "threads", "omp_num_threads", "date"}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,27 @@ def _one_line_error(res, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+def test_runtime_process_gets_one_openmp_thread_only_before_pytorch_loads(monkeypatch):
+    import os
+    import sys
+
+    import torch  # noqa: F401  (loaded: its OpenMP has read the environment; too late to set it)
+
+    from mobilevlm_export.backends.executorch import openmp_contention, prepare_runtime_process
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    prepare_runtime_process()
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `run`/`bench`/`verify` process
+    prepare_runtime_process()
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's setting is kept
+    prepare_runtime_process()
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert openmp_contention(None) is None and openmp_contention(1) is None
+    assert "PyTorch has 2 OpenMP threads" in openmp_contention(2)
 
 
 def test_stats_of_synthetic_timings():

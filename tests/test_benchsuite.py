@@ -147,7 +147,7 @@ def test_executorch_processes_get_one_openmp_thread(tmp_path, monkeypatch):
     for task in ({"task": "ab"}, {"task": "time", "kind": "ours", "path": str(tmp_path / "pte")},
                  {"task": "time", "kind": rows.EXPORT_LLM, "path": str(tmp_path / "x.pte")}):
         assert suite.worker(task) == {}
-        assert seen.pop()["OMP_NUM_THREADS"] == "1" and suite.EXECUTORCH_PROCESS_ENV == {"OMP_NUM_THREADS": "1"}
+        assert seen.pop()["OMP_NUM_THREADS"] == "1"
     for task in ({"task": "time", "kind": "ours", "path": str(tmp_path / "onnx")},
                  {"task": "time", "kind": rows.EAGER, "path": str(tmp_path)}, {"task": "accuracy"}):
         suite.worker(task)

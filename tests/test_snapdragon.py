@@ -121,7 +121,35 @@ def test_verify_and_run_from_dir_alone(fp32_build, tmp_path, monkeypatch):
     res = runner.invoke(app, ["bench", str(moved), "--threads", "2", "--decode-tokens", "4", "--runs", "1",
                               "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["host"]["decode_tokens_per_s"] > 0
+    host = json.loads(res.stdout)["host"]
+    assert host["decode_tokens_per_s"] > 0
+    import torch  # (this test process's PyTorch: its OpenMP team is the host's width)
+
+    contention = [n for n in host["notes"] if "OpenMP threads" in n]
+    assert len(contention) == (1 if torch.get_num_threads() > 1 else 0), host["notes"]
+
+
+def test_fresh_bench_process_runs_one_openmp_thread(fp32_build):
+    """`bench` in a fresh process gives PyTorch (loaded by the ExecuTorch runtime) one OpenMP thread before it
+    loads, where the user set none, so the custom ops' BLAS does not contend with ExecuTorch's threadpool; the JSON
+    records it; a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mobilevlm_export.cli", "bench", str(fp32_build[0]), "--threads", "2",
+           "--decode-tokens", "2", "--runs", "1", "--warmup", "0", "--prompt-tokens", "4", "--json"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["environment"]["omp_num_threads"] == "1"
+    assert not [n for n in out["host"]["notes"] if "OpenMP threads" in n]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "2"})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["environment"]["omp_num_threads"] == "2"
+    assert [n for n in out["host"]["notes"] if "PyTorch has 2 OpenMP threads" in n]
 
 
 def test_8da4w_accuracy_and_per_step_metrics(q4_build):

@@ -154,6 +154,32 @@ class LoadedProgram:
         LoadedProgram.live -= 1
 
 
+# The environment of a process that runs programs and no PyTorch model. ExecuTorch runs its kernels on its own
+# threadpool (``set_threads``), but in a Python process the LLM custom ops' fp32 products (``llama.custom_sdpa``'s
+# q.k and p.v) call the BLAS that PyTorch's library exports: MKL on an OpenMP team as wide as the host, whose threads
+# then contend with that pool. Measured at 1.7B width, 4 layers, 2 threads (ETDump): custom_sdpa 500-850 us a layer
+# at 104-136 cached positions, 150-220 us with one OpenMP thread. ExecuTorch's C++ runners carry no PyTorch.
+RUNTIME_PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
+
+
+def prepare_runtime_process() -> None:
+    """Give this process ``RUNTIME_PROCESS_ENV``, each variable where the user set none, if PyTorch has not been
+    loaded yet (its OpenMP reads the environment once, when it loads). For processes that run built programs and no
+    PyTorch model: the CLI's ``run``, ``bench`` and ``verify``."""
+    if "torch" not in sys.modules:
+        for key, value in RUNTIME_PROCESS_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def openmp_contention(threads_of_pytorch: int | None) -> str | None:
+    """A note when ExecuTorch programs ran in a process whose PyTorch has an OpenMP team of more than one thread
+    (``threads_of_pytorch``; None: PyTorch not loaded), as in a build's own process."""
+    if not threads_of_pytorch or threads_of_pytorch <= 1:
+        return None
+    return (f"this process's PyTorch has {threads_of_pytorch} OpenMP threads, with which the LLM custom ops' "
+            "products contend (a build's own measurement): `mvlm-export bench DIR` measures without them")
+
+
 def set_threads(threads: int | None) -> None:
     """Size the runtime's CPU threadpool (XNNPACK and the LLM custom ops, process-wide) to ``threads`` when it
     differs; None leaves it. Only while no program is loaded: XNNPACK delegates keep the pool they were initialized

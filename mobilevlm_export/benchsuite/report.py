@@ -126,7 +126,7 @@ def _process_env(env: dict | None) -> str:
     return (" Processes that run ExecuTorch programs (ours and export_llm's) have "
             f"{', '.join(f'`{k}={v}`' for k, v in env.items())}: in a Python host the LLM custom ops' fp32 products "
             "run on PyTorch's MKL, whose OpenMP team would contend with ExecuTorch's threadpool (a C++ runner has no "
-            "PyTorch; `benchsuite.suite.EXECUTORCH_PROCESS_ENV`).")
+            "PyTorch; `backends.executorch.RUNTIME_PROCESS_ENV`).")
 
 
 def _results_table(r: dict) -> list[str]:

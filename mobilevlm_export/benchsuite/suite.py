@@ -38,6 +38,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mobilevlm_export.backends.executorch import RUNTIME_PROCESS_ENV
 from mobilevlm_export.benchsuite import cache
 from mobilevlm_export.benchsuite.rows import (
     BY_NAME,
@@ -106,22 +107,13 @@ def default_threads() -> int:
     return min(4, usable_cores())
 
 
-# The environment of a process that runs ExecuTorch programs. ExecuTorch runs its kernels on its own threadpool, but
-# in a Python host the LLM custom ops' fp32 products (llama.custom_sdpa's q.k and p.v) call the BLAS that PyTorch's
-# library exports (MKL on an OpenMP team as wide as the host), whose threads then contend with that pool: at
-# 1.7B width, 4 layers, 2 threads, custom_sdpa took 3-4x longer from about 100 cached positions on (a 4-layer step
-# of attention alone: 1.0-1.7 ms at 100-128 positions, 0.36-0.45 ms with one OpenMP thread). ExecuTorch's C++
-# runners carry no PyTorch, so one OpenMP thread is what a deployed program sees; it is set for ours and
-# export_llm's programs alike (PyTorch reads it once, at import: hence the fresh process's environment).
-EXECUTORCH_PROCESS_ENV = {"OMP_NUM_THREADS": "1"}
-
-
 def worker(task: dict, timeout: float | None = None) -> dict:
-    """Run one ``worker`` task in a fresh process (``EXECUTORCH_PROCESS_ENV`` added to the environment of one that
-    runs ExecuTorch programs); its result. ``RuntimeError`` with the stderr tail when it fails."""
+    """Run one ``worker`` task in a fresh process (``backends.executorch.RUNTIME_PROCESS_ENV`` added to the
+    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``RuntimeError`` with
+    the stderr tail when it fails."""
     from mobilevlm_export.benchsuite.worker import _uses_executorch
 
-    env = {**os.environ, **EXECUTORCH_PROCESS_ENV} if _uses_executorch(task) else None
+    env = {**os.environ, **RUNTIME_PROCESS_ENV} if _uses_executorch(task) else None
     with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
         spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**task, "result": str(result)}, default=str))
@@ -434,7 +426,7 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
                                     "checkpoint_build": ckpt_info},
         "environment": env, "package": cache.identity(), "bandwidth": bandwidth,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "notes"}
-        | {"threads": threads, "executorch_process_env": EXECUTORCH_PROCESS_ENV},
+        | {"threads": threads, "executorch_process_env": RUNTIME_PROCESS_ENV},
         "rows": table, "versus_export_llm": versus, "rounds": rounds, "frontier": frontier(table),
         "predictions": {"rows": predictions(table), "calibration": calibration_fit()},
         "notes": list(cfg.notes),
