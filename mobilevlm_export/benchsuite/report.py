@@ -85,7 +85,7 @@ def plot_results(results: dict, path: Path) -> str | None:
     ax2.barh(y, [t - v for t, v in zip(ttft, vision, strict=True)], left=vision, color="#55a868",
              label="prefill (image tokens + prompt)")
     for i, r in enumerate(rows):
-        ax2.text(ttft[i], i, " decoder only" if r["decoder_only"] else f" {ttft[i]:.4g} ms", va="center", fontsize=8)
+        ax2.text(ttft[i], i, " decoder only" if r["decoder_only"] else f" {ttft[i]:,.0f} ms", va="center", fontsize=8)
     ax2.set_xlabel("time to first token, ms (image + prompt), lower is better")
     ax2.legend(fontsize=8, loc="lower right")
     ax2.margins(x=0.25)
