@@ -283,6 +283,200 @@ def test_awq_search_never_worse_than_rtn():
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# AWQ / SmoothQuant pre-scales folded into the producing norm's weight
+
+K = 64
+XN = np.random.default_rng(3).standard_normal((5, K)).astype(np.float32) * np.linspace(0.2, 4.0, K, dtype=np.float32)
+
+
+def _normed(dtype=np.float32, *, cast_after: bool = False, weight_reader: str | None = None,
+            h_output: bool = False, weight_input: bool = False, norm_before_o: bool = False) -> onnx.ModelProto:
+    """x [b, K] -> RMSNorm as the exporter writes it (Cast to fp32, Pow, ReduceMean, Add eps, Sqrt, Reciprocal,
+    Mul; Cast to the model dtype; ``Mul(ln_w, .)``) = h -> q/k/v MatMuls -> m = Mul(Add(q, k), v), a product of
+    activations (as silu(gate) * up) -> o MatMul = logits.
+
+    ``cast_after``: the weight Mul in fp32 with an fp32 weight, then the Cast to ``dtype`` (h is the Cast's output).
+    ``weight_reader``: ``"side"``: ln_w is also read by ``Mul(ln_w, x)`` = graph output ``side``; ``"norm"``: a
+    second norm with the same ln_w sits between m and the o MatMul. ``h_output``: h is also a graph output.
+    ``weight_input``: ln_w is also a graph input (a default the caller may override). ``norm_before_o``: the o
+    MatMul reads a norm of m (its own weight ln2_w) instead of m."""
+    rng = np.random.default_rng(0)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    wdtype = np.float32 if cast_after else dtype
+    w = {n: (rng.standard_normal((K, K)) / np.sqrt(K)).astype(dtype) for n in ("wq", "wk", "wv", "wo")}
+    w["ln_w"] = rng.uniform(0.5, 1.5, K).astype(wdtype)
+    w["ln2_w"] = rng.uniform(0.5, 1.5, K).astype(wdtype)
+    consts = [numpy_helper.from_array(np.asarray(2.0, np.float32), "two"),
+              numpy_helper.from_array(np.asarray(1e-6, np.float32), "eps"),
+              numpy_helper.from_array(np.asarray([-1], np.int64), "axes")]
+
+    def norm(x: str, weight: str, out: str) -> list[onnx.NodeProto]:
+        p = f"{out}_"
+        last = [helper.make_node("Mul", [weight, p + "n32"], [p + "h32"]),
+                helper.make_node("Cast", [p + "h32"], [out], to=elem)] if cast_after else [
+                helper.make_node("Cast", [p + "n32"], [p + "n"], to=elem),
+                helper.make_node("Mul", [weight, p + "n"], [out])]
+        return [helper.make_node("Cast", [x], [p + "x32"], to=TensorProto.FLOAT),
+                helper.make_node("Pow", [p + "x32", "two"], [p + "sq"]),
+                helper.make_node("ReduceMean", [p + "sq", "axes"], [p + "ms"], keepdims=1),
+                helper.make_node("Add", [p + "ms", "eps"], [p + "mse"]),
+                helper.make_node("Sqrt", [p + "mse"], [p + "rms"]),
+                helper.make_node("Reciprocal", [p + "rms"], [p + "inv"]),
+                helper.make_node("Mul", [p + "x32", p + "inv"], [p + "n32"]), *last]
+
+    o_in = "m2" if weight_reader == "norm" or norm_before_o else "m"
+    nodes = [*norm("x", "ln_w", "h"),
+             helper.make_node("MatMul", ["h", "wq"], ["q"], name="mm_q"),
+             helper.make_node("MatMul", ["h", "wk"], ["k"], name="mm_k"),
+             helper.make_node("MatMul", ["h", "wv"], ["v"], name="mm_v"),
+             helper.make_node("Add", ["q", "k"], ["qk"]),
+             helper.make_node("Mul", ["qk", "v"], ["m"]),
+             *(norm("m", "ln_w" if weight_reader == "norm" else "ln2_w", "m2") if o_in == "m2" else []),
+             helper.make_node("MatMul", [o_in, "wo"], ["logits"], name="mm_o")]
+    outputs = [helper.make_tensor_value_info("logits", elem, ["batch", K])]
+    if weight_reader == "side":
+        nodes.append(helper.make_node("Mul", ["ln_w", "x"], ["side"]))
+        outputs.append(helper.make_tensor_value_info("side", elem, ["batch", K]))
+    if h_output:
+        outputs.append(helper.make_tensor_value_info("h", elem, ["batch", K]))
+    inputs = [helper.make_tensor_value_info("x", elem, ["batch", K])]
+    if weight_input:
+        inputs.append(helper.make_tensor_value_info("ln_w", helper.np_dtype_to_tensor_dtype(np.dtype(wdtype)), [K]))
+    inits = [numpy_helper.from_array(a, n) for n, a in w.items() if n != "ln2_w" or o_in == "m2" and
+             weight_reader != "norm"]
+    graph = helper.make_graph(nodes, "normed", inputs, outputs, inits + consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _prescales(model: onnx.ModelProto, seed: int = 5) -> dict[str, qdq.AwqScales]:
+    """Random positive scales (a spread like AWQ's, 0.25..4) for every activation of the weight MatMuls."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in qdq.find_weight_matmuls(model):
+        e = out.get(c.activation)
+        weights = (*e.weights, c.weight) if e else (c.weight,)
+        s = e.scales if e else np.exp(rng.uniform(-1.4, 1.4, c.k)).astype(np.float32)
+        out[c.activation] = qdq.AwqScales(c.activation, weights, s, 0.5, 0.0, 0.0)
+    return out
+
+
+def _ops(model: onnx.ModelProto, op: str = "Mul") -> int:
+    return sum(n.op_type == op for n in model.graph.node)
+
+
+def _run(model: onnx.ModelProto, outputs=("logits",), dtype=np.float32) -> list[np.ndarray]:
+    return qdq.ort_session(model).run(list(outputs), {"x": XN.astype(dtype)})
+
+
+FP16_ROUNDING = 4e-3  # relative: a few fp16 ulps (2^-11) through a norm and two MatMul layers
+
+
+@pytest.mark.parametrize("dtype,cast_after", [(np.float32, False), (np.float16, False), (np.float16, True)])
+def test_awq_prescales_fold_into_norm_weight(dtype, cast_after):
+    """The norm-fed q/k/v take their 1/s in ln_w (no node added); the o MatMul, fed by a product of activations,
+    gets the Mul. Same outputs as the Mul form and as the unscaled graph, up to the dtype's rounding."""
+    model = _normed(dtype, cast_after=cast_after)
+    before = model.SerializeToString()
+    scales = _prescales(model)
+    assert set(scales) == {"h", "m"} and scales["h"].weights == ("wq", "wk", "wv")
+    folded = qdq.apply_awq_scales(model, scales)
+    muls = qdq.apply_awq_scales(model, scales, fold=False)
+    assert model.SerializeToString() == before  # the argument is not touched
+    assert (_ops(muls), _ops(folded)) == (_ops(model) + 2, _ops(model) + 1)  # exactly one Mul fewer
+    onnx.checker.check_model(folded, full_check=True)
+
+    w, wf = _weights(model), _weights(folded)
+    s = scales["h"].scales
+    assert wf["ln_w"].dtype == w["ln_w"].dtype
+    np.testing.assert_array_equal(wf["ln_w"], (w["ln_w"].astype(np.float32) / s).astype(w["ln_w"].dtype))
+    for name in ("wq", "wk", "wv"):  # the weights' half is the same in both forms
+        np.testing.assert_array_equal(wf[name], _weights(muls)[name])
+        np.testing.assert_array_equal(wf[name], (w[name].astype(np.float32) * s[:, None]).astype(dtype))
+    readers = {n.name: list(n.input) for n in folded.graph.node if n.name.startswith("mm_")}
+    assert [readers[f"mm_{x}"][0] for x in "qkv"] == ["h"] * 3 and readers["mm_o"][0] == "m_awq"
+    assert not any(t.name.startswith("h_awq") for t in folded.graph.initializer)
+
+    tol = 1e-5 if dtype == np.float32 else FP16_ROUNDING
+    got, via_mul, ref = (_run(m, dtype=dtype)[0] for m in (folded, muls, model))
+    assert _rel(got, via_mul) < tol and _rel(got, ref) < tol and _rel(via_mul, ref) < tol
+
+
+def test_awq_fold_shared_norm_weight():
+    """A norm weight read elsewhere too stays as it is for its other readers: the folded norm gets its own copy;
+    of two norms sharing one weight, both folded with different scales, the first gets a copy and the second,
+    then its only reader, the original."""
+    model = _normed(weight_reader="side")
+    scales = _prescales(model)
+    folded = qdq.apply_awq_scales(model, scales)
+    w, wf = _weights(model), _weights(folded)
+    np.testing.assert_array_equal(wf["ln_w"], w["ln_w"])
+    np.testing.assert_array_equal(wf["ln_w_awq"], w["ln_w"] / scales["h"].scales)
+    norm_mul = next(n for n in folded.graph.node if n.output[0] == "h")
+    side = next(n for n in folded.graph.node if n.output[0] == "side")
+    assert "ln_w_awq" in norm_mul.input and side.input[0] == "ln_w"
+    assert _ops(folded) == _ops(model) + 1  # m's Mul only
+    got, via_mul, ref = (_run(m, ("logits", "side")) for m in (folded, qdq.apply_awq_scales(model, scales,
+                                                                                              fold=False), model))
+    assert _rel(got[0], via_mul[0]) < 1e-5 and _rel(got[0], ref[0]) < 1e-5
+    np.testing.assert_array_equal(got[1], ref[1])
+
+    two = _normed(weight_reader="norm")  # ln_w read by the norm of x and the norm of m, both in front of MatMuls
+    scales = _prescales(two)
+    assert set(scales) == {"h", "m2"}
+    folded = qdq.apply_awq_scales(two, scales)
+    assert _ops(folded) == _ops(two)  # no Mul added at all
+    w, wf = _weights(two), _weights(folded)
+    assert len(wf) == len(w) + 1
+    by_out = {n.output[0]: n for n in folded.graph.node}
+    copies = {out: next(i for i in by_out[out].input if i in wf) for out in ("h", "m2")}
+    assert copies == {"h": "ln_w_awq", "m2": "ln_w"}
+    for out, act in (("h", "h"), ("m2", "m2")):
+        np.testing.assert_array_equal(wf[copies[out]], w["ln_w"] / scales[act].scales)
+    via_mul = qdq.apply_awq_scales(two, scales, fold=False)
+    assert _ops(via_mul) == _ops(two) + 2
+    assert _rel(_run(folded)[0], _run(via_mul)[0]) < 1e-5 and _rel(_run(folded)[0], _run(two)[0]) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["h_output", "weight_input", "other_reader", "cast_other_reader"])
+def test_awq_prescale_stays_a_mul_where_it_cannot_fold(case):
+    """h read by something other than the scaled MatMuls (a graph output, another node), a norm weight that is a
+    graph input (overridable), or an fp32 norm output that a node other than the Cast reads: the Mul form, the
+    norm weight untouched."""
+    model = _normed(h_output=case == "h_output", weight_input=case == "weight_input",
+                    cast_after=case == "cast_other_reader")
+    if case == "other_reader":
+        model.graph.node.append(helper.make_node("Relu", ["h"], ["h_relu"]))
+        model.graph.output.append(helper.make_tensor_value_info("h_relu", TensorProto.FLOAT, ["batch", K]))
+    if case == "cast_other_reader":  # the fp32 output of the weight Mul is also read before its Cast
+        model.graph.node.append(helper.make_node("Relu", ["h_h32"], ["h32_relu"]))
+        model.graph.output.append(helper.make_tensor_value_info("h32_relu", TensorProto.FLOAT, ["batch", K]))
+    scales = _prescales(model)
+    folded = qdq.apply_awq_scales(model, scales)
+    assert _ops(folded) == _ops(model) + 2  # h's and m's
+    np.testing.assert_array_equal(_weights(folded)["ln_w"], _weights(model)["ln_w"])
+    assert [n.input[0] for n in folded.graph.node if n.name in ("mm_q", "mm_k", "mm_v")] == ["h_awq"] * 3
+    outputs = [o.name for o in model.graph.output]
+    got, ref = _run(folded, outputs), _run(model, outputs)
+    assert _rel(got[0], ref[0]) < 1e-5
+    for a, b in zip(got[1:], ref[1:], strict=True):  # the other readers see the unscaled tensors
+        np.testing.assert_array_equal(a, b)
+
+
+def test_awq_prescale_folds_into_the_o_norm_only_with_a_constant_weight():
+    """m (a product of two activations) never folds; a norm put in front of the o MatMul makes it fold there too."""
+    model = _normed(norm_before_o=True)
+    scales = _prescales(model)
+    assert set(scales) == {"h", "m2"}
+    folded = qdq.apply_awq_scales(model, scales)
+    assert _ops(folded) == _ops(model)
+    np.testing.assert_array_equal(_weights(folded)["ln2_w"], _weights(model)["ln2_w"] / scales["m2"].scales)
+    assert _rel(_run(folded)[0], _run(model)[0]) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # the demo checkpoint's decoder
 
 SIZES = {"batch": 1, "seq": 6, "past": 3}
@@ -379,6 +573,31 @@ def test_decoder_awq_scales(decoder):
     res = qdq.quantize_weights(scaled, "int4")
     assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder)) - 1}
     assert _nrel(_logits(res.model, feeds), _logits(decoder, feeds)) < 0.1
+
+
+def test_decoder_awq_prescales_fold_into_the_norms(decoder):
+    """On the exported decoder (pre-scales on every weight MatMul, lm_head included, as orin-int4 applies them):
+    each layer's input and post-attention norms and the final norm take their activation's 1/s in their weight;
+    o_proj and down_proj keep a Mul each. Same logits as the Mul form."""
+    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 3)])
+    scales = qdq.awq_scales(decoder, cal, grid=5, lm_head=True)
+    g = decoder.graph
+    inits = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    layers = sum(o.name.startswith("present.") and o.name.endswith(".key") for o in g.output)
+    # input_norms.N.weight, post_norms.N.weight, norm.weight (the exporter keeps the parameters' names)
+    norm_fed = {a for a in scales if producer[a].op_type == "Mul" and any(
+        i in inits and "norm" in i and i.endswith(".weight") for i in producer[a].input)}
+    assert layers >= 2 and len(scales) == 4 * layers + 1 and len(norm_fed) == 2 * layers + 1
+    folded = qdq.apply_awq_scales(decoder, scales)
+    muls = qdq.apply_awq_scales(decoder, scales, fold=False)
+    assert _ops(muls) == _ops(decoder) + len(scales)
+    assert _ops(folded) == _ops(muls) - len(norm_fed) == _ops(decoder) + 2 * layers
+    awq_muls = [n for n in folded.graph.node if n.name.endswith("_awq_Mul")]
+    assert {n.input[0] for n in awq_muls} == set(scales) - norm_fed
+    feeds = _feeds(decoder, 0)
+    ref = _logits(decoder, feeds)
+    assert _rel(_logits(folded, feeds), _logits(muls, feeds)) < 1e-5 and _rel(_logits(folded, feeds), ref) < 1e-4
 
 
 def test_decoder_smoothquant_w8a8(decoder):

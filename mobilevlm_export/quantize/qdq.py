@@ -10,6 +10,8 @@ Schemes (all symmetric: zero point 0, as TensorRT requires; scales in the weight
   DequantizeLinear importer, which infers the blocking from the scale's shape). ``convert_dq_form`` converts
   either form to the other.
 - ``int8``: weight-only, per output channel: ``DequantizeLinear(w_int8, scale[N], zero_point=int8 0, axis=1)``.
+  No Orin recipe uses it (TensorRT's weight-only quantization is INT4 only; its int8 is W8A8): it is the
+  weight half of ``w8a8``, and runs on ONNX Runtime.
 - ``w8a8``: ``int8`` weights plus a per-tensor ``QuantizeLinear``/``DequantizeLinear`` pair (int8, zero point 0)
   on the MatMul's activation input, its scale ``amax / 127`` from the caller's calibration (``calibrate``).
 
@@ -658,8 +660,9 @@ def awq_scales(model: onnx.ModelProto, calibration: Calibration, *, block_size: 
     applied: multiply rows of every listed weight by ``s`` (``W[k, :] *= s[k]``) and divide the tensor ``a`` by
     ``s`` on its last axis, which for a decoder means dividing the weight of the RMSNorm that produces ``a``
     (``norm.weight /= s``) when ``a`` is read only by the listed MatMuls. Then quantize with
-    ``quantize_weights(..., "int4", block_size=block_size)``. ``apply_awq_scales`` does both halves on the graph,
-    with an explicit ``Mul`` by ``1/s`` instead of the fold."""
+    ``quantize_weights(..., "int4", block_size=block_size)``. ``apply_awq_scales`` does both halves on the graph:
+    the fold where a norm's ``Mul`` by its weight produces ``a``, an explicit ``Mul`` by ``1/s`` elsewhere (o_proj,
+    down_proj)."""
     found = [c for c in find_weight_matmuls(model, logits) if lm_head or not c.lm_head]
     inits = {t.name: t for t in model.graph.initializer}
     out: dict[str, AwqScales] = {}
@@ -709,21 +712,35 @@ def smoothquant_scales(model: onnx.ModelProto, calibration: Calibration, *, alph
     return out
 
 
-def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales],
-                     consume: bool = False) -> onnx.ModelProto:
+def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales], consume: bool = False,
+                     fold: bool = True) -> onnx.ModelProto:
     """A copy of ``model`` (``consume``: ``model`` itself) with each entry applied: the listed weights' rows
-    multiplied by ``s`` and the MatMuls reading ``a`` fed ``Mul(a, 1/s)`` instead (one Mul per activation; other
-    readers of ``a`` are untouched).
-    Equivalent to the original up to float rounding. Folding ``1/s`` into the producing RMSNorm's weight removes
-    the Mul; that rewrite is the caller's (it depends on how the norm was exported)."""
+    multiplied by ``s``, and the activation ``a`` divided by ``s`` on its last axis, one of two ways:
+
+    - folded (``fold``, where the graph allows it): ``a`` is the output of ``Mul(x, w)`` with ``w`` a float
+      initializer broadcast along the last axis (``[K]``, ``[1, .., K]`` or one element: the final ``Mul`` of an
+      exported RMSNorm/LayerNorm by its weight), possibly through float ``Cast`` nodes that only it reads, and
+      every reader of ``a`` is one of the entry's MatMuls (no other node, subgraph or graph output). Then ``w``
+      becomes ``w / s`` (in place when nothing else reads ``w``, else a new initializer for this ``Mul``) and no
+      node is added;
+    - otherwise: the MatMuls reading ``a`` are fed ``Mul(a, 1/s)`` instead (one Mul per activation; other readers
+      of ``a`` are untouched).
+
+    Both are equivalent to the original up to float rounding (``fold=False``: the ``Mul`` form everywhere); the
+    fold saves an elementwise node and its pass over ``a``. A fold whose ``w / s`` would not be finite, or would
+    round a nonzero weight to 0 in ``w``'s dtype, takes the ``Mul`` form. SmoothQuant's scales go through here
+    too, so they fold the same way."""
     out = model if consume else copy.deepcopy(model)
     g = out.graph
     inits = {t.name: t for t in g.initializer}
     names = _all_names(g)
-    weight_users = {c.weight: c for c in find_weight_matmuls(out)}
+    found = find_weight_matmuls(out)
+    weight_users = {c.weight for c in found}
+    graph = _Readers(g)
     inserts: dict[int, onnx.NodeProto] = {}
+    replaced: set[str] = set()  # norm weights given a folded copy: dropped below once nothing reads them
     for act, e in scales.items():
-        users = [c for c in find_weight_matmuls(out) if c.activation == act and c.weight in e.weights]
+        users = [c for c in found if c.activation == act and c.weight in e.weights]
         if not users:
             raise QdqError(f"no weight MatMul reads {act!r}")
         for wname in e.weights:
@@ -732,6 +749,8 @@ def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales],
             t = inits[wname]
             w = numpy_helper.to_array(t)
             t.CopyFrom(numpy_helper.from_array((w.astype(np.float32) * e.scales[:, None]).astype(w.dtype), wname))
+        if fold and _fold_into_weight(g, graph, act, {c.index for c in users}, e.scales, inits, names, replaced):
+            continue
         dtype = users[0].dtype
         inv = numpy_helper.from_array((1.0 / e.scales).astype(dtype), _unique(f"{act}_awq_inv_scale", names))
         g.initializer.append(inv)
@@ -747,4 +766,88 @@ def apply_awq_scales(model: onnx.ModelProto, scales: Mapping[str, AwqScales],
         rebuilt.append(node)
     del g.node[:]
     g.node.extend(rebuilt)
+    _drop_unused_initializers(g, replaced)
     return out
+
+
+# Cast targets a fold may look through: float to float, linear up to rounding
+_FLOAT_CASTS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE}
+
+
+class _Readers:
+    """Who reads each tensor of a graph: main-graph node indices (one per input slot), plus the names read inside
+    subgraphs and the graph's outputs and inputs, which pin a tensor. Built once; a fold changes only
+    initializer data and a ``Mul``'s weight input, which it records with ``moved``."""
+
+    def __init__(self, g: onnx.GraphProto):
+        self.nodes: dict[str, list[int]] = {}
+        self.producer: dict[str, int] = {}
+        self.pinned = {o.name for o in g.output} | {i.name for i in g.input}
+        for i, n in enumerate(g.node):
+            for x in n.input:
+                if x:
+                    self.nodes.setdefault(x, []).append(i)
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    self.pinned |= _referenced(sub)
+            for y in n.output:
+                self.producer[y] = i
+
+    def only_read_by(self, name: str, readers: set[int]) -> bool:
+        return name not in self.pinned and set(self.nodes.get(name, ())) <= readers
+
+    def moved(self, name: str, node: int, to: str) -> None:
+        self.nodes[name].remove(node)
+        self.nodes.setdefault(to, []).append(node)
+
+
+def _fold_into_weight(g: onnx.GraphProto, graph: _Readers, act: str, users: set[int], s: np.ndarray,
+                      inits: dict[str, TensorProto], names: set[str], replaced: set[str]) -> bool:
+    """Divide ``act`` by ``s`` on its last axis by dividing the weight of the ``Mul`` by a constant that produces
+    it (see ``apply_awq_scales``); False, with nothing changed, where the graph has no such ``Mul``."""
+    if not graph.only_read_by(act, users):
+        return False
+    x = act
+    while True:  # up through float Casts that only the chain reads
+        i = graph.producer.get(x)
+        if i is None:
+            return False
+        node = g.node[i]
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if node.op_type != "Cast":
+            break
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if to not in _FLOAT_CASTS or not graph.only_read_by(node.input[0], {i}):
+            return False
+        x = node.input[0]
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return False
+    consts = [j for j, name in enumerate(node.input) if name in inits]
+    if len(consts) != 1 or node.input[consts[0]] in graph.pinned:  # one constant factor, not overridable
+        return False
+    j = consts[0]
+    t = inits[node.input[j]]
+    if t.data_type not in FLOAT_TYPES:
+        return False
+    w = numpy_helper.to_array(t)
+    k = s.shape[0]
+    if w.ndim == 0:
+        shape: tuple[int, ...] = (k,)
+    elif w.shape[-1] in (1, k) and math.prod(w.shape[:-1]) == 1:
+        shape = (*w.shape[:-1], k)
+    else:
+        return False
+    folded = (np.broadcast_to(w.astype(np.float32), shape) / s.astype(np.float32)).astype(w.dtype)
+    if not np.all(np.isfinite(folded)) or np.any((folded == 0) & (np.broadcast_to(w, shape) != 0)):
+        return False
+    if graph.only_read_by(t.name, {i}) and len(graph.nodes[t.name]) == 1:
+        t.CopyFrom(numpy_helper.from_array(folded, t.name))
+    else:  # shared with other readers: this Mul gets its own folded copy
+        new = numpy_helper.from_array(folded, _unique(f"{t.name}_awq", names))
+        g.initializer.append(new)
+        inits[new.name] = new
+        graph.moved(t.name, i, new.name)
+        replaced.add(t.name)
+        node.input[j] = new.name
+    return True
