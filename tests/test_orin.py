@@ -122,7 +122,11 @@ def test_trt_form_differs_only_in_domain_and_opset(builds):
 
 
 def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
-    from mobilevlm_export.backends.tensorrt import parse_trtexec_command, read_plan
+    """The plan matches the graphs' contracts and ONNX files; build_engines.sh passes trtexec 10.3's option
+    grammar (tests/trtexec_grammar.py) and carries the plan's engines, flags, workspace and profiles."""
+    from trtexec_grammar import check_script
+
+    from mobilevlm_export.backends.tensorrt import read_plan
     from mobilevlm_export.graphs.contracts import GraphContract
 
     out, _ = builds["int4"]
@@ -130,9 +134,10 @@ def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
     recipe = load_recipe("orin-int4").options
     plan = read_plan(out)
     assert [e.graph for e in plan.engines] == list(manifest["graphs"])
-    commands = (out / "build_engines.sh").read_text().split('"$TRTEXEC" \\\n')[1:]
-    assert len(commands) == len(plan.engines)
-    for e, cmd in zip(plan.engines, commands, strict=True):
+    assert plan.tensorrt == manifest["compile"]["tensorrt"] == "10.3"  # the grammar checked is trtexec 10.3's
+    calls = check_script((out / "build_engines.sh").read_text())
+    assert len(calls) == len(plan.engines)
+    for e, call in zip(plan.engines, calls, strict=True):
         contract = GraphContract.from_dict(manifest["graphs"][e.graph]["contract"])
         assert e.contract == contract.to_dict()
         onnx_in = onnx.load(str(out / e.onnx), load_external_data=False)
@@ -148,11 +153,11 @@ def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
                 for i, d in enumerate(t.dims):
                     if isinstance(d, int):
                         assert s["min"][i] == s["max"][i] == d
-        parsed = parse_trtexec_command(cmd)
-        assert parsed["onnx"] == e.onnx and parsed["saveEngine"] == e.engine
-        assert ("stronglyTyped" in parsed["flags"]) == e.strongly_typed and ("fp16" in parsed["flags"]) == e.fp16
-        assert parsed["profiles"] == [p.shapes for p in e.profiles]
-        assert parsed["memPoolSize"] == f"workspace:{recipe.workspace_mb}M"
+        assert call.warnings == [], call.warnings
+        assert call.options["--onnx"] == e.onnx and call.options["--saveEngine"] == e.engine
+        assert ("--stronglyTyped" in call.options) == e.strongly_typed and ("--fp16" in call.options) == e.fp16
+        assert call.profiles == [p.shapes for p in e.profiles]
+        assert call.memory_pools == {"workspace": recipe.workspace_mb << 20} == {"workspace": plan.workspace_bytes}
     dec = next(e for e in plan.engines if e.graph == "decoder")
     prefill, decode = (p.shapes for p in dec.profiles)
     assert [p.name for p in dec.profiles] == ["prefill", "decode"]

@@ -7,6 +7,11 @@ workspace limit, and its optimization profiles, each input's min/opt/max shape c
 ranges. The decoder gets two profiles, prefill (past = 0, seq up to the longest prompt) and decode (seq = 1, past
 up to the context), because one profile over both makes TensorRT tune for shapes neither phase runs.
 
+``build_engines.sh`` is the same plan as ``trtexec`` commands in trtexec 10.x's option grammar: an engine of
+several profiles gives each one ``--profile=N`` directly followed by its ``--minShapes/--optShapes/--maxShapes``
+(trtexec refuses a repeated shape flag without ``--profile``); a one-profile engine passes its one group alone,
+which trtexec makes profile 0. ``tests/trtexec_grammar.py`` checks the script against trtexec 10.3's parser.
+
 Building and running need ``tensorrt`` (JetPack's python3-libnvinfer on a Jetson) and a CUDA device, with
 ``cuda-python`` for device buffers; both are imported inside the functions, so this module imports without them.
 Nothing here imports torch.
@@ -117,11 +122,20 @@ def _dims(shape: list[int]) -> str:
 
 def trtexec_command(e: EnginePlan, workspace_bytes: int) -> list[str]:
     """``trtexec`` arguments equivalent to ``build_engine(e)``. Each profile is one group of
-    ``--minShapes/--optShapes/--maxShapes`` (trtexec builds one optimization profile per group, in order)."""
+    ``--minShapes/--optShapes/--maxShapes``; with more than one profile each group follows its ``--profile=N``
+    (trtexec 10.x takes the shape flags in the three arguments after ``--profile=N`` as profile N, and refuses a
+    repeated shape flag outside such a group). The workspace is given in MiB, or in bytes when not whole MiB."""
+    pool = f"{workspace_bytes // MIB}M" if workspace_bytes % MIB == 0 else f"{workspace_bytes}B"
     cmd = ["trtexec", f"--onnx={e.onnx}", f"--saveEngine={e.engine}", f"--timingCacheFile={TIMING_CACHE}",
-           f"--memPoolSize=workspace:{workspace_bytes // MIB}M", "--skipInference"]
+           f"--memPoolSize=workspace:{pool}", "--skipInference"]
     cmd.append("--stronglyTyped" if e.strongly_typed else "--fp16")
-    for p in e.profiles:
+    for i, p in enumerate(e.profiles):
+        for name in p.shapes:
+            if any(c in name for c in ",'*"):
+                raise UserError(f"{e.graph}: input {name!r} cannot be named in a trtexec shape spec (trtexec splits "
+                                "specs at ',', drops \"'\" and reads '*' as a wildcard)")
+        if len(e.profiles) > 1:
+            cmd.append(f"--profile={i}")
         for k in ("min", "opt", "max"):
             cmd.append(f"--{k}Shapes=" + ",".join(f"{name}:{_dims(s[k])}" for name, s in p.shapes.items()))
     return cmd
@@ -140,26 +154,6 @@ def trtexec_script(plan: BuildPlan) -> str:
         cmd = trtexec_command(e, plan.workspace_bytes)
         lines.append(" \\\n    ".join(['"$TRTEXEC"', *map(shlex.quote, cmd[1:])]))
     return "\n".join(lines) + "\n"
-
-
-def parse_trtexec_command(line: str) -> dict:
-    """The shapes and flags of one ``trtexec`` command line of the script (what a test compares with the plan)."""
-    args = [a for a in shlex.split(line.replace("\\\n", " ")) if a.startswith("--")]  # the program's name dropped
-    out: dict = {"flags": [], "profiles": []}
-    for a in args:
-        key, _, value = a.partition("=")
-        if key in ("--minShapes", "--optShapes", "--maxShapes"):
-            which = key[2:5]
-            if which == "min":
-                out["profiles"].append({})
-            for item in value.split(","):
-                name, _, dims = item.rpartition(":")
-                out["profiles"][-1].setdefault(name, {})[which] = [int(d) for d in dims.split("x")]
-        elif value:
-            out[key[2:]] = value
-        else:
-            out["flags"].append(key[2:])
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
