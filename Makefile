@@ -10,11 +10,12 @@ DEMO_IMAGE ?= $(shell cd mobilevlm_export/demo/samples 2>/dev/null && ls *.png |
 setup: $(STAMP)
 
 # torch is pinned and installed first: 2.13.0 is a local CPU wheel here, a newer one is a multi-GB CUDA build.
+# The host toolchain is the `build` extra (the base install is the torch-free artifact side, as on a Jetson).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[onnx,executorch,dev]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0 -e '.[build,onnx,executorch,dev]'
 	touch $(STAMP)
 
 demo: setup

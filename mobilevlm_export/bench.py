@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -205,7 +205,7 @@ def environment(threads: int | None) -> dict:
     return {"commit": commit, "dirty": dirty, "versions": versions(), "python": platform.python_version(),
             "os": platform.platform(), "machine": platform.machine(), "cpu_model": model, "cpu_flags": flags,
             "logical_cores": os.cpu_count(), "threads": threads, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "date": datetime.now(UTC).isoformat(timespec="seconds")}
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def predict(art, profile) -> dict | None:

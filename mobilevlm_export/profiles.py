@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mobilevlm_export.schema import Precision, Where, bounded, parse_table, read_named_toml
+from mobilevlm_export.schema import Precision, Where, bounded, parse_table, read_named_toml, shipped_dir
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+PROFILES_DIR = shipped_dir("device_profiles")  # the repository's device_profiles/, shipped in the wheel as package data
 
 
 @dataclass(frozen=True)

@@ -42,10 +42,11 @@ from mobilevlm_export.schema import (
     bounded,
     parse_table,
     read_named_toml,
+    shipped_dir,
     to_table,
 )
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = shipped_dir("recipes")  # the repository's recipes/, shipped in the wheel as package data
 SECTIONS = ("recipe", "tolerances", "e2e", "quantize")
 QUANT_PARTS = ("image_encoder", "vision_encoder", "projector", "embed_tokens", "decoder", "lm_head")
 

@@ -7,13 +7,42 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+
+# The artifact side runs on the Python its device ships: 3.10 on JetPack 6 (TensorRT's bindings are built for it),
+# 3.12 on JetPack 7. ``StrEnum`` and ``tomllib`` are 3.11+: on 3.10, an equivalent ``StrEnum`` and the ``tomli``
+# package (the same parser, a dependency on 3.10 only). Import them from here, not from ``enum``/``tomllib``.
+if sys.version_info >= (3, 11):
+    import tomllib
+    from enum import StrEnum
+else:
+    import tomli as tomllib
+
+    class StrEnum(str, Enum):
+        """Python 3.11's ``enum.StrEnum``: members are ``str`` and compare equal to their values, ``str()`` and
+        ``format()`` give the value, ``auto()`` gives the lower-cased member name."""
+
+        def __new__(cls, *values):
+            if not 1 <= len(values) <= 3 or not all(isinstance(v, str) for v in values):
+                raise TypeError(f"{values!r}: a StrEnum member's value is str() of up to 3 str arguments")
+            value = str(*values)
+            member = str.__new__(cls, value)
+            member._value_ = value
+            return member
+
+        __str__ = str.__str__
+        __format__ = str.__format__
+
+        @staticmethod
+        def _generate_next_value_(name, start, count, last_values):
+            return name.lower()
 
 
 class Precision(StrEnum):
@@ -159,11 +188,18 @@ class Where:
         return UserError(f"{self.source}: key '{key}' {why}")
 
 
+def shipped_dir(name: str) -> Path:
+    """A data folder shipped beside the code (``recipes``, ``device_profiles``). In a wheel it is package data,
+    ``mobilevlm_export/_data/NAME`` (``pyproject.toml`` maps it from the repository's top-level ``NAME/``); in a
+    checkout (an editable install, the tests) it is that top-level folder itself, so an edit there is seen at once."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "_data" / name
+    return packaged if packaged.is_dir() else package.parent / name
+
+
 def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: str) -> tuple[Path, dict]:
     """A TOML data file by name (``directory/NAME.toml``) or path, and its parsed contents. ``UserError`` names
     the flag (``--recipe``) when there is no such file, the file when it is not valid TOML."""
-    import tomllib
-
     path = Path(name_or_path)
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"

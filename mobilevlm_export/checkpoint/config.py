@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
-from enum import StrEnum
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.runtime.preprocess import MAX_IMAGE_SIDE, ImagePreprocess
-from mobilevlm_export.schema import Where, bounded, parse_table, read_json
+from mobilevlm_export.schema import StrEnum, Where, bounded, parse_table, read_json
 
 KNOWN_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(

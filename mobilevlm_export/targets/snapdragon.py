@@ -9,11 +9,10 @@ static-KV decoder, its cache in mutable buffers) is ``text_decoder``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from mobilevlm_export.graphs.contracts import Limits
-from mobilevlm_export.schema import Precision, QuantAlgorithm, bounded
+from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
 from mobilevlm_export.targets.base import CompileContext, CompileRecord
 
 PTE = "model.pte"
