@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import Limits
-from mobilevlm_export.schema import Precision, QuantAlgorithm, bounded
+from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
 from mobilevlm_export.targets.base import CompileContext, CompileRecord
 
 # int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
