@@ -86,19 +86,26 @@ class Workload:
     has_image: bool = True  # False (text-only): the vision encoder is not run
 
 
-def workload(art, capacity: int, prompt_tokens: int, decode_tokens: int, text_only: bool) -> Workload:
-    """DIR's synthetic request. ``UserError`` naming the flags when the prompt plus the decoded tokens do not fit
-    the decoder's ``capacity`` (nothing is clamped)."""
+def workload(art, decoder, prompt_tokens: int, decode_tokens: int, text_only: bool) -> Workload:
+    """DIR's synthetic request. ``UserError`` naming the flags when the prompt is longer than ``decoder`` (a
+    ``runtime.sessions.DecoderSession``) takes in one prefill, or the prompt plus the decoded tokens do not fit
+    its capacity (nothing is clamped)."""
+    capacity = decoder.capacity
     dims = art.manifest["model"]["dims"]
     rng = np.random.default_rng(0)
     ids = rng.integers(FIRST_TEXT_ID, dims["vocab"], prompt_tokens).tolist()
     if not text_only:
         ids = [IMAGE_TOKEN_INDEX, *ids]
     positions = prompt_length(ids, dims["image_tokens"])
+    image = "" if text_only else " with the image"
     if positions + decode_tokens > capacity:
-        image = "" if text_only else " with the image"
         raise UserError(f"--prompt-tokens {prompt_tokens} ({positions} positions{image}) + --decode-tokens "
                         f"{decode_tokens} exceed the decoder's capacity of {capacity} positions")
+    if positions > decoder.max_prompt:
+        key = getattr(decoder, "limit_key", None)
+        raise UserError(f"--prompt-tokens {prompt_tokens} ({positions} positions{image}) exceeds the "
+                        f"{decoder.max_prompt} positions the decoder takes in one prefill"
+                        + (f" (recipe key {key})" if key else ""))
     size = dims["image_size"]
     pixels = rng.standard_normal((1, 3, size, size)).astype(np.float32)
     return Workload(ids, pixels, positions, decode_tokens, has_image=not text_only)
@@ -130,15 +137,18 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     if runs < 1 or warmup < 0 or decode_tokens < 1:
         raise UserError(f"--runs {runs}, --warmup {warmup}, --decode-tokens {decode_tokens}: need runs >= 1, "
                         "warmup >= 0 and decode tokens >= 1")
-    pipe = art.pipeline(art.runners(threads))
-    w = workload(art, pipe.decoder.capacity, prompt_tokens, decode_tokens, text_only)
+    runners = art.runners(threads)
+    pipe = art.pipeline(runners)
+    w = workload(art, pipe.decoder, prompt_tokens, decode_tokens, text_only)
     for _ in range(warmup):
         one_run(pipe, w)
     timed = [one_run(pipe, w) for _ in range(runs)]
     table = {m: stats([r[m] for r in timed]) for m in METRICS}  # from the raw values; the record rounded
     samples = {m: [_sig(r[m]) for r in timed] for m in METRICS}
     p50 = {m: s["p50"] for m, s in table.items()}
-    return {"threads": threads, "vision_ms": p50["vision_ms"], "prompt_tokens": prompt_tokens,
+    backend = runners["decoder"].backend if "decoder" in runners else pipe.backend  # (the suite's peers: no runners)
+    return {"backend": backend, "threads": threads, "vision_ms": p50["vision_ms"],
+            "prompt_tokens": prompt_tokens,
             "image_in_prompt": not text_only, "prefill_positions": w.positions, "prefill_ms": p50["prefill_ms"],
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],

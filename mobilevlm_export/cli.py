@@ -77,6 +77,10 @@ TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
 TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
 SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="Runtime to run DIR on: tensorrt or onnxruntime for an orin bundle (default: its recorded "
+                      "TensorRT engines, which must run here, else ONNX Runtime when none is recorded); onnxruntime "
+                      "for onnx, executorch for snapdragon.")]
 CORES = usable_cores()
 ThreadsOpt = Annotated[int | None, typer.Option(
     help=f"CPU runtime threads, 1..{CORES} (default: ONNX Runtime min({CORES}, {ONNX_MAX_DEFAULT_THREADS}); "
@@ -315,6 +319,7 @@ def export(
 def bench(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Text tokens after the image.")] = 64,
     decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1, help="Decode steps per run.")] = 32,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs (each a whole request).")] = 10,
@@ -337,7 +342,7 @@ def bench(
         from mobilevlm_export.profiles import load_profile
         from mobilevlm_export.runtime.artifacts import open_artifacts
 
-        art = open_artifacts(artifacts)
+        art = open_artifacts(artifacts, backend)
         prof = load_profile(profile) if profile else art.profile  # (the build's: its manifest's copy)
         result = {"artifacts": str(artifacts), "target": art.manifest["target"],
                   **bench_artifacts(art, threads, prof, prompt_tokens, decode_tokens, runs, warmup, text_only)}
@@ -354,7 +359,8 @@ def bench(
             table.add_row(label, *(f"{s[k]:g}" for k in ("p50", "p90", "min", "max")))
         console = _console()
         console.print(table)
-        console.print(f"{env['cpu_model']}, threads {threads or 'default'}, peak RSS {host['peak_rss_mb']} MB")
+        console.print(f"backend {host['backend']}, {env['cpu_model']}, threads {threads or 'default'}, peak RSS "
+                      f"{host['peak_rss_mb']} MB")
         for note in host["notes"]:
             console.print(f"note: {note}")
         if "predicted" in result:
@@ -413,15 +419,17 @@ def run(
     seed: SeedOpt = 0,
     raw_prompt: RawPromptOpt = False,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question with the artifacts in DIR only (no checkpoint, no torch model)."""
+    """Answer a question with the artifacts in DIR only (no checkpoint, no torch model). The runtime that ran it
+    is named on stderr (and in --json's `backend`)."""
     prepare_runtime_process()
     with _exit_codes(as_json):
         from mobilevlm_export.generation import SamplingParams
         from mobilevlm_export.runtime.artifacts import answer, open_artifacts
 
-        art = open_artifacts(artifacts)
+        art = open_artifacts(artifacts, backend)
         if art.passed is False:
             typer.echo(f"warning: {artifacts} failed its parity check at build time (manifest verification.passed "
                        "= false); its answers may differ from the model's", err=True)
@@ -432,6 +440,7 @@ def run(
             _print_json({"artifacts": str(artifacts), "target": art.manifest["target"], "image": str(image),
                          "prompt": prompt, **result})
         else:
+            typer.echo(f"backend: {result['backend']}", err=True)
             typer.echo(result["text"])
 
 
@@ -440,6 +449,7 @@ def verify(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     junit: Annotated[Path | None, typer.Option("--junit", help="Also write a JUnit XML report here.")] = None,
     threads: ThreadsOpt = None,
+    backend: BackendOpt = None,
     recipe: Annotated[str | None, typer.Option(help="Check against this recipe's tolerances (recipes/NAME.toml or "
                                                     "a path; a recipe of DIR's target) instead of the copy in DIR's "
                                                     "manifest, which an edit could loosen.")] = None,
@@ -454,12 +464,12 @@ def verify(
 
         if junit:
             check_output_file(junit, "--junit")
-        art = open_artifacts(artifacts)
+        art = open_artifacts(artifacts, backend)
         gate = gate_recipe(art, recipe)
         steps = verify_steps(art)  # reads the golden data's names: a bad file fails before the progress display
         with _progress(as_json) as step:
             report = verify_artifacts(art, threads, step("Verifying parity", steps), gate)
-        extra = {"artifacts": str(artifacts)}
+        extra = {"artifacts": str(artifacts), "backend": report.backend}
         try:
             if junit:
                 write_junit(report, junit)
@@ -488,6 +498,8 @@ def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True) ->
                           "" if m.top1 is None else f"{m.top1:.3f}", "" if m.kl is None else f"{m.kl:.2g}",
                           "yes" if m.passed else "[red]NO[/]")
         console.print(table)
+        if report.backend:
+            console.print(f"backend: {report.backend}")
         matched = sum(r.match for r in report.e2e)
         console.print(f"End-to-end greedy tokens: {matched}/{len(report.e2e)} pairs identical "
                       f"(agreement {report.token_agreement:.3f}, required {report.token_agreement_min:.3f})")

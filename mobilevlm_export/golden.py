@@ -68,12 +68,14 @@ def demo_pairs() -> list[Pair]:
 
 @torch.inference_mode()
 def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: bool,
-                max_new_tokens: int, kv: str = "dynamic") -> tuple[dict[str, np.ndarray], list[dict]]:
+                max_new_tokens: int, kv: str = "dynamic",
+                max_batch: int = DYNAMIC_IMAGE_BATCH) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Reference inputs/outputs for every graph, and reference greedy tokens for every pair.
 
-    ``kv="static"`` (ExecuTorch): batch-1 image case, and decoder cases ``step00`` (prefill of the first pair's
-    prompt) then ``step01``... (one reference token each, teacher-forced) that run in name order on one cache, so
-    logits are compared at every step."""
+    ``max_batch``: the build's largest batch (the image case runs at most that many images: an engine's profile
+    takes no more). ``kv="static"`` (ExecuTorch): batch-1 image case, and decoder cases ``step00`` (prefill of the
+    first pair's prompt) then ``step01``... (one reference token each, teacher-forced) that run in name order on one
+    cache, so logits are compared at every step."""
     ref = Reference(ckpt)
     model = ckpt.model
     arrays: dict[str, np.ndarray] = {}
@@ -85,7 +87,8 @@ def make_golden(ckpt: LoadedCheckpoint, pairs: list[Pair], fused_image_encoder: 
         for k, v in outs.items():
             arrays[f"{graph}/{case}/out/{k}"] = np.asarray(v, dtype=np.float32)
 
-    batch = torch.from_numpy(np.stack(pixels[:1] if kv == "static" else pixels[:DYNAMIC_IMAGE_BATCH]))
+    images = 1 if kv == "static" else min(DYNAMIC_IMAGE_BATCH, max_batch)
+    batch = torch.from_numpy(np.stack(pixels[:images]))
     feats = model.image_features(batch)
     embeds = model.projector(feats)
     if fused_image_encoder:

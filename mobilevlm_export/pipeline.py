@@ -13,7 +13,7 @@ import hashlib
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
@@ -100,10 +100,11 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         lap("load")
         dims = ModelDims.from_checkpoint(ckpt)
         limits = target.check(recipe, profile, dims)
-        _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits.max_context)
+        _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits)
         model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
         done = step("Reference outputs (golden data)", 1)
-        arrays, e2e = make_golden(ckpt, pairs, recipe.fused_image_encoder, recipe.e2e.max_new_tokens, kv=target.kv)
+        arrays, e2e = make_golden(ckpt, pairs, recipe.fused_image_encoder, recipe.e2e.max_new_tokens, kv=target.kv,
+                                  max_batch=limits.max_batch)
         save_golden(tmp, arrays, e2e)
         del arrays
         done()
@@ -117,7 +118,7 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         release_memory()  # what the compile stage held; verify opens the artifacts afresh
         lap("split_compile")
         write_manifest(tmp, {
-            "tool": TOOL, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool": TOOL, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "target": target.name, "backend": target.backend, "precision": recipe.precision.value,
             "checkpoint": ckpt_record, "recipe": recipe.to_dict(),
             "profile": profile.to_dict() if profile else None, "model": model, "graphs": compiled.graphs,
@@ -154,12 +155,17 @@ class _Lap:
         self.t = now
 
 
-def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, capacity: int) -> None:
-    """Every end-to-end pair's prompt, image tokens and answer fit the build's context (``UserError``)."""
+def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, limits) -> None:
+    """Every end-to-end pair's prompt (image tokens included) fits the build's longest prompt, and with its answer
+    the build's context (``UserError``): a build whose own samples cannot run is refused before any work."""
     from mobilevlm_export.runtime.prompt import build_prompt_ids, prompt_length
 
+    capacity = limits.max_context
     for p in pairs:
         need = prompt_length(build_prompt_ids(ckpt.tokenizer, p.question, source=p.source), image_tokens)
+        if need > limits.max_prompt:
+            raise UserError(f"{recipe.source}: the build's longest prompt of {limits.max_prompt} positions is "
+                            f"shorter than the prompt plus image tokens ({need}) of '{p.image.name}: {p.question}'")
         if need + recipe.e2e.max_new_tokens > capacity:
             raise UserError(f"{recipe.source}: the build's context of {capacity} positions is smaller than the "
                             f"prompt plus image tokens ({need}) + e2e.max_new_tokens ({recipe.e2e.max_new_tokens}) "

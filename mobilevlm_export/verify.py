@@ -62,6 +62,7 @@ class VerifyReport:
     metrics: list[Metric]
     e2e: list[E2EResult]
     token_agreement_min: float
+    backend: str | None = None  # the runtime the artifacts ran on
 
     @property
     def token_agreement(self) -> float:
@@ -79,6 +80,7 @@ class VerifyReport:
         """The report as strict JSON data (a metric that is NaN or infinite is None)."""
         return finite({
             "passed": self.passed,
+            "backend": self.backend,
             "token_agreement": self.token_agreement,
             "token_agreement_min": self.token_agreement_min,
             "worst": self.worst(),
@@ -221,7 +223,7 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
     results = verify_e2e(art.pipeline(runners), golden, e2e, art.recipe.e2e.max_new_tokens, progress)
-    return VerifyReport(metrics, results, recipe.e2e.token_agreement_min)
+    return VerifyReport(metrics, results, recipe.e2e.token_agreement_min, runners["decoder"].backend)
 
 
 def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Path) -> None:

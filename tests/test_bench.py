@@ -20,7 +20,7 @@ from mobilevlm_export.runtime.artifacts import open_artifacts
 
 runner = CliRunner()
 TINY = ["--runs", "2", "--warmup", "1", "--prompt-tokens", "4", "--decode-tokens", "2"]
-HOST_KEYS = {"threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefill_positions", "prefill_ms",
+HOST_KEYS = {"backend", "threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefill_positions", "prefill_ms",
              "prefill_tokens_per_s", "ttft_ms", "decode_tokens", "decode_tokens_per_s", "peak_rss_mb", "runs",
              "warmup", "stats", "samples", "notes"}
 STAT_KEYS = {"p50", "p90", "min", "max", "mean", "spread"}
@@ -88,6 +88,9 @@ def test_bench_json_schema_figures_and_environment(built):
                                                                             else set())
     host = result["host"]
     assert set(host) == HOST_KEYS
+    # the runtime that ran it (an orin bundle without recorded engines runs on ONNX Runtime, and says so)
+    assert host["backend"] == {"onnx": "onnxruntime", "orin": "onnxruntime", "snapdragon": "executorch"}[
+        result["target"]]
     assert set(host["stats"]) == set(bench.METRICS) == set(host["samples"])
     for metric, s in host["stats"].items():
         values = host["samples"][metric]  # every timed run, which the stats summarize

@@ -208,7 +208,8 @@ def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
 def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     """Engines `build_engines.sh` wrote are not run unchecked: verify refuses them until `trt-build --record-only`
     records their sha256; a missing engine cannot be recorded. (Here the "engines" are placeholder bytes and
-    TensorRT is absent, so once recorded verify runs ONNX Runtime; where TensorRT imports they would run.)"""
+    TensorRT is absent, so once recorded verify refuses to fall back quietly and runs ONNX Runtime only when asked
+    with --backend onnxruntime; where TensorRT imports they would run.)"""
     from mobilevlm_export.backends.tensorrt import read_plan
 
     bundle = tmp_path / "bundle"
@@ -230,7 +231,9 @@ def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     listed = {a["path"] for a in manifest["artifacts"]}
     assert all(f in listed and manifest["graphs"][g]["engine"] == f for g, f in recorded.items())
     if "tensorrt" not in sys.modules:
-        assert runner.invoke(app, ["verify", str(bundle)]).exit_code == 0
+        res = runner.invoke(app, ["verify", str(bundle)])
+        assert res.exit_code == 2 and "TensorRT engines cannot run here" in res.stderr, res.output
+        assert runner.invoke(app, ["verify", str(bundle), "--backend", "onnxruntime"]).exit_code == 0
     engine = bundle / plan.engines[0].engine
     engine.write_bytes(engine.read_bytes() + b"x")  # changed after recording: caught
     res = runner.invoke(app, ["verify", str(bundle)])
@@ -268,7 +271,7 @@ def test_tensorrt_engines(builds, tmp_path):
     """Where TensorRT and a GPU exist: trt-build builds the engines from the plan, verify runs on them."""
     pytest.importorskip("tensorrt", reason="TensorRT cannot be installed here: its wheels fetch from NVIDIA's own "
                                            "index; this runs on a Jetson or a machine with TensorRT and a GPU")
-    from mobilevlm_export.backends.tensorrt import tensorrt_available
+    from mobilevlm_export.backends.tensorrt_runtime import tensorrt_available
 
     if tensorrt_available():
         pytest.skip(f"TensorRT imports but cannot run: {tensorrt_available()}")
@@ -276,7 +279,7 @@ def test_tensorrt_engines(builds, tmp_path):
     res = runner.invoke(app, ["trt-build", str(out), "--json"])
     assert res.exit_code == 0, res.output
     assert {e["graph"] for e in json.loads(res.stdout)["engines"]} == {"image_encoder", "embed_tokens", "decoder"}
-    from mobilevlm_export.backends.tensorrt import TensorRTRunner
+    from mobilevlm_export.backends.tensorrt_runtime import TensorRTRunner
     from mobilevlm_export.runtime.artifacts import open_artifacts
 
     runners = open_artifacts(out).runners()
@@ -326,11 +329,44 @@ def test_fits_on_device_refuses_with_the_numbers(builds, tmp_path):
     recipe = load_recipe("orin-int4")
     fits = fits_on_device(out, manifest["graphs"], manifest["model"]["dims"], recipe, load_profile("orin-nano-8gb"))
     assert fits["fits"] and fits["weights_bytes"] > 0 and fits["kv_cache_bytes"] == 2 * 4 * 4 * 32 * 512 * 2
+    assert fits["builder_bytes"] == int(1.65e9)  # TensorRT 10.3's builder start-up on Orin, the profile's figures
+    assert set(fits["activation_bytes"]["decoder"]) == {"prefill", "decode"}
     tiny = tmp_path / "tiny.toml"
     tiny.write_text((PROFILES_DIR / "orin-nano-8gb.toml").read_text().replace(
-        "memory_gb = 8 ", "memory_gb = 0.001 "))
-    with pytest.raises(UserError, match=r"does not fit .* KV cache 1.00 MiB \(context 512, batch 1\)"):
+        "memory_gb = 8 ", "memory_gb = 1 "))
+    with pytest.raises(UserError, match=r"does not fit .* to build: TensorRT builder 1.54 GiB"):
         fits_on_device(out, manifest["graphs"], manifest["model"]["dims"], recipe, load_profile(tiny))
+
+
+# MobileVLM_V2-1.7B's and -3B's dims (reference/mobilevlm.md), for the fit at full size without building
+V2_1_7B = dict(image_size=336, patches=576, vision_hidden=1024, image_tokens=144, hidden=2048, intermediate=5632,
+               layers=24, heads=16, kv_heads=16, head_dim=128, vocab=32000, max_context=2048)
+V2_3B = {**V2_1_7B, "hidden": 2560, "intermediate": 6912, "layers": 32, "heads": 32, "kv_heads": 32, "head_dim": 80}
+
+
+def _weights(d: dict, bytes_per_weight: float) -> dict[str, int]:
+    vision = 24 * 12 * d["vision_hidden"] ** 2 * 2  # the CLIP tower, fp16
+    decoder = d["layers"] * (4 * d["hidden"] ** 2 + 3 * d["hidden"] * d["intermediate"]) + d["vocab"] * d["hidden"]
+    return {"image_encoder": vision, "embed_tokens": d["vocab"] * d["hidden"] * 2,
+            "decoder": int(decoder * bytes_per_weight)}
+
+
+def test_memory_fit_at_full_size_on_the_orin_nano():
+    """Per profile and phase, with the numbers: a 3B fp16 build does not fit an 8 GB Orin Nano (refused); a 1.7B
+    int4 build fits it; the run's KV buffers and activations are counted at the recipe's shapes."""
+    from mobilevlm_export.profiles import load_profile
+    from mobilevlm_export.targets.orin import memory_fit
+
+    nano = load_profile("orin-nano-8gb")
+    with pytest.raises(UserError, match=r"orin-fp16.toml: does not fit orin-nano-8gb \(8 GB\) to build: TensorRT "
+                                        r"builder 1.54 GiB \+ 3 x the decoder's weights 4.88 GiB"):
+        memory_fit(_weights(V2_3B, 2.0), V2_3B, load_recipe("orin-fp16"), nano)
+    fit = memory_fit(_weights(V2_1_7B, 0.5 + 2 / 128), V2_1_7B, load_recipe("orin-int4"), nano)
+    assert fit["kv_cache_bytes"] == 2 * 24 * 16 * 128 * 512 * 2  # fp16 keys and values at context 512
+    assert fit["run_bytes"] > fit["weights_bytes"] + 2 * fit["kv_cache_bytes"]
+    dec = fit["activation_bytes"]["decoder"]
+    assert dec["prefill"] > dec["decode"] > 0  # 384 positions of attention and MLP vs one
+    assert "build: TensorRT builder" in fit["summary"] and "run: weights" in fit["summary"]
 
 
 def test_orin_predictions_from_the_profiles():

@@ -94,7 +94,10 @@ def test_contract_ranges_feed_every_backend():
     dec = dyn["decoder"]
     symbols = {s for t in dec.inputs for d in t.dims if isinstance(d, str) for s in d.split("+")}
     assert symbols == set(dec.ranges) == {"batch", "seq", "past"}  # every symbol has its range
-    assert dec.ranges["past"] == DimRange(0, 300, 1023) and dec.ranges["seq"] == DimRange(1, 64, 300)
+    # prefill tunes for the image's tokens plus a typical text (64), the text embedding for the text alone
+    assert dec.ranges["past"] == DimRange(0, 300, 1023)
+    assert dec.ranges["seq"] == DimRange(1, DIMS.image_tokens + 64, 300) and dyn["embed_tokens"].ranges["seq"] == \
+        DimRange(1, 64, 300)
     assert dec.ranges["batch"] == DimRange(1, 1, 4) and dyn["vision_encoder"].ranges == {"batch": DimRange(1, 1, 4)}
     static = {g.name: g for g in graph_contracts(DIMS, kv="static", fused_image_encoder=True,
                                                  limits=Limits(1, 512, 512))}

@@ -249,6 +249,8 @@ class ExecuTorchRunner:
     """Runs one method of a loaded program (``load_program``, which sized the threadpool): feeds in contract order,
     outputs named after the contract."""
 
+    backend = "executorch"
+
     def __init__(self, program: LoadedProgram, path: Path, contract: GraphContract, method: str) -> None:
         self.contract = contract
         self.program = program  # alive while its method runs

@@ -193,7 +193,11 @@ def save_model(model, path: Path, external: bool | None = None) -> Path:
 
 
 class OnnxRunner:
-    """An ONNX Runtime session over one graph file, fed and read by contract names."""
+    """An ONNX Runtime session over one graph file, fed and read by contract names. Also the ``DecoderBindings``
+    of ``runtime.sessions.BoundKVSession`` (ONNX Runtime's IO binding over host buffers the session allocates
+    once): outputs are written straight into the buffer the next call reads, nothing is copied between calls."""
+
+    backend = "onnxruntime"
 
     def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
@@ -208,7 +212,41 @@ class OnnxRunner:
         except load_errors as exc:  # not a model, a graph it cannot run, missing weights
             raise UserError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
         self._outputs = [t.name for t in contract.outputs]
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in (*contract.inputs, *contract.outputs)}
+        self._buffers: dict[int, np.ndarray] = {}  # address -> the host buffer there
+        self._binding = None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in self.contract.inputs}
         return dict(zip(self._outputs, self.session.run(self._outputs, inputs), strict=True))
+
+    # -- DecoderBindings -------------------------------------------------------------------------------------
+    def allocate(self, nbytes: int) -> int:
+        buf = np.empty(max(nbytes, 1), np.uint8)
+        self._buffers[buf.ctypes.data] = buf
+        return buf.ctypes.data
+
+    def _view(self, buf: int, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        raw = self._buffers[buf]
+        n = int(np.prod(shape)) * dtype.itemsize
+        if offset + n > raw.nbytes:
+            raise ValueError(f"{n} bytes at offset {offset} overrun a buffer of {raw.nbytes}")
+        return raw[offset:offset + n].view(dtype).reshape(shape)
+
+    def upload(self, buf: int, array: np.ndarray) -> None:
+        self._view(buf, 0, array.shape, array.dtype)[...] = array
+
+    def download(self, buf: int, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return self._view(buf, offset, shape, np.dtype(dtype)).copy()
+
+    def execute(self, inputs: dict, outputs: dict) -> None:
+        if self._binding is None:
+            self._binding = self.session.io_binding()
+        io = self._binding
+        for name, (buf, shape) in inputs.items():
+            self._view(buf, 0, shape, self._dtypes[name])  # bounds
+            io.bind_input(name, "cpu", 0, self._dtypes[name], list(shape), buf)
+        for name, (buf, shape) in outputs.items():
+            self._view(buf, 0, shape, self._dtypes[name])
+            io.bind_output(name, "cpu", 0, self._dtypes[name], list(shape), buf)
+        self.session.run_with_iobinding(io)

@@ -12,9 +12,9 @@ several profiles gives each one ``--profile=N`` directly followed by its ``--min
 (trtexec refuses a repeated shape flag without ``--profile``); a one-profile engine passes its one group alone,
 which trtexec makes profile 0. ``tests/trtexec_grammar.py`` checks the script against trtexec 10.3's parser.
 
-Building and running need ``tensorrt`` (JetPack's python3-libnvinfer on a Jetson) and a CUDA device, with
-``cuda-python`` for device buffers; both are imported inside the functions, so this module imports without them.
-Nothing here imports torch.
+Building needs ``tensorrt`` (JetPack's python3-libnvinfer on a Jetson) and a CUDA device, imported inside the
+function, so this module imports without them; running engines is ``tensorrt_runtime``'s. Nothing here imports
+torch.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from mobilevlm_export.backends.tensorrt_runtime import import_tensorrt
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import DimRange, GraphContract
 
@@ -157,49 +156,7 @@ def trtexec_script(plan: BuildPlan) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the real TensorRT API
-
-
-def import_tensorrt():
-    """``tensorrt`` or ``UserError`` saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise UserError(f"tensorrt is not importable ({exc}); on a Jetson it comes with JetPack "
-                        "(python3-libnvinfer), elsewhere from NVIDIA's index (pip install tensorrt)") from None
-    return trt
-
-
-def tensorrt_available() -> str | None:
-    """None when TensorRT and a CUDA device are usable here, else why not (one line)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "tensorrt not importable"
-    try:
-        cudart = _cudart()
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) != 0 or count < 1:
-            return "no CUDA device"
-    except ImportError:
-        return "cuda-python not importable"
-    return None
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-def _check(result):
-    """cuda-python returns (error, *values): raise on an error, return the values."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    return values[0] if len(values) == 1 else values
+# the real TensorRT API: the engine builder
 
 
 def build_engine(e: EnginePlan, root: Path, workspace_bytes: int, log=print) -> dict:
@@ -238,67 +195,3 @@ def build_engine(e: EnginePlan, root: Path, workspace_bytes: int, log=print) -> 
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"graph": e.graph, "file": e.engine, "bytes": out.stat().st_size,
             "seconds": round(time.perf_counter() - t0, 1)}
-
-
-class TensorRTRunner:
-    """Runs one engine: sets the profile (decoder: prefill when there is no past, else decode) and the input
-    shapes, copies the feeds to device buffers, runs, and returns the outputs named after the contract."""
-
-    def __init__(self, engine_path: Path, contract: GraphContract) -> None:
-        trt = import_tensorrt()
-        self._trt = trt
-        self._cudart = _cudart()
-        self.contract = contract
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self._engine is None:
-            raise UserError(f"{engine_path}: TensorRT cannot load this engine (built by another TensorRT version or "
-                            "for another GPU? rebuild it with `mvlm-export trt-build`)")
-        self._context = self._engine.create_execution_context()
-        self._stream = _check(self._cudart.cudaStreamCreate())
-        self._profiles = self._engine.num_optimization_profiles
-        self._profile = -1
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
-
-    def _buffer(self, name: str, nbytes: int) -> int:
-        ptr, size = self._buffers.get(name, (0, 0))
-        if size < max(nbytes, 1):
-            if ptr:
-                _check(self._cudart.cudaFree(ptr))
-            ptr, size = _check(self._cudart.cudaMalloc(max(nbytes, 1))), max(nbytes, 1)
-            self._buffers[name] = (ptr, size)
-        return ptr
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        trt, cudart, ctx = self._trt, self._cudart, self._context
-        past = next((feeds[t.name].shape[2] for t in self.contract.inputs if t.name.startswith("past_key_values")),
-                    0)
-        profile = 0 if self._profiles == 1 or past == 0 else 1
-        if profile != self._profile:
-            ctx.set_optimization_profile_async(profile, self._stream)
-            self._profile = profile
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for t in self.contract.inputs:
-            arr = np.ascontiguousarray(feeds[t.name], dtype=trt.nptype(self._engine.get_tensor_dtype(t.name)))
-            ctx.set_input_shape(t.name, arr.shape)
-            ptr = self._buffer(t.name, arr.nbytes)
-            if arr.nbytes:
-                _check(cudart.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, h2d, self._stream))
-            ctx.set_tensor_address(t.name, ptr)
-        outs = {}
-        for t in self.contract.outputs:
-            shape = tuple(ctx.get_tensor_shape(t.name))
-            outs[t.name] = np.empty(shape, dtype=trt.nptype(self._engine.get_tensor_dtype(t.name)))
-            ctx.set_tensor_address(t.name, self._buffer(t.name, outs[t.name].nbytes))
-        if not ctx.execute_async_v3(self._stream):
-            raise CheckFailed(f"{self.contract.name}: TensorRT execution failed")
-        for name, arr in outs.items():
-            if arr.nbytes:
-                _check(cudart.cudaMemcpyAsync(arr.ctypes.data, self._buffers[name][0], arr.nbytes, d2h, self._stream))
-        _check(cudart.cudaStreamSynchronize(self._stream))
-        return outs
-
-    def __del__(self) -> None:
-        for ptr, _ in getattr(self, "_buffers", {}).values():
-            self._cudart.cudaFree(ptr)

@@ -75,12 +75,12 @@ def identity() -> dict:
 
 def provenance() -> dict:
     """Where a build was made: the git commit and whether the tree had uncommitted changes, and when."""
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     from mobilevlm_export.bench import source_state
 
     commit, dirty = source_state()
-    return {"commit": commit, "dirty": dirty, "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {"commit": commit, "dirty": dirty, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def synthetic_dims(shape: str):

@@ -177,7 +177,9 @@ class ExportLlmPipeline:
         if not meta.get("enable_dynamic_shape", False):
             raise UserError("export_llm program without dynamic shape: the suite feeds the prompt in one call")
         self.method, self.meta, self.pos = method, meta, 0
-        self.decoder = SimpleNamespace(capacity=int(meta.get("get_max_context_len", EXPORT_LLM_MAX_SEQ)))
+        capacity = int(meta.get("get_max_context_len", EXPORT_LLM_MAX_SEQ))
+        self.decoder = SimpleNamespace(capacity=capacity, max_prompt=capacity)
+        self.backend = "executorch"
 
     def _forward(self, tokens: list[int], pos: int) -> Any:
         import torch
@@ -231,7 +233,8 @@ class EagerPipeline:
 
         self.ref = Reference(loaded)
         self.llm = loaded.model.language_model
-        self.decoder = SimpleNamespace(capacity=capacity)
+        self.decoder = SimpleNamespace(capacity=capacity, max_prompt=capacity)
+        self.backend = "pytorch"
         self.past = None
 
     def image_embeds(self, pixel_values: Any) -> Any:

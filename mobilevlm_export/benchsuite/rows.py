@@ -143,7 +143,7 @@ def to_toml(data: dict) -> str:
 def derived_recipe(name: str) -> str:
     """The text of the derived recipe ``name`` (``DERIVED``): its shipped base with the named ``[quantize.PART]``
     tables replaced (or removed: None) and the name changed; the base's tolerances kept."""
-    import tomllib
+    from mobilevlm_export.schema import tomllib
 
     base, changes, words = DERIVED[name]
     data = tomllib.loads((RECIPES_DIR / f"{base}.toml").read_text())

@@ -153,9 +153,8 @@ def artifact_bytes(root: Path, manifest: dict) -> int:
 
 
 def _build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) -> tuple[Path, dict]:
-    import tomllib
-
     from mobilevlm_export.benchsuite.peers import run_measured
+    from mobilevlm_export.schema import tomllib
 
     text, path = recipe_text(row, out)
     # keyed by the recipe's values, not its text: a comment (the justification of a default, say) changes no build

@@ -190,8 +190,10 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
             outs += [TensorSpec(ok, dtype, cache[:2] + ("past+seq",) + cache[3:]),
                      TensorSpec(ov, dtype, cache[:2] + ("past+seq",) + cache[3:])]
         past = DimRange(0, min(limits.max_prompt, limits.max_context - 1), limits.max_context - 1)
+        # a prompt is the image's tokens and the text: engines tune prefill for that, not for the text alone
+        prompt = DimRange(1, min(d.image_tokens + OPT_PROMPT_TOKENS, limits.max_prompt), limits.max_prompt)
         graphs.append(GraphContract("decoder", tuple(ins), tuple(outs),
-                                    ranges={"batch": batch, "seq": seq, "past": past}))
+                                    ranges={"batch": batch, "seq": prompt, "past": past}))
     elif kv == "static":
         # ExecuTorch: batch 1; the cache is [1, max_cache, kv_heads, head_dim] buffers written at input_pos
         graphs = [GraphContract(g.name, _batch_one(g.inputs), _batch_one(g.outputs),

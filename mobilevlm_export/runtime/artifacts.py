@@ -14,15 +14,17 @@ from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, TOKENIZER_DIR, read_manifest
 from mobilevlm_export.profiles import DeviceProfile
 from mobilevlm_export.recipes import Recipe
-from mobilevlm_export.runtime.pipeline import DynamicKVSession, StaticKVSession, VLMPipeline
+from mobilevlm_export.runtime.pipeline import VLMPipeline
 from mobilevlm_export.runtime.preprocess import ImagePreprocess, load_image
 from mobilevlm_export.runtime.prompt import build_prompt_ids, decode_text
+from mobilevlm_export.runtime.sessions import BoundKVSession, StaticKVSession
 
 
 @dataclass
 class ArtifactSet:
     root: Path
     manifest: dict
+    backend: str | None = None  # the runtime to run on (None: the target's choice, see ``Target.open_runners``)
     _tokenizer: object = field(default=None, repr=False)
 
     @property
@@ -59,7 +61,7 @@ class ArtifactSet:
         return self._tokenizer
 
     def runners(self, threads: int | None = None) -> dict:
-        return self.target.open_runners(self.root, self.manifest["graphs"], threads)
+        return self.target.open_runners(self.root, self.manifest["graphs"], threads, self.backend)
 
     def pipeline(self, runners: dict | None = None) -> VLMPipeline:
         runners = runners if runners is not None else self.runners()
@@ -68,17 +70,20 @@ class ArtifactSet:
         ranges = decoder.contract.ranges
         if decoder.contract.state:  # static KV cache (ExecuTorch): prefill and decode up to the cache's length
             session = StaticKVSession(decoder, ranges["seq"].max)
-        else:
-            session = DynamicKVSession(decoder, model["dims"]["layers"], ranges["past"].max + 1)
+        else:  # dynamic KV (ONNX Runtime, TensorRT): the cache stays in the backend's buffers
+            options = self.manifest["recipe"].get(self.target.recipe_section or "", {})
+            key = f"{self.target.recipe_section}.max_prompt" if "max_prompt" in options else None
+            session = BoundKVSession(decoder, model["dims"]["layers"], ranges["past"].max + 1, ranges["seq"].max,
+                                     key)
         return VLMPipeline(runners, session, model["eos_token_id"])
 
 
-def open_artifacts(root: str | Path) -> ArtifactSet:
+def open_artifacts(root: str | Path, backend: str | None = None) -> ArtifactSet:
     """Read and check DIR: the manifest's form, every file the runtime opens inside DIR and listed in the
     manifest's artifacts, every artifact's sha256 (``manifest.read_manifest``). ``UserError`` naming the file and
-    key when missing, malformed or corrupt."""
+    key when missing, malformed or corrupt. ``backend``: the runtime to run it on (``--backend``)."""
     root = Path(root)
-    return ArtifactSet(root, read_manifest(root))
+    return ArtifactSet(root, read_manifest(root), backend)
 
 
 def answer(art: ArtifactSet, image: str | Path, prompt: str, params: SamplingParams = SamplingParams(),
@@ -86,8 +91,9 @@ def answer(art: ArtifactSet, image: str | Path, prompt: str, params: SamplingPar
     """Answer ``prompt`` about ``image`` with the artifacts only."""
     img = load_image(image)
     ids = build_prompt_ids(art.tokenizer, prompt, raw_prompt)
-    out, timings = art.pipeline(art.runners(threads)).generate_ids(ids, art.preprocess(img), params)
-    return {"prompt_ids": ids, "output_ids": out,
+    runners = art.runners(threads)
+    out, timings = art.pipeline(runners).generate_ids(ids, art.preprocess(img), params)
+    return {"backend": runners["decoder"].backend, "prompt_ids": ids, "output_ids": out,
             "text": decode_text(art.tokenizer, out, art.manifest["model"]["eos_token_id"]),
             "timings": timings.to_dict()}
 

@@ -4,101 +4,23 @@ Prefill, as ``run``'s timings and ``bench`` report it: embedding the prompt's te
 embeddings in, and the decoder over every prompt position (image tokens included), up to the first token's
 logits. The image encoder is not part of it: time to first token = vision + prefill.
 
-The loop talks to the decoder through a ``DecoderSession`` (prefill / step); ``DynamicKVSession`` carries the
-cache between calls of a dynamic-KV graph (ONNX, TensorRT). A static-cache backend keeps its cache in place and
-only needs positions, behind the same two methods.
+The loop talks to the decoder through a ``runtime.sessions.DecoderSession`` (prefill / step), which keeps the KV
+cache where the backend computes it. A prompt longer than the session takes, or that leaves no room for the
+answer, is refused before any graph runs.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from mobilevlm_export.backends import Runner
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams, select_token
-from mobilevlm_export.graphs.contracts import kv_names
 from mobilevlm_export.runtime.prompt import prompt_length, segments
-
-
-class DecoderSession(Protocol):
-    capacity: int  # how many positions (prompt + answer) the session can hold
-
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        """Start a new sequence with ``embeds`` [1, S, H]; logits [S, vocab]."""
-
-    def step(self, embeds: np.ndarray) -> np.ndarray:
-        """Append ``embeds`` [1, 1, H]; logits [1, vocab]."""
-
-
-class DynamicKVSession:
-    """Runs a dynamic-KV decoder graph, feeding each call's ``present.*`` back as the next ``past_key_values.*``."""
-
-    def __init__(self, runner: Runner, layers: int, capacity: int) -> None:
-        self.runner = runner
-        self.layers = layers
-        self.capacity = capacity
-        spec = next(t for t in runner.contract.inputs if t.name == kv_names(0)[0])
-        self._cache_dtype = spec.dtype
-        self._kv_shape = spec.dims
-        self._past: dict[str, np.ndarray] = {}
-        self._length = 0
-
-    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        shape = tuple(0 if d == "past" else batch if d == "batch" else d for d in self._kv_shape)
-        return {name: np.zeros(shape, self._cache_dtype) for i in range(self.layers) for name in kv_names(i)[:2]}
-
-    def _run(self, embeds: np.ndarray) -> np.ndarray:
-        b, s = embeds.shape[:2]
-        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((b, self._length + s), np.int64),
-                 "position_ids": np.broadcast_to(np.arange(self._length, self._length + s), (b, s)).copy(),
-                 **self._past}
-        out = self.runner.run(feeds)
-        for i in range(self.layers):
-            pk, pv, ok, ov = kv_names(i)
-            self._past[pk], self._past[pv] = out[ok], out[ov]
-        self._length += s
-        return out["logits"][0]
-
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        self._past = self._empty_past(embeds.shape[0])
-        self._length = 0
-        return self._run(embeds)
-
-    def step(self, embeds: np.ndarray) -> np.ndarray:
-        return self._run(embeds)
-
-
-class StaticKVSession:
-    """Runs a static-KV decoder (ExecuTorch): the cache lives in the method's buffers; each call passes the
-    cache positions it writes. Prefill longer than ``max_prefill`` goes in chunks, as ExecuTorch's runner does."""
-
-    def __init__(self, runner: Runner, capacity: int, max_prefill: int | None = None) -> None:
-        self.runner = runner
-        self.capacity = capacity
-        self.max_prefill = max_prefill or capacity
-        self._length = 0
-
-    def _run(self, embeds: np.ndarray) -> np.ndarray:
-        s = embeds.shape[1]
-        if self._length + s > self.capacity:
-            raise UserError(f"the static KV cache holds {self.capacity} positions; {self._length} used, {s} more "
-                            "do not fit (shorten the prompt or lower --max-new-tokens)")
-        pos = np.arange(self._length, self._length + s, dtype=np.int64)
-        out = self.runner.run({"inputs_embeds": np.ascontiguousarray(embeds, np.float32), "input_pos": pos})
-        self._length += s
-        return out["logits"][0]
-
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        self._length = 0
-        chunks = [self._run(embeds[:, i:i + self.max_prefill]) for i in range(0, embeds.shape[1], self.max_prefill)]
-        return np.concatenate(chunks)
-
-    def step(self, embeds: np.ndarray) -> np.ndarray:
-        return self._run(embeds)
+from mobilevlm_export.runtime.sessions import DecoderSession
 
 
 @dataclass
@@ -152,20 +74,38 @@ class VLMPipeline:
         """One decode step: embed ``token``, run the decoder on it; its logits."""
         return self.decoder.step(self.embed([token]))[-1]
 
+    @property
+    def image_tokens(self) -> int:
+        """Image tokens per image, from the image graph's contract (``image_embeds [batch, tokens, hidden]``)."""
+        graph = self.runners.get("image_encoder") or self.runners["projector"]
+        return next(t for t in graph.contract.outputs if t.name == "image_embeds").dims[1]
+
+    def check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
+        """``UserError`` (before any graph runs) for a prompt the decoder cannot take in one prefill, or that
+        leaves too little room for ``max_new_tokens``."""
+        length = prompt_length(prompt_ids, self.image_tokens)
+        if length + max_new_tokens > self.decoder.capacity:
+            raise UserError(
+                f"--prompt: {length} prompt tokens (image included) + {max_new_tokens} new tokens exceed "
+                f"the decoder's capacity of {self.decoder.capacity} positions; shorten the prompt or lower "
+                "--max-new-tokens"
+            )
+        limit = self.decoder.max_prompt
+        if length > limit:
+            key = getattr(self.decoder, "limit_key", None)
+            raise UserError(f"--prompt: {length} prompt tokens (image included) exceed the {limit} positions the "
+                            "decoder takes in one prefill" + (f"; raise {key} in the recipe and rebuild, or shorten "
+                                                              "the prompt" if key else "; shorten the prompt"))
+
     def generate_ids(self, prompt_ids: list[int], pixel_values: np.ndarray,
                      params: SamplingParams = SamplingParams()) -> tuple[list[int], Timings]:
         """Generated ids (stop token included when produced) and the timings of each stage."""
+        self.check_length(prompt_ids, params.max_new_tokens)
         t = Timings()
         t0 = time.perf_counter()
         image = self.image_embeds(pixel_values[None] if pixel_values.ndim == 3 else pixel_values)
         t1 = time.perf_counter()
         length = prompt_length(prompt_ids, image.shape[1])
-        if length + params.max_new_tokens > self.decoder.capacity:
-            raise UserError(
-                f"--prompt: {length} prompt tokens (image included) + {params.max_new_tokens} new tokens exceed "
-                f"the decoder's capacity of {self.decoder.capacity} positions; shorten the prompt or lower "
-                "--max-new-tokens"
-            )
         logits = self.prefill(prompt_ids, image)
         t2 = time.perf_counter()
         t.vision_ms, t.prefill_ms, t.prompt_tokens = (t1 - t0) * 1e3, (t2 - t1) * 1e3, length

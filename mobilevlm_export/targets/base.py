@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.schema import Precision, QuantAlgorithm
 
 
@@ -69,5 +70,13 @@ class Target(Protocol):
     def compile(self, graphs: list, recipe, profile, ctx: CompileContext) -> CompileRecord:
         """Quantize per the recipe, lower, and write the artifacts under ``ctx.out``; consumes ``graphs``."""
 
-    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
-        """A runner (``backends.Runner``) per graph record of a manifest."""
+    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
+                     backend: str | None = None) -> dict:
+        """A runner (``backends.Runner``, with its ``backend`` name) per graph record of a manifest, on
+        ``backend`` (None: the target's own); ``UserError`` when that backend cannot run them here."""
+
+
+def check_backend(target: str, backends: tuple[str, ...], backend: str | None) -> None:
+    """``UserError`` for a ``--backend`` that does not run a ``target`` build."""
+    if backend is not None and backend not in backends:
+        raise UserError(f"--backend {backend}: {target} builds run on {' or '.join(backends)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mobilevlm_export.graphs.contracts import Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm
-from mobilevlm_export.targets.base import CompileContext, CompileRecord
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
 
 # the batch range recorded in the contracts (ONNX Runtime takes any batch; an engine builder needs a bound)
 HOST_MAX_BATCH = 8
@@ -48,9 +48,12 @@ class OnnxTarget:
         record = export_graphs(graphs, ctx, "Exporting graphs to ONNX")
         return CompileRecord(record, log=[f"{n}: {r['export']['simplify_note']}" for n, r in record.items()])
 
-    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
+    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
+                     backend: str | None = None) -> dict:
         from mobilevlm_export.backends.onnx import OnnxRunner
         from mobilevlm_export.graphs.contracts import GraphContract
+
+        check_backend(self.name, (self.backend,), backend)
 
         return {name: OnnxRunner(root / g["file"], GraphContract.from_dict(g["contract"]), threads)
                 for name, g in graphs.items()}

@@ -4,10 +4,11 @@ TensorRT ONNX parser, proven on the host with ONNX Runtime, and an on-device bun
 Graphs: ``image_encoder`` (tower + projector fused), ``embed_tokens`` and the dynamic-KV ``decoder``, fp16
 weights and activations (logits fp32), int32 ``input_ids``/``attention_mask``/``position_ids``. Quantization
 rewrites the exported graphs' weight MatMuls to Q/DQ (``quantize/qdq.py``): int4 weight-only blocked along K
-(symmetric, zero point 0; AWQ pre-scales optional), int8 weight-only per channel, or W8A8 with calibrated
-per-tensor activation scales. ``graphs/*.onnx`` are the standard form (opset 21) ONNX Runtime runs on the host;
-when the profile's TensorRT parses opsets below 21 (JetPack 6: TensorRT 10.3), ``trt/*.onnx`` hold the same graphs
-with blocked DQ as ``trt::DequantizeLinear`` at opset 20, and the build checks the two differ in nothing else.
+(symmetric, zero point 0; AWQ pre-scales optional) or W8A8 with calibrated per-tensor activation scales. No int8
+weight-only: TensorRT's weight-only quantization is INT4 only (its int8 quantizes activations and weights).
+``graphs/*.onnx`` are the standard form (opset 21) ONNX Runtime runs on the host; when the profile's TensorRT
+parses opsets below 21 (JetPack 6: TensorRT 10.3), ``trt/*.onnx`` hold the same graphs with blocked DQ as
+``trt::DequantizeLinear`` at opset 20, and the build checks the two differ in nothing else.
 ``build_plan.json`` + ``build_engines.sh`` say how to build the engines on the device (``mvlm-export trt-build``).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
-from mobilevlm_export.targets.base import CompileContext, CompileRecord
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
 
 # int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
 DEFAULT_BLOCK = 128
@@ -32,7 +33,7 @@ USABLE_MEMORY_FRACTION = 0.75
 WORKSPACE_MEMORY_FRACTION = 0.25
 GIB = 1 << 30
 _FLOAT = (Precision.FP16,)
-_WEIGHTS = (Precision.FP16, Precision.INT4, Precision.INT8, Precision.W8A8)
+_WEIGHTS = (Precision.FP16, Precision.INT4, Precision.W8A8)
 
 
 class Logits(StrEnum):
@@ -58,6 +59,11 @@ class OrinDevice:
     tensorrt: str  # the TensorRT version JetPack ships: picks the parser's op table and the Q/DQ form
     fp16_tflops: float = bounded(min=1e-3)  # dense fp16 tensor-core throughput of the GPU
     compute_capability: str = "8.7"
+    # memory the TensorRT builder takes at start-up, host and GPU (cited in the profile); the runtime's start-up
+    # (CUDA context, TensorRT's libraries) while engines run
+    builder_host_gb: float = bounded(0.9, min=0)
+    builder_gpu_gb: float = bounded(0.75, min=0)
+    runtime_gb: float = bounded(0.75, min=0)
 
 
 class OrinTarget:
@@ -66,9 +72,9 @@ class OrinTarget:
     kv = "dynamic"
     default_recipe = "orin-int4"
     default_profile = "orin-agx-64gb"
-    precisions = (Precision.FP16, Precision.INT4, Precision.INT8, Precision.W8A8)
-    quantize_parts = {"image_encoder": (Precision.FP16, Precision.INT8, Precision.W8A8),
-                      "embed_tokens": _FLOAT, "decoder": _WEIGHTS, "lm_head": _WEIGHTS[:3]}
+    precisions = (Precision.FP16, Precision.INT4, Precision.W8A8)
+    quantize_parts = {"image_encoder": (Precision.FP16, Precision.W8A8),
+                      "embed_tokens": _FLOAT, "decoder": _WEIGHTS, "lm_head": _WEIGHTS}
     default_group_size = DEFAULT_BLOCK
     algorithms = (QuantAlgorithm.RTN, QuantAlgorithm.AWQ, QuantAlgorithm.SMOOTHQUANT)
     recipe_section = "tensorrt"
@@ -165,27 +171,44 @@ class OrinTarget:
                  for (n, r), e in zip(record.items(), plan.engines, strict=True)]
         return CompileRecord(record, info, log, table)
 
-    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
+    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
+                     backend: str | None = None) -> dict:
         """TensorRT engines when the manifest records them (``trt-build``, or a build with TensorRT: listed in its
-        artifacts with their sha256) and TensorRT and a GPU are here; ONNX Runtime on the standard-form graphs
-        otherwise. ``UserError`` for a planned engine on disk that the manifest does not record (built by
-        ``build_engines.sh``): it would run unchecked, or be silently passed over."""
-        from mobilevlm_export.backends.tensorrt import PLAN, TensorRTRunner, read_plan, tensorrt_available
+        artifacts with their sha256): they run, or this fails in one line saying why (no TensorRT, no CUDA
+        device, cuda-python missing or newer than the driver); the standard-form graphs on ONNX Runtime when no
+        engine is recorded or ``backend`` is ``onnxruntime``. Never one for the other without being asked.
+        ``UserError`` for a planned engine on disk that the manifest does not record (built by
+        ``build_engines.sh``): it would run unchecked, or be silently passed over (unless ONNX Runtime is asked
+        for)."""
+        from mobilevlm_export.backends.tensorrt import PLAN, read_plan
         from mobilevlm_export.graphs.contracts import GraphContract
         from mobilevlm_export.manifest import MANIFEST
 
-        for e in read_plan(root).engines if (root / PLAN).is_file() else ():
+        check_backend(self.name, ("tensorrt", "onnxruntime"), backend)
+        planned = read_plan(root).engines if (root / PLAN).is_file() and backend != "onnxruntime" else ()
+        for e in planned:
             if "engine" not in graphs.get(e.graph, {}) and (root / e.engine).exists():
                 raise UserError(f"{root / e.engine}: built but not recorded in {root / MANIFEST} (no sha256); "
                                 f"`mvlm-export trt-build {root} --record-only` records the engines build_engines.sh "
                                 f"built (`mvlm-export trt-build {root}` builds and records them with the TensorRT "
                                 "API)")
-        if all("engine" in g for g in graphs.values()) and tensorrt_available() is None:
-            return {name: TensorRTRunner(root / g["engine"], GraphContract.from_dict(g["contract"]))
-                    for name, g in graphs.items()}
-        from mobilevlm_export.targets.onnx import OnnxTarget
+        recorded = [name for name, g in graphs.items() if "engine" in g]
+        if backend == "onnxruntime" or (backend is None and not recorded):
+            from mobilevlm_export.targets.onnx import OnnxTarget
 
-        return OnnxTarget().open_runners(root, graphs, threads)
+            return OnnxTarget().open_runners(root, graphs, threads)
+        if len(recorded) < len(graphs):
+            missing = sorted(set(graphs) - set(recorded))
+            raise UserError(f"{root / MANIFEST}: no TensorRT engine recorded for {', '.join(missing)}: run "
+                            f"`mvlm-export trt-build {root}` on the device (or --backend onnxruntime)")
+        from mobilevlm_export.backends.tensorrt_runtime import TensorRTRunner, tensorrt_available
+
+        why = tensorrt_available()
+        if why:
+            raise UserError(f"{root}: its TensorRT engines cannot run here: {why}; --backend onnxruntime runs the "
+                            "bundle's ONNX graphs on the CPU instead")
+        return {name: TensorRTRunner(root / g["engine"], GraphContract.from_dict(g["contract"]))
+                for name, g in graphs.items()}
 
 
 def _parser_opset(trt_version: str) -> int:
@@ -310,31 +333,80 @@ def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
     return feeds
 
 
+# The vision tower's attention head width (CLIP ViT-L/14 and every MobileVLM tower: 64), for its activation estimate
+VISION_HEAD_DIM = 64
+
+
+def memory_fit(graph_weights: dict[str, int], dims: dict, recipe, profile) -> dict:
+    """What building and running the engines take on ``profile`` (Jetson: CPU and GPU share one memory), against
+    it; ``UserError`` with the numbers when a phase cannot fit at all, ``fits`` false (a warning) above the usable
+    share. ``graph_weights``: graph -> bytes of its weights (initializers).
+
+    - Build (one engine at a time, ``build_engines.sh`` or ``trt-build``): the builder's start-up (the profile's
+      ``builder_host_gb`` + ``builder_gpu_gb``, cited there), the parsed ONNX model's weights in host memory, the
+      builder's copy of them on the GPU and the serialized engine in host memory (3 x the largest graph's weights),
+      and the workspace limit.
+    - Run: every engine's weights, the runtime's start-up (``runtime_gb``), the KV cache twice (the runner's
+      ping-pong buffers at the longest context and batch), and per engine its execution context's activation
+      memory, the largest over its optimization profiles (estimated below from the profile's max shapes: fp16
+      attention scores and probabilities, the MLP's three intermediates, a few hidden-size tensors, the logits)."""
+    opts, dev = recipe.options, profile.options
+    batch, prompt, context = profile.max_batch, opts.max_prompt, opts.max_context
+    h, inter, heads = dims["hidden"], dims["intermediate"], dims["heads"]
+    logits_rows = 1 if opts.logits == Logits.LAST else prompt
+    kv = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * context * batch * 2
+
+    def decoder_activations(seq: int, past: int) -> int:
+        scores = 2 * heads * seq * (past + seq) * 2
+        return batch * (scores + 3 * seq * inter * 2 + 4 * seq * h * 2 + (logits_rows if seq > 1 else 1)
+                        * dims["vocab"] * 4)
+
+    patches, vh = dims["patches"], dims["vision_hidden"]
+    vision = batch * (2 * (vh // VISION_HEAD_DIM) * patches * patches * 2 + 4 * patches * vh * 2 * 2)
+    profiles = {"image_encoder": {"default": vision},
+                "embed_tokens": {"default": batch * prompt * h * 2},
+                "decoder": {"prefill": decoder_activations(prompt, 0), "decode": decoder_activations(1, context - 1)}}
+    activations = {g: max(p.values()) for g, p in profiles.items() if g in graph_weights}
+    weights = sum(graph_weights.values())
+    workspace = workspace_bytes(recipe, profile)
+    builder = int((dev.builder_host_gb + dev.builder_gpu_gb) * 1e9)
+    largest = max(graph_weights, key=graph_weights.get)
+    build = builder + 3 * graph_weights[largest] + workspace
+    runtime = int(dev.runtime_gb * 1e9)
+    run = weights + runtime + 2 * kv + sum(activations.values())
+    total = profile.memory_gb * GIB
+    usable = total * USABLE_MEMORY_FRACTION
+    build_numbers = (f"TensorRT builder {_size(builder)} + 3 x the {largest}'s weights "
+                     f"{_size(graph_weights[largest])} (parsed, on the GPU, serialized) + workspace {_size(workspace)}"
+                     f" = {_size(build)}")
+    run_numbers = (f"weights {_size(weights)} + runtime {_size(runtime)} + KV cache 2 x {_size(kv)} (context "
+                   f"{context}, batch {batch}) + activations {_size(sum(activations.values()))} "
+                   f"(decoder prefill {_size(profiles['decoder']['prefill'])}, decode "
+                   f"{_size(profiles['decoder']['decode'])}) = {_size(run)}")
+    for phase, need, numbers in (("build", build, build_numbers), ("run", run, run_numbers)):
+        if need > total:
+            raise UserError(f"{recipe.source}: does not fit {profile.name} ({profile.memory_gb:g} GB) to {phase}: "
+                            f"{numbers}; lower tensorrt.max_context / max_prompt / workspace_mb or quantize more")
+    fits = max(build, run) <= usable
+    head = (f"fits {profile.name}" if fits else
+            f"warning: exceeds the {usable / GIB:.1f} GiB usable on {profile.name} ({USABLE_MEMORY_FRACTION:.0%} "
+            f"of {profile.memory_gb:g} GB; the build or the run may be killed)")
+    return {"weights_bytes": weights, "kv_cache_bytes": kv, "workspace_bytes": workspace, "builder_bytes": builder,
+            "runtime_bytes": runtime, "activation_bytes": {g: profiles[g] for g in activations},
+            "build_bytes": build, "run_bytes": run, "need_bytes": max(build, run), "usable_bytes": int(usable),
+            "fits": fits,
+            "summary": f"{head}: build: {build_numbers}; run: {run_numbers} (of {usable / GIB:.1f} GiB usable)"}
+
+
 def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dict:
-    """Engine weights (the graphs' initializers) + the fp16 KV cache at the longest context and batch + the
-    builder's workspace, against the device's memory; ``UserError`` with the numbers when it cannot fit."""
+    """``memory_fit`` of the graphs written under ``root`` (``record``: the manifest's graph records)."""
     import onnx
 
     from mobilevlm_export.quantize.qdq import initializer_bytes
 
-    weights = sum(initializer_bytes(onnx.load(str(root / r["file"]), load_external_data=False).graph)
-                  for r in record.values())
-    opts = recipe.options
-    kv = 2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * opts.max_context * profile.max_batch * 2
-    workspace = workspace_bytes(recipe, profile)
-    need = weights + kv + workspace
-    usable = profile.memory_gb * GIB * USABLE_MEMORY_FRACTION
-    numbers = (f"weights {_size(weights)} + KV cache {_size(kv)} (context {opts.max_context}, batch "
-               f"{profile.max_batch}) + workspace {_size(workspace)} = {_size(need)}")
-    if need > profile.memory_gb * GIB:
-        raise UserError(f"{recipe.source}: does not fit {profile.name} ({profile.memory_gb} GB): {numbers}; lower "
-                        "tensorrt.max_context / workspace_mb or quantize more")
-    fits = need <= usable
-    return {"weights_bytes": weights, "kv_cache_bytes": kv, "workspace_bytes": workspace, "need_bytes": need,
-            "usable_bytes": int(usable), "fits": fits,
-            "summary": f"fits {profile.name}: {numbers} of {usable / GIB:.1f} GiB usable" if fits else
-            f"warning: {numbers} exceeds the {usable / GIB:.1f} GiB usable on {profile.name} "
-            f"({USABLE_MEMORY_FRACTION:.0%} of {profile.memory_gb} GB); the engine build may be killed"}
+    weights = {name: initializer_bytes(onnx.load(str(root / r["file"]), load_external_data=False).graph)
+               for name, r in record.items()}
+    return memory_fit(weights, dims, recipe, profile)
 
 
 def workspace_bytes(recipe, profile) -> int:
@@ -349,7 +421,8 @@ def _size(n: float) -> str:
 def _engines_at_build(plan, ctx: CompileContext) -> str | list:
     """Build the engines now when TensorRT and a GPU are here; else say why not (the bundle builds them on the
     device)."""
-    from mobilevlm_export.backends.tensorrt import build_engine, tensorrt_available
+    from mobilevlm_export.backends.tensorrt import build_engine
+    from mobilevlm_export.backends.tensorrt_runtime import tensorrt_available
 
     why = tensorrt_available()
     if why:
@@ -366,14 +439,8 @@ def trt_build(root: Path, log=print, record_only: bool = False) -> list[dict]:
     Every recorded file is checked against its sha256 but the plan's engines and the timing cache, which the
     engine builders rewrite and this call (re)records: after ``build_engines.sh`` is run again, the engines an
     earlier call recorded differ, and that is no corruption."""
-    from mobilevlm_export.backends.tensorrt import (
-        PLAN,
-        TIMING_CACHE,
-        build_engine,
-        import_tensorrt,
-        read_plan,
-        tensorrt_available,
-    )
+    from mobilevlm_export.backends.tensorrt import PLAN, TIMING_CACHE, build_engine, read_plan
+    from mobilevlm_export.backends.tensorrt_runtime import import_tensorrt, tensorrt_available
     from mobilevlm_export.manifest import check_artifacts, read_manifest, update_manifest
 
     manifest = read_manifest(root, check=False)

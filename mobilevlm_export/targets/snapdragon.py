@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mobilevlm_export.graphs.contracts import Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
-from mobilevlm_export.targets.base import CompileContext, CompileRecord
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
 
 PTE = "model.pte"
 _METHODS = {"image_encoder": "vision_encoder", "embed_tokens": "token_embedding", "decoder": "text_decoder"}
@@ -117,10 +117,13 @@ class SnapdragonTarget:
                   "subgraphs": m.delegated_subgraphs} for m in info.methods]
         return CompileRecord(records, {**info.to_dict(), "quantize_seconds": round(quant_s, 2)}, log, table)
 
-    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None) -> dict:
+    def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
+                     backend: str | None = None) -> dict:
         from mobilevlm_export.errors import UserError
         from mobilevlm_export.graphs.contracts import GraphContract
         from mobilevlm_export.manifest import MANIFEST
+
+        check_backend(self.name, (self.backend,), backend)
 
         try:
             from mobilevlm_export.backends.executorch import ExecuTorchRunner, load_program
