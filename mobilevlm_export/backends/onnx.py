@@ -8,6 +8,7 @@ The runner side (``OnnxRunner``) needs numpy and onnxruntime only; torch is impo
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import numpy as np
 from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract
 
 OPSET = 21
+ALIGN = 64  # bytes: the alignment of the host buffers the IO-bound session allocates
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB; leave room for the graph itself
 # shape sets the simplified graph is checked on: prefill (past = 0), decode (seq = 1), batch 1 and 2
 CHECK_SIZES = [SAMPLE_SIZES, {**SAMPLE_SIZES, "batch": 1, "past": 0, "seq": 7},
@@ -222,16 +224,24 @@ class OnnxRunner:
 
     # -- DecoderBindings -------------------------------------------------------------------------------------
     def allocate(self, nbytes: int) -> int:
-        buf = np.empty(max(nbytes, 1), np.uint8)
+        """A host buffer of ``nbytes`` at a 64-byte boundary (ONNX Runtime's own allocator's alignment)."""
+        raw = np.empty(max(nbytes, 1) + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        buf = raw[start:start + max(nbytes, 1)]
         self._buffers[buf.ctypes.data] = buf
         return buf.ctypes.data
 
     def _view(self, buf: int, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         raw = self._buffers[buf]
-        n = int(np.prod(shape)) * dtype.itemsize
-        if offset + n > raw.nbytes:
-            raise ValueError(f"{n} bytes at offset {offset} overrun a buffer of {raw.nbytes}")
+        n = self._fits(buf, offset, shape, dtype)
         return raw[offset:offset + n].view(dtype).reshape(shape)
+
+    def _fits(self, buf: int, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
+        """The bytes of a ``shape`` tensor at ``offset``; ``ValueError`` unless it lies inside buffer ``buf``."""
+        n = math.prod(shape) * dtype.itemsize
+        if offset + n > self._buffers[buf].nbytes:
+            raise ValueError(f"{n} bytes at offset {offset} overrun a buffer of {self._buffers[buf].nbytes}")
+        return n
 
     def upload(self, buf: int, array: np.ndarray) -> None:
         self._view(buf, 0, array.shape, array.dtype)[...] = array
@@ -244,9 +254,11 @@ class OnnxRunner:
             self._binding = self.session.io_binding()
         io = self._binding
         for name, (buf, shape) in inputs.items():
-            self._view(buf, 0, shape, self._dtypes[name])  # bounds
-            io.bind_input(name, "cpu", 0, self._dtypes[name], list(shape), buf)
+            dtype = self._dtypes[name]
+            self._fits(buf, 0, shape, dtype)
+            io.bind_input(name, "cpu", 0, dtype, shape, buf)
         for name, (buf, shape) in outputs.items():
-            self._view(buf, 0, shape, self._dtypes[name])
-            io.bind_output(name, "cpu", 0, self._dtypes[name], list(shape), buf)
+            dtype = self._dtypes[name]
+            self._fits(buf, 0, shape, dtype)
+            io.bind_output(name, "cpu", 0, dtype, shape, buf)
         self.session.run_with_iobinding(io)

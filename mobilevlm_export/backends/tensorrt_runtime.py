@@ -23,7 +23,8 @@ from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import GraphContract
 
 # JetPack 6.x ships CUDA 12.6; cuda-python's major version must not be newer than the driver's CUDA major
-CUDA_PYTHON_HINT = "pip install 'cuda-python>=12.6,<13' (JetPack 6, CUDA 12.6) or 'cuda-python>=13,<14' (JetPack 7)"
+CUDA_PYTHON_HINT = ("the package's jetpack6 extra pins cuda-python 12.6.x (JetPack 6, CUDA 12.6), jetpack7 13.0.x "
+                    "(JetPack 7): pip install 'cuda-python>=12.6,<12.7'")
 
 
 def import_tensorrt():
