@@ -140,9 +140,9 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = checkpoint(args.out, args.layers)
+    paths = [build(ckpt, args.out, target, recipe) for target, recipe in (("onnx", "onnx-fp32"), ("orin", "orin-int4"))]
     results = []
-    for target, recipe in (("onnx", "onnx-fp32"), ("orin", "orin-int4")):
-        path = build(ckpt, args.out, target, recipe)
+    for path, recipe in zip(paths, ("onnx-fp32", "orin-int4"), strict=True):
         results.append(measure(path, args.prompt, args.decode, args.rounds, args.threads))
         print(json.dumps(results[-1]["median_decode_tokens_per_s"]), recipe,
               "ratio", results[-1]["ratio_io_binding_over_numpy"], flush=True)
