@@ -218,8 +218,26 @@ def environment(threads: int | None) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def check_profile(art, profile, flag: str = "--predict") -> None:
+    """``UserError`` naming ``flag``, the profile and both targets when ``profile`` (a ``profiles.DeviceProfile``,
+    or None) is a device of another target than DIR's build, for a target built for devices (one with a default
+    device profile: its artifacts run on that target's devices only, so another's roofline would predict a device
+    the bundle cannot run on, a phone's figures for a TensorRT bundle). A portable build (onnx: no device of its
+    own) may be predicted for any device."""
+    from mobilevlm_export.targets import TARGETS
+
+    target = art.manifest.get("target")
+    for_devices = getattr(TARGETS.get(target), "default_profile", None) is not None
+    if profile is not None and for_devices and profile.target != target:
+        raise UserError(f"{flag} {profile.name}: is a {profile.target} device profile ({profile.source}), but "
+                        f"{Path(art.root) / 'manifest.json'} is a build for target {target}; predict with a {target} "
+                        "profile")
+
+
 def predict(art, profile) -> dict | None:
-    """The profile's roofline prediction for DIR's recorded costs (None without costs or a profile)."""
+    """The profile's roofline prediction for DIR's recorded costs (None without costs or a profile). ``UserError``
+    when the profile is of another target (``check_profile``)."""
+    check_profile(art, profile)
     costs = art.manifest.get("costs")
     return profile.predict(**costs) if costs and profile is not None else None
 
@@ -227,7 +245,9 @@ def predict(art, profile) -> dict | None:
 def bench_artifacts(art, threads: int | None, profile, prompt_tokens: int = 64, decode_tokens: int = 32,
                     runs: int = BUILD_RUNS, warmup: int = BUILD_WARMUP, text_only: bool = False) -> dict:
     """``{"host": measure(...), "predicted": ... (with a profile and recorded costs), "environment": ...}``: what
-    ``bench`` prints and a build records in its manifest (with the build's small run counts by default)."""
+    ``bench`` prints and a build records in its manifest (with the build's small run counts by default).
+    ``UserError`` before anything runs when ``profile`` is a device of another target (``check_profile``)."""
+    check_profile(art, profile)
     result = {"host": measure(art, threads, prompt_tokens, decode_tokens, runs, warmup, text_only)}
     predicted = predict(art, profile)
     if predicted:

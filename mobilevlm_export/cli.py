@@ -71,11 +71,14 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Replace a non-empty out
 # generation flags shared by `generate` (reference) and `run` (artifacts)
 ImageOpt = Annotated[Path, typer.Option("--image", help="Image file (any mode/size PIL reads).")]
 PromptOpt = Annotated[str, typer.Option("--prompt", help="The user's question; the template is applied.")]
-MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1)]
+# every integer flag is range-checked by the parser, before anything loads: counts of tokens up to int32 (the graphs'
+# positions), a seed as numpy's and torch's generators take it, runs no more than a benchmark can mean
+MAX_TOKENS, MAX_SEED, MAX_RUNS = 2**31 - 1, 2**64 - 1, 1_000_000
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, max=MAX_TOKENS)]
 TemperatureOpt = Annotated[float, typer.Option(help="0 = greedy.", min=0.0)]
 TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0)]
-TopKOpt = Annotated[int, typer.Option("--top-k", min=0)]
-SeedOpt = Annotated[int, typer.Option(help="Sampling seed.")]
+TopKOpt = Annotated[int, typer.Option("--top-k", min=0, max=MAX_TOKENS)]
+SeedOpt = Annotated[int, typer.Option(help=f"Sampling seed, 0..{MAX_SEED}.", min=0, max=MAX_SEED)]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Runtime to run DIR on: tensorrt or onnxruntime for an orin bundle (default: its recorded "
@@ -320,10 +323,13 @@ def bench(
     artifacts: Annotated[Path, typer.Argument(help="Directory written by build/export.")],
     threads: ThreadsOpt = None,
     backend: BackendOpt = None,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Text tokens after the image.")] = 64,
-    decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1, help="Decode steps per run.")] = 32,
-    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs (each a whole request).")] = 10,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first (decode included).")] = 2,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, max=MAX_TOKENS,
+                                                           help="Text tokens after the image.")] = 64,
+    decode_tokens: Annotated[int, typer.Option("--decode-tokens", min=1, max=MAX_TOKENS,
+                                                           help="Decode steps per run.")] = 32,
+    runs: Annotated[int, typer.Option("--runs", min=1, max=MAX_RUNS, help="Timed runs (each a whole request).")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=MAX_RUNS,
+                                                    help="Untimed runs first (decode included).")] = 2,
     text_only: Annotated[bool, typer.Option("--text-only", help="Prefill text tokens only (no image), as "
                                                                 "decoder-only peers measure.")] = False,
     profile: Annotated[str | None, typer.Option(

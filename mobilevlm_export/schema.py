@@ -15,6 +15,7 @@ from enum import Enum
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import open_regular, present
 
 # The artifact side runs on the Python its device ships: 3.10 on JetPack 6 (TensorRT's bindings are built for it),
 # 3.12 on JetPack 7. ``StrEnum`` and ``tomllib`` are 3.11+: on 3.10, an equivalent ``StrEnum`` and the ``tomli``
@@ -203,11 +204,14 @@ def read_named_toml(name_or_path: str | Path, directory: Path, flag: str, kind: 
     path = Path(name_or_path)
     if not path.suffix:
         path = directory / f"{name_or_path}.toml"
-    if not path.is_file():
+    if not present(path):
         known = ", ".join(sorted(p.stem for p in directory.glob("*.toml")))
         raise UserError(f"{flag} {name_or_path}: no such {kind} (known: {known})")
     try:
-        return path, tomllib.loads(path.read_text())
+        with open_regular(path, flag) as f:  # a FIFO or device is refused, never read
+            return path, tomllib.loads(f.read().decode())
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
 
@@ -216,6 +220,7 @@ def read_json(path: Path) -> object:
     """The parsed contents of the JSON file ``path``; ``UserError`` naming the file when it cannot be read or is not
     JSON (``NaN`` and ``Infinity`` literals are read as floats: the callers' number checks reject them)."""
     try:
-        return json.loads(path.read_text())
+        with open_regular(path) as f:  # a FIFO or device is refused, never read
+            return json.loads(f.read())
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise UserError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None

@@ -18,7 +18,7 @@ from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, finite
 from mobilevlm_export.recipes import Recipe, Tolerance, load_recipe
-from mobilevlm_export.runtime.golden import GOLDEN_NPZ, case_names, cases, load_golden
+from mobilevlm_export.runtime.golden import GOLDEN_NPZ, case_key, case_names, cases, load_golden
 
 
 @dataclass
@@ -232,6 +232,9 @@ def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Pa
     runners are fed and compared with: an npz re-signed after an edit must not reach them)."""
     from mobilevlm_export.graphs.contracts import GraphContract
 
+    for key, a in arrays.items():  # (pixel values included: an empty array only makes NaN metrics and warnings)
+        if a.size == 0 and case_key(key) is None:
+            raise UserError(f"{npz}: {key} is empty ({a.dtype}{list(a.shape)})")
     for (graph, case), (ins, outs) in cases(arrays).items():
         if graph not in graphs:
             continue
@@ -247,6 +250,22 @@ def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Pa
                 if not fixed_ok or np.dtype(t.dtype).kind != a.dtype.kind:
                     raise UserError(f"{npz}: {key} is {a.dtype}{list(a.shape)}; the contract says "
                                     f"{t.dtype}{list(t.dims)}")
+                # an input may be empty along a dim whose range starts at 0 (a prefill's past), an output never
+                empty = [d for d, n in zip(t.dims, a.shape, strict=False) if n == 0
+                         and (kind == "out" or not _may_be_empty(d, contract.ranges))]
+                if empty or (kind == "out" and a.size == 0):
+                    raise UserError(f"{npz}: {key} is empty ({a.dtype}{list(a.shape)}"
+                                    + (f"; dim {empty[0]} is 0" if empty else "") + "); a golden case holds at least "
+                                    "one of each (rebuild to recreate it)")
+
+
+def _may_be_empty(dim, ranges: dict) -> bool:
+    """Whether a golden input may have 0 along ``dim``: a symbol whose range starts at 0 (a prefill's ``past``; by
+    name where an older manifest records no ranges), never a fixed size or another symbol."""
+    if not isinstance(dim, str):
+        return False
+    r = ranges.get(dim)
+    return r.min == 0 if r is not None else dim == "past"
 
 
 def verify_steps(art) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import present
 from mobilevlm_export.runtime.preprocess import MAX_IMAGE_SIDE, ImagePreprocess
 from mobilevlm_export.schema import StrEnum, Where, bounded, parse_table, read_json
 
@@ -184,7 +185,7 @@ def read_config(ckpt: str | Path) -> MobileVLMConfig:
     if not path.is_dir():
         raise UserError(f"checkpoint {path} is not a directory")
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
+    if not present(cfg_path):  # (anything else there, a FIFO included, is refused by read_json)
         raise UserError(f"{cfg_path}: missing (a MobileVLM checkpoint directory needs config.json)")
     raw = read_json(cfg_path)
     if not isinstance(raw, dict):
@@ -325,7 +326,7 @@ def _read_tower_dir(tower_dir: Path, pad: bool, flag: str) -> tuple[dict, ImageP
     from transformers import CLIPVisionConfig
 
     cfg_path = tower_dir / "config.json"
-    if not cfg_path.is_file():
+    if not present(cfg_path):
         raise UserError(f"{flag} {tower_dir}: missing config.json")
     raw = read_json(cfg_path)
     if not isinstance(raw, dict):
@@ -340,7 +341,7 @@ def _read_tower_dir(tower_dir: Path, pad: bool, flag: str) -> tuple[dict, ImageP
     config.update({k: getattr(keys, k) for k in _names(TowerKeys) if k in config})  # numbers as parsed
     _hf_config(CLIPVisionConfig, config, cfg_path)  # transformers' checks of the other keys
     pre_path = tower_dir / "preprocessor_config.json"
-    if not pre_path.is_file():
+    if not present(pre_path):  # (a FIFO or device there is refused by read_json, not taken for absent)
         return config, ImagePreprocess(crop_size=keys.image_size, shortest_edge=keys.image_size, pad_to_square=pad)
     pre = ImagePreprocess.from_preprocessor_config(pre_path, pad)
     if pre.crop_size != keys.image_size:

@@ -25,11 +25,15 @@ from mobilevlm_export.checkpoint.config import (
 from mobilevlm_export.checkpoint.projector import build_projector
 from mobilevlm_export.checkpoint.weights import read_state_dict, weight_files
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import present, regular_file
 from mobilevlm_export.runtime.preprocess import ImagePreprocess
 
 TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 PROJECTOR_PREFIX = "model.mm_projector."
 IM_PATCH, IM_START, IM_END = "<im_patch>", "<im_start>", "<im_end>"
+# the files AutoTokenizer.from_pretrained reads from a checkpoint directory (the vocabulary's first)
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "chat_template.jinja", "chat_template.json")
 # Older transformers saved RoPE's inverse frequencies; they are recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -66,6 +70,7 @@ class LoadReport:
     stored_dtypes: dict[str, int]  # dtype name -> tensor count, as stored in the checkpoint
     ignored: list[str] = field(default_factory=list)  # tensors present but deliberately unused
     load_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # warnings about the input (the vocabulary padded)
 
 
 @dataclass
@@ -83,8 +88,9 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path, vision_tower: str | Path | None = None,
-                    dtype: torch.dtype = torch.float32) -> LoadedCheckpoint:
-    """Load a MobileVLM checkpoint directory into the fp32 reference model. Raises ``UserError`` on bad input."""
+                    dtype: torch.dtype = torch.float32, warn=None) -> LoadedCheckpoint:
+    """Load a MobileVLM checkpoint directory into the fp32 reference model. Raises ``UserError`` on bad input.
+    ``warn(line)`` receives each warning (``LoadReport.notes``; default: one ``warning: ...`` line on stderr)."""
     t0 = time.perf_counter()
     cfg = read_config(path)
     tower = resolve_vision_tower(cfg, vision_tower)
@@ -130,12 +136,56 @@ def load_checkpoint(path: str | Path, vision_tower: str | Path | None = None,
 
     model = MobileVLM(tower_model, projector, llm, cfg.select_layer, cfg.select_feature).eval()
     tokenizer = _load_tokenizer(cfg)
-    if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
-        # the original resizes to len(tokenizer) after adding <im_patch>; only growth can happen for real
-        # checkpoints, and a smaller tokenizer (random-weight test checkpoints) must not shrink the matrix
-        llm.resize_token_embeddings(len(tokenizer))
-    report = LoadReport([str(f) for f in files], tower.origin, stored, ignored, time.perf_counter() - t0)
+    notes = _fit_vocabulary(cfg, tokenizer, llm)
+    for note in notes:
+        (warn or _warn)(note)
+    report = LoadReport([str(f) for f in files], tower.origin, stored, ignored, time.perf_counter() - t0, notes)
     return LoadedCheckpoint(cfg, tower, model, tokenizer, tower.preprocess, report)
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def _tokenizer_file(directory: Path) -> Path:
+    """The file the tokenizer's vocabulary comes from (``tokenizer.model``, else ``tokenizer.json``)."""
+    return next((directory / f for f in TOKENIZER_FILES[:2] if present(directory / f)), directory / "tokenizer.model")
+
+
+def _fit_vocabulary(cfg: MobileVLMConfig, tokenizer, llm) -> list[str]:
+    """Make the embedding and the lm_head as long as the tokenizer, never with random rows.
+
+    A tokenizer longer than ``vocab_size`` only because the loader added the image tokens the config asks for
+    (``mm_use_im_patch_token`` / ``mm_use_im_start_end``, as the original's ``load_pretrained_model`` adds them and
+    then calls ``resize_token_embeddings``) is padded deterministically: each new row of the embedding and of the
+    lm_head is the mean of the existing rows (the mean of transformers' ``mean_resizing`` without its random
+    noise), so a new token's logit is the mean of the others and greedy decoding never picks it. The notes (one
+    warning line each) name both numbers. Any other token past ``vocab_size`` (a tokenizer of another model, an
+    added token) is a ``UserError`` naming the tokenizer, config.json and both numbers: its ids would index rows
+    that do not exist. A shorter tokenizer (a vocabulary padded for alignment) is left as is."""
+    rows = llm.get_input_embeddings().weight.shape[0]
+    size = len(tokenizer)
+    if size <= rows:
+        return []
+    added = {IM_PATCH} if cfg.use_im_patch_token else set()
+    added |= {IM_START, IM_END} if cfg.use_im_start_end else set()
+    extra = tokenizer.convert_ids_to_tokens(list(range(rows, size)))
+    if not set(extra) <= added:
+        odd = next(t for t in extra if t not in added)
+        raise UserError(f"{_tokenizer_file(cfg.path)}: the tokenizer has {size} tokens but {cfg.path / 'config.json'} "
+                        f"has vocab_size {rows} (token {odd!r} has id {rows + extra.index(odd)}, past the model's "
+                        "embedding); use the checkpoint's own tokenizer")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # resizing initialises new rows randomly:
+        old_in = llm.get_input_embeddings().weight.mean(0)      # they are overwritten below, the RNG left as it was
+        old_out = llm.get_output_embeddings().weight.mean(0)
+        llm.resize_token_embeddings(size, mean_resizing=False)
+        llm.get_input_embeddings().weight[rows:] = old_in
+        llm.get_output_embeddings().weight[rows:] = old_out
+    return [f"{_tokenizer_file(cfg.path)}: the tokenizer has {size} tokens ({', '.join(extra)} added for "
+            f"config.json's mm_use_im_* keys) but {cfg.path / 'config.json'} has vocab_size {rows}: the embedding "
+            f"and lm_head are padded to {size} rows with the mean of the existing rows (deterministic)"]
 
 
 def checkpoint_state_dict(model: MobileVLM) -> dict:
@@ -202,8 +252,11 @@ def _materialize_buffers(tower: nn.Module, llm: nn.Module, text_config) -> None:
 def _load_tokenizer(cfg: MobileVLMConfig):
     from transformers import AutoTokenizer
 
-    if not any((cfg.path / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+    if not any(present(cfg.path / f) for f in TOKENIZER_FILES[:2]):
         raise UserError(f"{cfg.path}: no tokenizer (tokenizer.model or tokenizer.json)")
+    for f in TOKENIZER_FILES:  # each file from_pretrained may read: a FIFO there would hang it
+        if present(cfg.path / f):
+            regular_file(cfg.path / f)
     try:
         # config= keeps transformers from re-reading config.json (whose model_type it does not know)
         tok = AutoTokenizer.from_pretrained(str(cfg.path), config=cfg.text_config(), use_fast=False)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import open_regular, present, regular_file
 from mobilevlm_export.schema import read_json
 
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -22,12 +24,12 @@ def weight_files(directory: Path) -> list[Path]:
     """The weight files of a checkpoint directory, in a stable order: the shards its index names, else every
     ``*.safetensors`` (or ``pytorch_model*.bin``). ``UserError`` when there are none or the index is bad."""
     for name in INDEX_FILES:
-        if (directory / name).is_file():
+        if present(directory / name):  # (a FIFO or device there is refused by read_json, not skipped)
             return _index_shards(directory / name)
     found = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
     if not found:
         raise UserError(f"{directory}: no weights (*.safetensors or pytorch_model*.bin)")
-    return found
+    return [regular_file(f) for f in found]  # a FIFO would hang the reader: refused before any is read
 
 
 def _index_shards(index: Path) -> list[Path]:
@@ -42,9 +44,9 @@ def _index_shards(index: Path) -> list[Path]:
     for tensor, name in weight_map.items():
         if not _names_a_path_inside(index.parent, name):
             raise UserError(f"{index}: key 'weight_map.{tensor}' is {name!r}; must name a file in {index.parent}")
-        if not (index.parent / name).is_file():
+        if not present(index.parent / name):
             raise UserError(f"{index}: key 'weight_map.{tensor}' names shard {name}, which is missing")
-        files.add(index.parent / name)
+        files.add(regular_file(index.parent / name))
     return sorted(files)
 
 
@@ -68,6 +70,7 @@ def read_state_dict(files: list[Path], origin: dict[str, Path] | None = None) ->
         if f.suffix == ".safetensors":
             part = _read_safetensors(f)
         else:
+            regular_file(f)  # (torch.load would block on a FIFO)
             try:
                 part = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
@@ -114,7 +117,7 @@ class StoredTensor:
         import torch
 
         buf = bytearray(self.end - self.start)
-        with open(self.path, "rb") as f:
+        with open_regular(self.path) as f:
             f.seek(self.start)
             if f.readinto(buf) != len(buf):
                 raise UserError(f"{self.path}: truncated safetensors file (tensor '{self.name}' is cut short)")
@@ -123,15 +126,24 @@ class StoredTensor:
         return torch.frombuffer(buf, dtype=self.dtype).reshape(self.shape).to(dtype)
 
 
+# the reference reader's limit on the JSON header (safetensors' MAX_HEADER_SIZE): a larger one is refused unread
+MAX_HEADER_BYTES = 100_000_000
+
+
 def _read_safetensors(f: Path) -> dict:
-    """The header of a safetensors file as ``StoredTensor``s; ``UserError`` names the file when it is corrupt
-    or shorter than its header says."""
+    """The header of a safetensors file as ``StoredTensor``s, checked as the reference reader (huggingface/
+    safetensors, ``SafeTensors::read_metadata``) checks it: a JSON object of at most ``MAX_HEADER_BYTES``; every
+    tensor's ``data_offsets`` consistent with its dtype x shape; the tensors, sorted by offset, tiling the data
+    section from its start to the end of the file with no overlap and no gap. ``UserError`` names the file (and the
+    tensor) when it is corrupt, truncated or overlapping; a FIFO or device is refused unread."""
     try:
-        size = f.stat().st_size
-        with open(f, "rb") as fh:
+        with open_regular(f) as fh:
+            size = os.fstat(fh.fileno()).st_size
             raw = fh.read(8)
             if len(raw) < 8 or (n := struct.unpack("<Q", raw)[0]) > size - 8:
                 raise ValueError("header length past the end of the file")
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"a header of {n} bytes, over the format's limit of {MAX_HEADER_BYTES}")
             header = json.loads(fh.read(n))
             if not isinstance(header, dict):
                 raise ValueError("the header is not a JSON object")
@@ -139,10 +151,32 @@ def _read_safetensors(f: Path) -> dict:
         raise UserError(f"{f}: corrupt or truncated safetensors file ({exc})") from None
     base = 8 + n
     try:
-        return {name: _stored_tensor(f, name, info, base, size) for name, info in header.items()
-                if name != "__metadata__"}
+        tensors = {name: _stored_tensor(f, name, info, base, size) for name, info in header.items()
+                   if name != "__metadata__"}
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{f}: corrupt or truncated safetensors file ({type(exc).__name__}: {exc})") from None
+    _check_layout(f, tensors, base, size)
+    return tensors
+
+
+def _check_layout(f: Path, tensors: dict[str, StoredTensor], base: int, size: int) -> None:
+    """The tensors' byte ranges, in offset order, follow one another from the data section's start (``base``) to
+    the end of the file (``size``), as the reference reader requires (its ``validate``: each start equal to the
+    previous end; then the last end equal to the buffer's length). ``UserError`` names the file and the tensor."""
+    end, prev = base, None
+    for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if t.start < end:
+            raise UserError(f"{f}: tensor '{t.name}' (bytes {t.start - base}..{t.end - base} of the data) overlaps "
+                            f"tensor '{prev}' (ending at {end - base}); a safetensors file's byte ranges may not "
+                            "overlap")
+        if t.start > end:
+            raise UserError(f"{f}: tensor '{t.name}' starts at byte {t.start - base} of the data, leaving a gap after "
+                            + (f"tensor '{prev}' (ending at {end - base})" if prev else "the header")
+                            + "; a safetensors file's tensors must follow one another")
+        end, prev = t.end, t.name
+    if end != size:
+        raise UserError(f"{f}: {size - end} bytes after the last tensor"
+                        + (f" ('{prev}')" if prev else "") + "; a safetensors file ends with its last tensor's data")
 
 
 def _stored_tensor(f: Path, name: str, info, base: int, size: int) -> StoredTensor:
@@ -151,9 +185,13 @@ def _stored_tensor(f: Path, name: str, info, base: int, size: int) -> StoredTens
     outside the file or spanning other than the shape's bytes."""
     import torch
 
+    if not isinstance(info, dict):
+        raise TypeError(f"tensor '{name}': its entry is not an object")
     dtype = SAFETENSORS_DTYPES[info["dtype"]]
-    start, end = info["data_offsets"]
-    shape = info["shape"]
+    offsets, shape = info["data_offsets"], info["shape"]
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise ValueError(f"tensor '{name}': data_offsets must be [start, end]")
+    start, end = offsets
     if not isinstance(shape, list) or not all(_is_size(d) for d in [*shape, start, end]):
         raise ValueError(f"tensor '{name}': shape and data_offsets must be lists of sizes")
     if not start <= end or base + end > size:

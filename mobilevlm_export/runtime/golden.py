@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import present, regular_file
 from mobilevlm_export.manifest import INT, STR, Each, Kind, check_spec, is_int
 
 GOLDEN_NPZ, E2E_JSON = "golden/golden.npz", "golden/e2e.json"
@@ -28,8 +29,9 @@ _NPZ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
 def _files(root: Path) -> tuple[Path, Path]:
     npz, e2e = Path(root) / GOLDEN_NPZ, Path(root) / E2E_JSON
     for f in (npz, e2e):
-        if not f.is_file():
+        if not present(f):
             raise UserError(f"{f}: missing golden data (rebuild to create it)")
+        regular_file(f)  # a FIFO or device is refused, never read
     return npz, e2e
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import open_regular
 from mobilevlm_export.schema import Where, bounded, parse_table, read_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -24,6 +25,9 @@ PIL_RESAMPLE_MAX = 5  # PIL's resampling codes: 0 nearest ... 5 hamming
 RGB_MAX = 255
 MAX_IMAGE_SIDE = 4096  # the largest image edge a tower or processor config may ask for (ViT-L/14-336: 336)
 MIN_STD = 1e-3  # normalizing by a smaller std divides by (almost) zero
+# the largest input image side: padding to a square allocates side x side x 3 bytes (8192: at most 201 MB), and
+# a larger photo gains nothing at the tower's 336-pixel input. Checked from the file's header, before decoding.
+MAX_INPUT_SIDE = 8192
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class ImagePreprocess:
         """PIL image (any mode) -> float32 array [3, crop_size, crop_size]."""
         from PIL import Image
 
+        check_image_size(image.size, "image")  # (load_image checked a file's already; an image given directly)
         image = image.convert("RGB")
         if self.pad_to_square:
             image = _expand_to_square(image, self.pad_color)
@@ -152,22 +157,37 @@ def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
+def check_image_size(size: tuple[int, int], where: str) -> None:
+    """``UserError`` ("WHERE: ...", naming both dims) for an image wider or taller than ``MAX_INPUT_SIDE`` or
+    with no pixels: what padding it to a square would allocate (side x side x 3 bytes) is bounded before any
+    decoding or padding (a 168-byte 30000x1 PNG would otherwise pad to 30000 x 30000 x 3 = 2.7 GB)."""
+    w, h = size
+    if not (0 < w <= MAX_INPUT_SIDE and 0 < h <= MAX_INPUT_SIDE):
+        raise UserError(f"{where}: the image is {w}x{h} pixels; each side must be 1..{MAX_INPUT_SIDE} (padded to a "
+                        f"square it would take {max(w, h)}x{max(w, h)}); resize it first")
+
+
 def load_image(path: str | Path, named: str = "--image"):
     """Open an image file as RGB. ``UserError`` ("NAMED PATH: why", ``named`` the flag or file key that gave the
-    path) when it is missing or not a readable image, including one over PIL's decompression-bomb limit
-    (``PIL.Image.MAX_IMAGE_PIXELS``: refused outright, where PIL only warns below twice the limit)."""
+    path) when it is missing, not a regular file (a FIFO, a device: never opened for reading), larger than
+    ``MAX_INPUT_SIDE`` on a side (read from its header, before decoding: ``check_image_size``), or not a readable
+    image, including one over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``: refused outright,
+    where PIL only warns below twice the limit)."""
     import warnings
 
     from PIL import Image
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{named} {path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - whatever PIL raises decoding a file, the file is not a readable image
-        raise UserError(f"{named} {path}: not a readable image ({type(exc).__name__}: {exc})") from None
+    where = f"{named} {path}"
+    with open_regular(path, named) as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(fh) as img:
+                    check_image_size(img.size, where)  # the header's size: nothing decoded yet
+                    img.load()
+                    return img.convert("RGB")
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever PIL raises decoding a file, it is not a readable image
+            raise UserError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from None

@@ -100,6 +100,15 @@ class OrinTarget:
 
     def check(self, recipe, profile, dims) -> Limits:
         opts = recipe.options
+        # an image prompt is the image's tokens plus at least one text token (the samples' own prompts are
+        # checked against max_prompt by the pipeline); a context no longer than the prompt leaves no room to answer
+        if opts.max_prompt <= dims.image_tokens:
+            raise UserError(f"{recipe.source}: tensorrt.max_prompt = {opts.max_prompt} leaves no room for text beside "
+                            f"the model's {dims.image_tokens} image tokens: no image prompt could run; it must be "
+                            f"more than {dims.image_tokens}")
+        if opts.max_context <= opts.max_prompt:
+            raise UserError(f"{recipe.source}: tensorrt.max_context = {opts.max_context} must be larger than "
+                            f"tensorrt.max_prompt {opts.max_prompt}: no room for a generated token")
         if opts.max_context > dims.max_context:
             raise UserError(f"{recipe.source}: tensorrt.max_context = {opts.max_context} exceeds the model's "
                             f"max_position_embeddings {dims.max_context}")
