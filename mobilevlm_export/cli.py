@@ -9,6 +9,7 @@ error (one line; ``--debug`` or ``MVLM_EXPORT_DEBUG=1`` shows the traceback), 14
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import signal
@@ -91,11 +92,21 @@ ThreadsOpt = Annotated[int | None, typer.Option(
 
 
 def _fail(message: str, code: int, as_json: bool) -> int:
-    """Say what went wrong in one line on stderr (and as one JSON object on stdout with ``--json``)."""
+    """Say what went wrong in one line on stderr (and as one JSON object on stdout with ``--json``, unless stdout
+    is lost: its reader gone, full or closed); ``code``, whatever writing the message met."""
     message = " ".join(str(message).split())
-    typer.echo(f"error: {message}", err=True)
-    if as_json:
-        typer.echo(json.dumps({"error": message, "exit_code": code}))
+    try:
+        typer.echo(f"error: {message}", err=True)
+    except (OSError, ValueError):  # (stderr closed or full: the exit code still tells)
+        pass
+    lost = _state.get("stdout_lost")
+    if as_json and not (lost and lost[1] is sys.stdout):
+        try:
+            typer.echo(json.dumps({"error": message, "exit_code": code}))
+        except BrokenPipeError:
+            _broken_pipe()
+        except OSError:  # (StdoutUnwritable: stdout is already pointed at /dev/null)
+            _broken_pipe("unwritable")
     return code
 
 
@@ -113,7 +124,18 @@ def _exit_codes(as_json: bool = False):
         raise
     except BrokenPipeError:
         raise typer.Exit(_broken_pipe()) from None
+    except StdoutUnwritable as exc:  # (a full disk or device, closed: stdout already points at /dev/null)
+        raise typer.Exit(_fail(exc.strerror, UserError.exit_code, as_json)) from None
     except Exception as exc:  # noqa: BLE001 - every unexpected failure gets one line and its own exit code
+        # a path too long, a symlink loop, a full disk or read-only filesystem: bad input (2) naming the path, not
+        # a bug of ours (Python before 3.13 reports a loop met by Path.resolve as RuntimeError "Symlink loop from")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOSPC, errno.EDQUOT,
+                                                      errno.EFBIG, errno.EROFS):
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise typer.Exit(_fail(f"{where}{exc.strerror}", UserError.exit_code, as_json)) from None
+        if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from "):
+            raise typer.Exit(_fail(f"{str(exc)[len('Symlink loop from '):]}: a symbolic link loop",
+                                   UserError.exit_code, as_json)) from None
         if _state["debug"]:
             raise
         where = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -121,9 +143,12 @@ def _exit_codes(as_json: bool = False):
                                "the traceback)", INTERNAL_ERROR, as_json)) from None
 
 
-def _broken_pipe() -> int:
-    """Stop writing to stdout, whose reader is gone: point it at /dev/null, so that no flush (Python's at exit
-    included) raises again or prints "Exception ignored"; the exit code to end with (``BROKEN_PIPE``)."""
+def _broken_pipe(lost: str = "pipe") -> int:
+    """Stop writing to stdout, whose reader is gone (``lost`` "pipe"; "unwritable": full, closed, an I/O error):
+    point it at /dev/null, so that no flush (Python's at exit included) raises again or prints "Exception
+    ignored", and the JSON error object is not tried; the exit code to end with (``BROKEN_PIPE``)."""
+    if not (_state.get("stdout_lost") and _state["stdout_lost"][1] is sys.stdout):  # (per stream: a test runner's
+        _state["stdout_lost"] = (lost, sys.stdout)                                    # next one is not lost)
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -468,8 +493,8 @@ def verify(
         from mobilevlm_export.runtime.artifacts import open_artifacts
         from mobilevlm_export.verify import gate_recipe, verify_artifacts, verify_steps, write_junit
 
-        if junit:
-            check_output_file(junit, "--junit")
+        if junit:  # never a device, FIFO, directory or link; never inside DIR or the recipe it reads
+            check_output_file(junit, "--junit", (artifacts, recipe if recipe and os.path.exists(recipe) else None))
         art = open_artifacts(artifacts, backend)
         gate = gate_recipe(art, recipe)
         steps = verify_steps(art)  # reads the golden data's names: a bad file fails before the progress display
@@ -551,8 +576,83 @@ def _terminated(signum, _frame) -> None:
     raise SystemExit(128 + signum)
 
 
+class StdoutUnwritable(OSError):
+    """stdout cannot take the output: a full disk or device (``> /dev/full``), an I/O error, closed at start
+    (``>&-``). Bad input: exit 2 with one line on stderr."""
+
+
+class _StdoutRaw(io.RawIOBase):
+    """File descriptor 1 under the ``sys.stdout`` that ``main`` installs: a failed write points stdout at
+    /dev/null (``_broken_pipe``) and raises ``BrokenPipeError`` (the reader is gone) or ``StdoutUnwritable``
+    naming stdout's file, so no later write or flush meets the broken stdout again."""
+
+    def __init__(self, closed: bool) -> None:
+        super().__init__()
+        self._closed_at_start = closed
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 1
+
+    def isatty(self) -> bool:
+        return not self._closed_at_start and os.isatty(1)
+
+    def write(self, data) -> int | None:
+        if self._closed_at_start:  # (once: stdout is /dev/null now, where the flush at exit goes)
+            self._closed_at_start = False
+            _broken_pipe("unwritable")
+            raise StdoutUnwritable(errno.EBADF, "cannot write to stdout: it is closed")
+        try:
+            return os.write(1, data)
+        except BlockingIOError:  # (a non-blocking stdout: the buffer above waits, as over a plain file)
+            return None
+        except BrokenPipeError:
+            _broken_pipe()
+            raise
+        except OSError as exc:
+            try:
+                name = os.readlink("/proc/self/fd/1")
+            except OSError:
+                name = ""
+            _broken_pipe("unwritable")
+            name = f" ({name})" if name.startswith("/") else ""
+            raise StdoutUnwritable(exc.errno, f"cannot write to stdout{name}: {exc.strerror}") from None
+
+
+def _guard_stdio() -> None:
+    """A standard descriptor closed at start (``>&-``) is pointed at /dev/null, so that a file opened later (a
+    lock, a report) never takes its number and receives what is meant for stdout; ``sys.stdout`` writes through
+    ``_StdoutRaw`` (a closed stdout then fails at the first write, as ``ls >&-`` does)."""
+    closed = sys.stdout is None  # (Python gives None for a descriptor closed at start)
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if not closed and not (hasattr(sys.stdout, "fileno") and _fileno(sys.stdout) == 1):
+        return  # (not the process's stdout: left alone)
+    old = sys.stdout
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_StdoutRaw(closed)),
+                                  encoding=getattr(old, "encoding", None) or "utf-8",
+                                  errors=getattr(old, "errors", None) or "strict",
+                                  line_buffering=bool(getattr(old, "line_buffering", False)))
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
+    _guard_stdio()
     try:
         try:
             app()
@@ -560,6 +660,12 @@ def main() -> None:
             sys.stdout.flush()
     except BrokenPipeError:
         sys.exit(_broken_pipe())
+    except StdoutUnwritable as exc:  # (outside a command: click's help, a usage error's JSON)
+        sys.exit(_fail(exc.strerror, UserError.exit_code, False))
+    except SystemExit as exc:  # click ends with 1 where its own output (the help) met a reader that is gone
+        if (_state.get("stdout_lost") or ("",))[0] == "pipe" and exc.code in (None, 0, 1):
+            sys.exit(BROKEN_PIPE)
+        raise
 
 
 if __name__ == "__main__":

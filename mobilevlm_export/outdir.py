@@ -13,24 +13,89 @@ Rules (a build never deletes what it did not write):
   (which holds the lock, so no live build owns it).
 - A symlink given as ``-o`` is resolved once: the build lands in the directory it points to (lock and staging
   directory beside that one).
+- The lock file is created exclusively (``O_CREAT | O_EXCL``) and never opened through a link (``O_NOFOLLOW``):
+  what is already at its name is never truncated or written; a killed build's lock (its PID, or empty) is removed
+  and created anew, anything else there (a link, a user's file, a FIFO) is refused naming it.
+- The tool's own names beside ``-o`` (lock, staging, replaced build, temporary files) fit ``NAME_MAX``: a name too
+  long for that is shortened to a prefix of it and a hash of the whole (the same in every process, so the lock is
+  one file). A name in ``-o`` longer than ``NAME_MAX``, a symlink loop and a full disk are bad input (exit 2).
+- A report file (``verify --junit``) is written only as a new or regular file outside every input: never a
+  device, FIFO, socket, directory or symlink, never inside the build it reports on.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.manifest import MANIFEST, TOOL
 
+NAME_MAX = 255  # bytes in one path component: Linux's NAME_MAX (limits.h); no Linux filesystem takes longer names
+# room for the longest suffix the tool puts after ".STEM": ".partial-" and a PID (up to 20 digits), or mkstemp's
+# "." and 8 random characters
+_SUFFIX_ROOM = len(".partial-") + 20
+# a write that failed for want of room (or a filesystem turned read-only): the environment's, not a bug of ours
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def sibling_stem(name: str) -> str:
+    """The stem of the tool's own files beside ``name`` (``.STEM.lock``, ``.STEM.partial-PID``, ``.STEM.old-PID``,
+    ``.STEM.XXXXXXXX`` temporary files): ``name`` itself where the longest of those fits ``NAME_MAX``, else a
+    prefix of it, ``~`` and 16 hex digits of its SHA-256 (deterministic: every build to one ``-o`` shares a lock)."""
+    if 1 + len(os.fsencode(name)) + _SUFFIX_ROOM <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    head = name
+    while 1 + len(os.fsencode(head)) + 1 + len(digest) + _SUFFIX_ROOM > NAME_MAX:
+        head = head[:-1]  # (by characters: a multi-byte character is never cut in half)
+    return f"{head}~{digest}"
+
+
+def _check_name_lengths(path: Path, where: str) -> None:
+    """``UserError`` when a component of ``path`` is longer than ``NAME_MAX`` bytes (the system's ENAMETOOLONG
+    would come from deep inside a library, naming nothing)."""
+    for part in Path(path).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise UserError(f"{where}: a name in it is {size} bytes, longer than the filesystem's limit of "
+                            f"{NAME_MAX} ({part[:40]}...)")
+
+
+def _resolve(path: Path, where: str) -> Path:
+    """``path`` resolved, or ``UserError`` naming it (a symlink loop: Python before 3.13 raises RuntimeError)."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:
+        raise UserError(f"{where}: cannot resolve it (a symbolic link loop)") from None
+    except OSError as exc:
+        raise UserError(f"{where}: cannot resolve it ({exc.strerror})") from None
+
+
+def _parent_dir(real: Path, where: str) -> None:
+    """``UserError`` unless ``real``'s parent is a directory that can be reached."""
+    try:
+        st = os.stat(real.parent)
+    except FileNotFoundError:
+        raise UserError(f"{where}: parent directory {real.parent} does not exist") from None
+    except OSError as exc:  # a symlink loop (ELOOP), a file as a directory (ENOTDIR), no search permission
+        raise UserError(f"{where}: parent directory {real.parent}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{where}: parent {real.parent} is not a directory")
+
 
 def check_output_dir(out: Path, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
     """``UserError`` unless ``out`` may be written (and, with ``force``, replaced) by a build reading ``inputs``."""
-    real = Path(out).resolve()
+    _check_name_lengths(out, f"-o {out}")
+    real = _resolve(out, f"-o {out}")
     if real == Path(real.anchor):
         raise UserError(f"-o {out}: is the filesystem root")
     if real == Path.home().resolve():
@@ -41,10 +106,9 @@ def check_output_dir(out: Path, force: bool, inputs: tuple[Path | None, ...] = (
     for src in inputs:
         if src is not None and (real == Path(src).resolve() or real in Path(src).resolve().parents):
             raise UserError(f"-o {out}: is the input directory {src} or one of its parents")
+    _parent_dir(real, f"-o {out}")
     if real.exists() and not real.is_dir():
         raise UserError(f"-o {out}: exists and is not a directory")
-    if not real.parent.is_dir():
-        raise UserError(f"-o {out}: parent directory {real.parent} does not exist")
     if real.is_dir() and any(real.iterdir()):
         if not force:
             raise UserError(f"-o {out}: directory exists and is not empty (use --force to replace a previous build)")
@@ -78,37 +142,73 @@ def _files(root: Path) -> list[Path]:
     return found
 
 
-def check_output_file(path: Path, flag: str) -> None:
-    """``UserError`` naming ``flag`` unless a file can be written at ``path`` (checked by writing a probe beside it,
-    so a read-only place is caught even where permission bits do not apply)."""
+_KINDS = ((stat.S_ISLNK, "a symbolic link (not followed)"),
+          (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a non-regular file is, in words (``None`` for a regular file)."""
+    return next((what for test, what in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def check_output_file(path: Path, flag: str, inputs: tuple[Path | str | None, ...] = ()) -> None:
+    """``UserError`` naming ``flag`` unless a file can be written at ``path``: nothing there, or a regular file
+    (never a device, FIFO, socket, directory or symlink); not inside (or one of) ``inputs``, the files and
+    directories the command reads; a writable place (checked by creating a probe beside it, so a read-only place
+    is caught even where permission bits do not apply)."""
     import tempfile
 
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path}: is a directory")
-    if not path.parent.is_dir():
-        raise UserError(f"{flag} {path}: parent directory {path.parent} does not exist")
+    where = f"{flag} {path}"
+    _check_name_lengths(path, where)
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=True):
+        what = _not_regular(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        what = None
+    except OSError as exc:  # a symlink loop or a file on the way (ENOTDIR), no search permission
+        raise UserError(f"{where}: {exc.strerror}") from None
+    if what is not None:
+        raise UserError(f"{where}: is {what}; only a new or regular file is written")
+    real = _resolve(path.parent, where) / path.name
+    _parent_dir(real, where)
+    for src in inputs:
+        if src is None:
+            continue
+        try:
+            inside = Path(src).resolve()
+        except (OSError, RuntimeError):  # (an input that cannot be resolved is refused where it is read)
+            continue
+        if real == inside or inside in real.parents:
+            raise UserError(f"{where}: is inside {src}, which this command reads; write the report elsewhere")
+    try:
+        with tempfile.NamedTemporaryFile(dir=real.parent, prefix=f".{sibling_stem(path.name)}.", delete=True):
             pass
-        if path.exists() and not os.access(path, os.W_OK):
+        if os.path.lexists(real) and not os.access(real, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except OSError as exc:
-        raise UserError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+        raise UserError(f"{where}: cannot write there ({exc.strerror})") from None
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written, and the
     temporary file is removed whatever fails. The file gets the mode a plain ``open`` would give it (0o666 less the
-    umask), not the temporary file's 0o600."""
+    umask), not the temporary file's 0o600. What is at ``path`` is replaced only when it is a regular file (else
+    ``OSError`` EEXIST): a device, FIFO, socket, directory or symlink that appeared there is left as it is."""
     import tempfile
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sibling_stem(path.name)}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            what = _not_regular(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            what = None
+        if what is not None:
+            raise OSError(errno.EEXIST, f"it is {what}, not replaced", str(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -129,39 +229,92 @@ def _umask() -> int:
 
 
 class OutputLock:
-    """An advisory ``flock`` on ``.NAME.lock`` beside ``out``, held from ``acquire()`` to ``release()``."""
+    """An advisory ``flock`` on ``.NAME.lock`` beside ``out``, held from ``acquire()`` to ``release()``.
+
+    The file is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) and only the file this lock created gets
+    its PID and is removed on release: a link planted at its name is never followed, a file there never truncated.
+    One found there that nobody holds is a killed build's when it holds a PID (or nothing): it is removed and the
+    lock created anew; anything else is refused (exit 2) naming it."""
+
+    _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
-        self.path = self.out.parent / f".{self.out.name}.lock"
+        self.path = self.out.parent / f".{sibling_stem(self.out.name)}.lock"
         self._fd: int | None = None
+
+    def _refuse(self, why: str) -> UserError:
+        return UserError(f"-o {self.out}: its lock file {self.path} {why}")
+
+    def _open(self) -> tuple[int, bool] | None:
+        """(fd, created): a new lock file, or the regular file already there (opened read-only: never written);
+        ``None`` when it went away between the two opens."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | self._FLAGS, 0o644), True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UserError(f"-o {self.out}: cannot write in {self.path.parent} (creating its lock file "
+                            f"{self.path.name}: {exc.strerror})") from None
+        try:
+            what = _not_regular(os.lstat(self.path).st_mode)  # (before opening: a device is not even opened)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise self._refuse(f"cannot be read ({exc.strerror})") from None
+        if what is not None:
+            raise self._refuse(f"is {what}; not ours, left as it is (remove it to build here)")
+        try:
+            fd = os.open(self.path, os.O_RDONLY | self._FLAGS)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # (ELOOP: a link swapped in after the check above)
+            raise self._refuse(f"cannot be opened ({exc.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise self._refuse("is not a regular file; remove it")
+        return fd, False
+
+    def _is_ours(self, fd: int) -> bool:
+        """Whether ``fd``'s file is still the one at ``self.path`` (not removed or replaced since it was opened)."""
+        try:
+            st, mine = os.stat(self.path, follow_symlinks=False), os.fstat(fd)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def acquire(self) -> None:
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise UserError(f"-o {self.out}: cannot write in {self.path.parent} ({exc.strerror})") from None
+            opened = self._open()
+            if opened is None:
+                continue
+            fd, created = opened
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 raise UserError(f"-o {self.out}: another build is writing it (lock {self.path} is held); wait for "
                                 "it to finish or choose another -o") from None
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # (else the holder released and removed it between our open and flock: lock the new file)
+            if not self._is_ours(fd):  # the holder released and removed it between our open and flock: again
+                os.close(fd)
+                continue
+            if created:
                 break
+            # a lock file nobody holds: a killed build's holds its PID (or nothing, killed before writing it)
+            content = os.read(fd, 64)
+            if not re.fullmatch(rb"[0-9]{0,20}\n?", content):
+                os.close(fd)
+                raise self._refuse("is not a lock of ours (it holds more than a PID), left as it is (move it away "
+                                   "to build here)")
+            os.unlink(self.path)  # (while holding it: a build that opened it too finds it gone and starts again)
             os.close(fd)
-        os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)
+            if self._is_ours(self._fd):
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 
@@ -172,8 +325,11 @@ class Staging:
 
     def __init__(self, out: Path, force: bool, inputs: tuple[Path | None, ...] = ()) -> None:
         # resolved once: a symlink as -o names its target, whose lock, staging sibling and commit are the build's
-        self.given, self.out, self.force, self.inputs = Path(out), Path(out).resolve(), force, inputs
-        self.path = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self.given, self.force, self.inputs = Path(out), force, inputs
+        _check_name_lengths(out, f"-o {out}")
+        self.out = _resolve(out, f"-o {out}")
+        self.stem = sibling_stem(self.out.name)
+        self.path = self.out.parent / f".{self.stem}.partial-{os.getpid()}"
         self.lock = OutputLock(self.out)
         self.stale: list[str] = []
 
@@ -182,7 +338,7 @@ class Staging:
         ``out``: with the lock held, no live build owns one."""
         found = []
         for kind in ("partial", "old"):
-            prefix = f".{self.out.name}.{kind}-"  # (escaped: -o 'out[1]' must not match another build's)
+            prefix = f".{self.stem}.{kind}-"  # (escaped: -o 'out[1]' must not match another build's)
             found += [p for p in self.out.parent.glob(glob.escape(prefix) + "*") if p.name[len(prefix):].isdigit()]
         return sorted(found)
 
@@ -210,7 +366,7 @@ class Staging:
                 raise UserError(f"-o {self.out}: was created by someone else during the build; not replaced (the "
                                 "build is discarded)")
             _check_ours(self.out)
-            aside = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            aside = self.out.parent / f".{self.stem}.old-{os.getpid()}"
             self.out.rename(aside)
             self.path.rename(self.out)
             shutil.rmtree(aside)
@@ -227,3 +383,6 @@ class Staging:
                 shutil.rmtree(self.path, ignore_errors=True)
         finally:
             self.lock.release()
+        if isinstance(exc, OSError) and exc.errno in NO_ROOM:  # a full disk is bad input, named, not a bug (3)
+            raise UserError(f"-o {self.given}: cannot write the build there ({exc.strerror}); the build is "
+                            "discarded") from None
