@@ -308,7 +308,12 @@ class OutputLock:
                                    "to build here)")
             os.unlink(self.path)  # (while holding it: a build that opened it too finds it gone and starts again)
             os.close(fd)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # (a full disk: the lock made here goes, named)
+            self._fd = fd
+            self.release()
+            raise self._refuse(f"cannot be written ({exc.strerror})") from None
         self._fd = fd
 
     def release(self) -> None:

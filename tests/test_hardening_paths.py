@@ -418,6 +418,34 @@ def test_stdout_closed_is_one_line(built, args):
     _one_line(proc.returncode, proc.stderr, 2, expect)
 
 
+def test_stdout_closed_does_not_lend_its_descriptor_to_the_report(built, tmp_path):
+    """With descriptor 1 closed at start, the report (opened later) does not take it: it holds only its XML, and
+    the command still says, in one line, that stdout is closed."""
+    report = tmp_path / "r.xml"
+    proc = _cli("verify", built, "--junit", report, "--json", stdout=None, preexec_fn=lambda: os.close(1))
+    _one_line(proc.returncode, proc.stderr, 2, "cannot write to stdout: it is closed")
+    from xml.etree import ElementTree as ET
+
+    suite = ET.fromstring(report.read_bytes())
+    assert suite.tag == "testsuite" and int(suite.get("tests")) > 0 and suite.get("failures") == "0"
+
+
+def test_lock_full_disk_is_exit_2_naming_the_lock(tmp_path, monkeypatch):
+    """ENOSPC writing the lock's PID: refused naming the lock, which is removed (nothing left beside -o)."""
+    real_write = outdir.os.write
+
+    def full(fd, data):
+        if data == f"{os.getpid()}\n".encode():
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(outdir.os, "write", full)
+    with pytest.raises(UserError, match=r"lock file .*\.out\.lock cannot be written \(No space left on device\)"):
+        with Staging(tmp_path / "out", force=False):
+            pytest.fail("the build started")
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("args,code", [(["verify", "BUILT", "--json"], 141), (["--help"], 141),
                                        (["verify", "MISSING", "--json"], 2), (["inspect", "--bogus", "--json"], 2)])
 def test_stdout_reader_gone(built, args, code):
