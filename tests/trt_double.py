@@ -133,6 +133,11 @@ class _Engine:
         t = self.inputs.get(name) or self.outputs[name]
         return DataType[DTYPES[t["dtype"]]]
 
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """The engine's shape of an I/O tensor: -1 for each dynamic dim (``ICudaEngine.get_tensor_shape``)."""
+        t = self.inputs.get(name) or self.outputs[name]
+        return tuple(-1 if isinstance(d, str) else d for d in t["dims"])
+
     @property
     def num_optimization_profiles(self) -> int:
         return len(self.profiles)

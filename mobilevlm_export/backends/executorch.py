@@ -114,6 +114,7 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     with open(path, "wb") as f:
         et.write_to_file(f)
     del et
+    trust_written_program(path)
     _release_lowering_memory()
     advance()
     return ProgramInfo(path.name, path.stat().st_size, reports, constant_methods, round(t1 - t0, 2),
@@ -149,6 +150,10 @@ class LoadedProgram:
 
     def load_method(self, name: str):
         return self.program.load_method(name)
+
+    def metadata(self, name: str):
+        """The method's ``MethodMeta`` (its inputs' and outputs' dtypes and sizes), without loading it."""
+        return self.program.metadata(name)
 
     def __del__(self) -> None:
         LoadedProgram.live -= 1
@@ -202,13 +207,23 @@ def set_threads(threads: int | None) -> None:
 
 # lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
 # some containers; ExecuTorch's threadpool logs its core-count probe, e.g. "[cpuinfo_utils.cpp:109] Failed to open
-# midr file ..."); they say nothing about the user's input or results
+# midr file ..."); they say nothing about the user's input or results, not even with --debug
 NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:", "[cpuinfo_utils.cpp:")
+# set (to anything but "" or "0") to pass the native runtimes' own log lines on to stderr; the CLI's --debug
+DEBUG_ENV = "MVLM_EXPORT_DEBUG"
+
+
+def native_logs_shown() -> bool:
+    """Whether the native runtimes' log lines reach stderr (``DEBUG_ENV`` set: ``--debug``)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 @contextmanager
 def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
-    """Capture what native code writes to file descriptor 2 meanwhile, and pass on every line but ``drop``'s."""
+    """Capture what native code (ExecuTorch, XNNPACK, ONNX Runtime) writes to file descriptor 2 meanwhile. Its log
+    lines ("[method.cpp:62] Missing operator ...", "[E:onnxruntime:...]") repeat in their own words what the one
+    error line says, or say nothing about the user's input: they are dropped, unless ``native_logs_shown()``, and
+    then every line but ``drop``'s is passed on."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -219,30 +234,192 @@ def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not line.startswith(drop):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
+            if native_logs_shown():
+                captured.seek(0)
+                for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                    if not line.startswith(drop):
+                        sys.stderr.write(line)
+                sys.stderr.flush()
 
 
-def load_program(path: Path, threads: int | None = None):
-    """Load a ``.pte`` (the caller shares it between the runners of its methods: the decoder's cache lives in its
-    loaded method), the threadpool sized to ``threads`` first (``set_threads``). Not cached: a file rebuilt at the
-    same path loads anew."""
+def _import_runtime():
+    """ExecuTorch's runtime with the kernels the programs use (their import logs nothing the user needs)."""
     with native_stderr_filtered():
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
         import executorch.kernels.quantized  # noqa: F401  (quantized_decomposed.* kernels: quantized embeddings)
         from executorch.runtime import Runtime, Verification
+    return Runtime, Verification
 
+
+def load_program(path: Path, threads: int | None = None):
+    """Load a ``.pte`` (the caller shares it between the runners of its methods: the decoder's cache lives in its
+    loaded method), the threadpool sized to ``threads`` first (``set_threads``), once a child process has loaded
+    the same bytes and every method (``ProgramProbe``). Not cached: a file rebuilt at the same path loads anew."""
+    path = Path(path)
+    probe = ProgramProbe(path)  # (in a fresh process, it imports ExecuTorch while this one does too)
+    try:
+        Runtime, Verification = _import_runtime()
+        probe.verdict()
+    finally:
+        probe.close()
     try:
         with native_stderr_filtered():  # (sizing the pool starts it, and it describes the CPU)
             set_threads(threads)
-            return LoadedProgram(Runtime.get().load_program(Path(path), verification=Verification.Minimal))
+            return LoadedProgram(Runtime.get().load_program(path, verification=Verification.Minimal))
     except (RuntimeError, ValueError) as exc:
-        from mobilevlm_export.errors import UserError
-
         raise UserError(f"{path}: not a loadable ExecuTorch program ({exc})") from None
+
+
+# A .pte's bytes are trusted by ExecuTorch's runtime: a flipped byte in a method's plan or an XNNPACK delegate's graph
+# kills the process (SIGSEGV in method init, SIGABRT in XNNPACK's), and its flatbuffer verifier
+# (Verification.InternalConsistency) sees the program's own tables only, not the delegates' blobs. So a program is
+# first loaded, every method with it, in a child process; what killed the child is one line. Measured on the demo's
+# snapdragon build (1 MB .pte), 100 single-byte flips: under Minimal 3 killed the process at method load
+# (2 SIGSEGV, 1 SIGABRT), none at execution; InternalConsistency refused the program-table ones, not XNNPACK's.
+PROBE_TIMEOUT_S = 600
+PROBE_CODE = ("import sys; sys.path.append(sys.argv.pop(1)); "
+              "from mobilevlm_export.backends.executorch import probe_main; probe_main()")
+_verdicts: dict[str, str | None] = {}  # sha256 of a program's bytes -> None (they load) or why not, this process
+
+
+def _file_sha256(path: Path) -> str:
+    from mobilevlm_export.manifest import sha256
+
+    return sha256(path)
+
+
+class ProgramProbe:
+    """``probe_main`` over ``path`` in a child process (the same Python), unless this process already knows the
+    verdict on these bytes (their sha256). ``verdict()`` waits for it: ``UserError`` naming the file when the
+    program does not load or kills the child (the signal and the method it was loading), else nothing."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+
+        self.path = Path(path)
+        try:
+            self.key = _file_sha256(self.path)
+        except OSError as exc:
+            raise UserError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        self.proc = None
+        if self.key not in _verdicts:
+            package_root = str(Path(__file__).resolve().parents[2])
+            self.proc = subprocess.Popen([sys.executable, "-c", PROBE_CODE, package_root, str(self.path)],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def verdict(self) -> None:
+        import subprocess
+
+        if self.key not in _verdicts and self.proc is not None:
+            try:
+                out, err = self.proc.communicate(timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.close()
+                raise UserError(f"{self.path}: ExecuTorch did not load it within {PROBE_TIMEOUT_S} s") from None
+            if native_logs_shown():
+                sys.stderr.write(err.decode(errors="replace"))
+            _verdicts[self.key] = self._judge(self.proc.returncode, out.decode(errors="replace"), err)
+        why = _verdicts[self.key]
+        if why:
+            raise UserError(f"{self.path}: {why}")
+
+    def _judge(self, code: int, out: str, err: bytes) -> str | None:
+        import json
+        import signal
+
+        said = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        last = said[-1] if said else {}
+        if code == 0 and last.get("ok"):
+            return None
+        if code == 0 and "error" in last:
+            return f"not a loadable ExecuTorch program ({last['error']})"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            where = last.get("loading", "the program")
+            return (f"ExecuTorch crashed loading {where} ({name}): its bytes are not a valid program (corrupt or "
+                    "edited after the build? rebuild it)")
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise RuntimeError(f"the ExecuTorch load check of {self.path} failed (exit {code}: "
+                           f"{lines[-1] if lines else 'no message'})")
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.communicate()
+            self.proc = None
+
+
+def probe_main() -> None:
+    """The child of ``ProgramProbe`` (``sys.argv[1]``: a ``.pte``): load it with ExecuTorch's internal-consistency
+    check, then every method, printing one JSON line before each (``{"loading": "method 'x'"}``, what a signal
+    interrupted) and one at the end: ``{"ok": true}`` or ``{"error": "..."}``."""
+    import json
+
+    path = Path(sys.argv[1])
+    runtime, verification = _import_runtime()
+
+    def say(**kw) -> None:
+        sys.stdout.write(json.dumps(kw) + "\n")
+        sys.stdout.flush()
+
+    try:
+        say(loading="the program")
+        program = runtime.get().load_program(path, verification=verification.InternalConsistency)
+        for name in sorted(program.method_names):
+            say(loading=f"method '{name}'")
+            program.load_method(name)
+    except (RuntimeError, ValueError) as exc:
+        say(error=" ".join(str(exc).split()))
+        return
+    say(ok=True)
+
+
+def trust_written_program(path: Path) -> None:
+    """Record the program this process has just written (``export_program``) as loading: its bytes are
+    ExecuTorch's serializer's, not an input's, and the build's own verify need not load them twice."""
+    _verdicts[_file_sha256(Path(path))] = None
+
+
+# ExecuTorch's ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy dtype names
+SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
+                11: "bool", 15: "bfloat16"}
+
+
+def method_io(meta) -> tuple[list, list]:
+    """A method's inputs and outputs as ``graphs.contracts.FoundSpec`` (no names: ExecuTorch passes tensors by
+    position; sizes of a dynamic dim are its memory-planned upper bound). A non-tensor input or output is a
+    ``FoundSpec`` of dtype "not a tensor" and no dims."""
+    from mobilevlm_export.graphs.contracts import FoundSpec
+
+    def spec(get, i: int) -> FoundSpec:
+        try:
+            t = get(i)
+        except (IndexError, RuntimeError):  # an int, a list, None: the method takes or gives no tensor there
+            return FoundSpec(None, "not a tensor", ())
+        return FoundSpec(None, SCALAR_TYPES.get(t.dtype(), f"ScalarType {t.dtype()}"), tuple(t.sizes()))
+
+    return ([spec(meta.input_tensor_meta, i) for i in range(meta.num_inputs())],
+            [spec(meta.output_tensor_meta, i) for i in range(meta.num_outputs())])
+
+
+def check_method_io(program: LoadedProgram, path: Path, contract: GraphContract, method: str) -> None:
+    """``UserError`` naming the file, the method, the tensor and both specs when ``method`` of ``program`` takes or
+    gives other tensors than ``contract`` (count, dtype, rank, static dims; a dynamic dim's upper bound at least the
+    contract's range max): a program of another build re-signed into this one is refused before it runs."""
+    from mobilevlm_export.graphs.contracts import contract_mismatch, io_mismatch
+
+    try:
+        meta = program.metadata(method)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: has no readable method '{method}' ({exc})") from None
+    inputs, outputs = method_io(meta)
+    why = io_mismatch(contract, inputs, outputs, upper_bounds=True)
+    if why:
+        raise UserError(contract_mismatch(f"{path} (method '{method}')", contract, why, "program"))
 
 
 class ExecuTorchRunner:
@@ -256,6 +433,7 @@ class ExecuTorchRunner:
         self.program = program  # alive while its method runs
         self.method_name = method
         self._started = False
+        check_method_io(program, path, contract, method)
         try:
             with native_stderr_filtered():  # (XNNPACK describes the CPU when its delegate starts)
                 self.method = program.load_method(method)

@@ -194,6 +194,29 @@ def save_model(model, path: Path, external: bool | None = None) -> Path:
     return path
 
 
+# ONNX Runtime's type strings (``NodeArg.type``) -> numpy dtype names (the contracts' dtypes)
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int16)": "int16", "tensor(int8)": "int8",
+              "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def check_graph_io(session, path: Path, contract: GraphContract) -> None:
+    """``UserError`` naming ``path``, the tensor and both specs when the graph ``session`` loaded takes or gives other
+    tensors than ``contract`` (``graphs.contracts.io_mismatch``): a file of another graph or build, re-signed into
+    this one, is refused before it runs instead of failing inside ONNX Runtime."""
+    from mobilevlm_export.errors import UserError
+    from mobilevlm_export.graphs.contracts import FoundSpec, contract_mismatch, io_mismatch
+
+    def found(args) -> list[FoundSpec]:
+        return [FoundSpec(a.name, ORT_DTYPES.get(a.type, a.type),
+                          tuple(d if isinstance(d, int) else d or None for d in (a.shape or ())))
+                for a in args]
+
+    why = io_mismatch(contract, found(session.get_inputs()), found(session.get_outputs()))
+    if why:
+        raise UserError(contract_mismatch(path, contract, why))
+
+
 class OnnxRunner:
     """An ONNX Runtime session over one graph file, fed and read by contract names. Also the ``DecoderBindings``
     of ``runtime.sessions.BoundKVSession`` (ONNX Runtime's IO binding over host buffers the session allocates
@@ -209,10 +232,14 @@ class OnnxRunner:
         self.contract = contract
         load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                        ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
+        from mobilevlm_export.backends.executorch import native_stderr_filtered
+
         try:
-            self.session = _session(str(path), threads)
+            with native_stderr_filtered():  # ONNX Runtime's own error log repeats what the one line below says
+                self.session = _session(str(path), threads)
         except load_errors as exc:  # not a model, a graph it cannot run, missing weights
             raise UserError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
+        check_graph_io(self.session, path, contract)
         self._outputs = [t.name for t in contract.outputs]
         self._dtypes = {t.name: np.dtype(t.dtype) for t in (*contract.inputs, *contract.outputs)}
         self._buffers: dict[int, np.ndarray] = {}  # address -> the host buffer there

@@ -118,6 +118,7 @@ class TensorRTRunner:
         if names != want:
             raise UserError(f"{engine_path}: the engine's tensors {sorted(names ^ want)[:4]} differ from the graph's "
                             "contract in manifest.json (an engine of another graph or build?)")
+        self._check_io(contract)
         self._context = self._engine.create_execution_context()
         self._stream = _check(self._cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._profiles = self._engine.num_optimization_profiles
@@ -125,6 +126,26 @@ class TensorRTRunner:
         self._dtypes = {n: np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._owned: dict[int, int] = {}  # device pointer -> bytes, every buffer this runner allocated
         self._io: dict[str, int] = {}     # run(): tensor name -> its buffer (allocated on first use, at max shape)
+
+    def _check_io(self, contract: GraphContract) -> None:
+        """``UserError`` naming the engine, the tensor and both specs when a tensor's dtype, rank or static dims
+        (``get_tensor_dtype`` / ``get_tensor_shape``, -1 for a dynamic dim) differ from ``contract``'s."""
+        from mobilevlm_export.graphs.contracts import FoundSpec, contract_mismatch, io_mismatch
+
+        engine, trt = self._engine, self._trt
+        found: dict[bool, list[FoundSpec]] = {True: [], False: []}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            dtype = engine.get_tensor_dtype(name)
+            try:
+                dtype_name = np.dtype(trt.nptype(dtype)).name
+            except TypeError:  # a TensorRT type numpy has no name for (bfloat16, fp8, int4)
+                dtype_name = str(dtype)
+            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            found[is_input].append(FoundSpec(name, dtype_name, tuple(int(d) for d in engine.get_tensor_shape(name))))
+        why = io_mismatch(contract, found[True], found[False])
+        if why:
+            raise UserError(contract_mismatch(self.path, contract, why, "engine"))
 
     # -- profiles ------------------------------------------------------------------------------------------------
     def _ranges(self, name: str, profile: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

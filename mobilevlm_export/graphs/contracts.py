@@ -215,3 +215,73 @@ def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
 
 def _batch_one(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
     return tuple(TensorSpec(t.name, t.dtype, tuple(1 if d == "batch" else d for d in t.dims)) for t in specs)
+
+
+@dataclass(frozen=True)
+class FoundSpec:
+    """A graph's tensor as its runtime reports it, to compare with the contract (``io_mismatch``). ``name``: None
+    where the runtime keeps no names (ExecuTorch's methods take and give tensors by position); ``dtype``: the numpy
+    name, or the runtime's own where numpy has none; ``dims``: ints, and a symbol name or None for a dynamic dim."""
+
+    name: str | None
+    dtype: str
+    dims: tuple[int | str | None, ...]
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None or (isinstance(d, int) and d < 0) else str(d) for d in self.dims)
+        return f"{self.dtype}[{dims}]"
+
+
+def _spec_text(t: TensorSpec) -> str:
+    return f"{t.dtype}[{', '.join(map(str, t.dims))}]"
+
+
+def _dim_fits(want: Dim, got: int | str | None, ranges: dict[str, DimRange], upper_bounds: bool) -> bool:
+    if not isinstance(got, int) or got < 0:  # dynamic in the graph: it takes whatever the contract gives
+        return True
+    if isinstance(want, int):
+        return got == want
+    r = ranges.get(want)
+    if upper_bounds:  # the runtime reports a dynamic dim's capacity: it must hold the largest size the contract runs
+        return r is None or got >= r.max
+    return r is not None and r.min == r.max == got  # a fixed size where the contract's symbol takes one value only
+
+
+def io_mismatch(contract: GraphContract, inputs: list[FoundSpec], outputs: list[FoundSpec],
+                upper_bounds: bool = False) -> str | None:
+    """The first way a graph's inputs/outputs, as its runtime reports them, differ from ``contract``: names (or
+    counts, where the runtime keeps no names), dtypes, ranks, static dims; None when they fit. A dim the contract
+    gives as a number must be that number or dynamic in the graph; a symbolic one must be dynamic, or fixed where the
+    contract's range allows one size only. ``upper_bounds``: a runtime reports a dynamic dim as its largest size
+    (ExecuTorch's memory-planned sizes), which must then be at least the symbol's range max.
+    The answer is one phrase: "input inputs_embeds is float16[batch, seq, 64] in the graph, float32[batch, seq, 64]
+    in the contract"."""
+    for role, want, got in (("input", contract.inputs, inputs), ("output", contract.outputs, outputs)):
+        if all(g.name is not None for g in got):
+            found = {g.name: g for g in got}
+            expected = {t.name for t in want}
+            missing = [t.name for t in want if t.name not in found]
+            extra = [g.name for g in got if g.name not in expected]
+            if missing or extra:
+                parts = ([f"lacks {role}s {missing[:4]}"] if missing else []) + (
+                    [f"has {role}s {extra[:4]} the contract does not"] if extra else [])
+                return f"the graph {' and '.join(parts)} (its {role}s: {[g.name for g in got][:6]})"
+            pairs = [(t, found[t.name]) for t in want]
+        else:
+            if len(got) != len(want):
+                return (f"the graph has {len(got)} {role}s, the contract {len(want)} "
+                        f"({', '.join(t.name for t in want)})")
+            pairs = list(zip(want, got, strict=True))
+        for i, (t, g) in enumerate(pairs):
+            dims_fit = len(g.dims) == len(t.dims) and all(
+                _dim_fits(w, d, contract.ranges, upper_bounds) for w, d in zip(t.dims, g.dims, strict=True))
+            if g.dtype != t.dtype or not dims_fit:
+                which = t.name if g.name is not None else f"{i} ({t.name})"
+                return f"{role} {which} is {g} in the graph, {_spec_text(t)} in the contract"
+    return None
+
+
+def contract_mismatch(path, contract: GraphContract, why: str, what: str = "graph") -> str:
+    """The one line for an ``io_mismatch``: the file, the difference, where the contract is recorded."""
+    return (f"{path}: {why} (manifest.json graphs.{contract.name}.contract): a {what} of another graph, build or "
+            "target?")

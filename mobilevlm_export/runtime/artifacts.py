@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, TOKENIZER_DIR, read_manifest
 from mobilevlm_export.profiles import DeviceProfile
@@ -57,7 +58,9 @@ class ArtifactSet:
         if self._tokenizer is None:
             from mobilevlm_export.runtime.tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_dir(self.root / TOKENIZER_DIR)
+            tokenizer = Tokenizer.from_dir(self.root / TOKENIZER_DIR)
+            check_tokenizer_fits(tokenizer, self.root / TOKENIZER_DIR, self.manifest["model"]["dims"]["vocab"])
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def runners(self, threads: int | None = None) -> dict:
@@ -75,7 +78,18 @@ class ArtifactSet:
             key = f"{self.target.recipe_section}.max_prompt" if "max_prompt" in options else None
             session = BoundKVSession(decoder, model["dims"]["layers"], ranges["past"].max + 1, ranges["seq"].max,
                                      key)
-        return VLMPipeline(runners, session, model["eos_token_id"])
+        return VLMPipeline(runners, session, model["eos_token_id"], model["dims"]["vocab"])
+
+
+def check_tokenizer_fits(tokenizer, directory: Path, vocab: int) -> None:
+    """``UserError`` naming the tokenizer's file and both numbers when ``tokenizer`` has more tokens than the model's
+    vocabulary (``vocab``, the manifest's ``model.dims.vocab``): its extra ids would index past the embedding."""
+    if len(tokenizer) > vocab:
+        file = next((directory / f for f in ("tokenizer.json", "tokenizer_config.json") if (directory / f).is_file()),
+                    directory)
+        raise UserError(f"{file}: the tokenizer has {len(tokenizer)} tokens, the model's vocabulary "
+                        f"{vocab} ({MANIFEST} model.dims.vocab); ids past {vocab - 1} have no embedding (a tokenizer "
+                        "of another model?)")
 
 
 def open_artifacts(root: str | Path, backend: str | None = None) -> ArtifactSet:

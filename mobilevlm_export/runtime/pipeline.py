@@ -43,12 +43,16 @@ class Timings:
 
 class VLMPipeline:
     """The runtime loop. ``runners``: ``embed_tokens`` and either ``image_encoder`` or ``vision_encoder`` +
-    ``projector``; ``decoder``: a session over the decoder graph."""
+    ``projector``; ``decoder``: a session over the decoder graph. ``vocab``: the model's vocabulary size (the
+    manifest's ``model.dims.vocab``); every text token id is checked to lie in [0, vocab) before a graph sees it
+    (an embedding lookup past its table reads out of bounds in a native runtime). None: not checked."""
 
-    def __init__(self, runners: dict[str, Runner], decoder: DecoderSession, eos_id: int) -> None:
+    def __init__(self, runners: dict[str, Runner], decoder: DecoderSession, eos_id: int,
+                 vocab: int | None = None) -> None:
         self.runners = runners
         self.decoder = decoder
         self.eos_id = eos_id
+        self.vocab = vocab
 
     def image_embeds(self, pixel_values: np.ndarray) -> np.ndarray:
         if "image_encoder" in self.runners:
@@ -56,7 +60,19 @@ class VLMPipeline:
         feats = self.runners["vision_encoder"].run({"pixel_values": pixel_values})["image_features"]
         return self.runners["projector"].run({"image_features": feats})["image_embeds"]
 
+    def check_ids(self, ids: list[int]) -> None:
+        """``UserError`` for a text token id outside the model's vocabulary (the image placeholder aside)."""
+        if self.vocab is None:
+            return
+        bad = next((t for kind, part in segments(ids) if kind == "text" for t in part
+                    if not 0 <= t < self.vocab), None)
+        if bad is not None:
+            raise UserError(f"token id {bad} is outside the model's vocabulary of {self.vocab} (ids 0.."
+                            f"{self.vocab - 1}, manifest.json model.dims.vocab): the tokenizer or the ids do not "
+                            "belong to this build")
+
     def embed(self, ids: list[int]) -> np.ndarray:
+        self.check_ids(ids)
         return self.runners["embed_tokens"].run({"input_ids": np.asarray([ids], np.int64)})["inputs_embeds"]
 
     def splice(self, prompt_ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
@@ -100,6 +116,7 @@ class VLMPipeline:
     def generate_ids(self, prompt_ids: list[int], pixel_values: np.ndarray,
                      params: SamplingParams = SamplingParams()) -> tuple[list[int], Timings]:
         """Generated ids (stop token included when produced) and the timings of each stage."""
+        self.check_ids(prompt_ids)
         self.check_length(prompt_ids, params.max_new_tokens)
         t = Timings()
         t0 = time.perf_counter()
