@@ -389,6 +389,46 @@ def test_full_disk_during_a_build_is_exit_2_naming_the_output(tiny_ckpt, samples
     assert os.listdir(tmp_path) == []
 
 
+def _on_a_full_disk(tmp_path: Path, size: str, fill: bool, *args) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The CLI with ``tmp_path/mnt`` a tmpfs of ``size`` (filled first with ``fill``), mounted in a private user and
+    mount namespace (``unshare -rm``: gone with the process, never seen outside); what was left in it, listed."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    mnt, listing = tmp_path / "mnt", tmp_path / "left.txt"
+    mnt.mkdir()
+    # $1 size, $2 the mount point, $3 fill it first (1/0), $4 where to list what is left; then the command
+    script = ('mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; '
+              'if [ "$3" = 1 ]; then head -c 4M /dev/zero > "$2/fill" 2>/dev/null; fi; '
+              'mnt=$2 left=$4; shift 4; "$@"; rc=$?; ls -A "$mnt" > "$left"; exit $rc')
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", size, str(mnt), "1" if fill else "0",
+                           str(listing), *CLI, *map(str, args)], capture_output=True, text=True, timeout=LIMIT_S)
+    if proc.returncode == 99 or proc.stderr.startswith("unshare:"):  # (user namespaces or mounts not allowed)
+        pytest.skip(f"no tmpfs can be mounted in a user namespace here: {proc.stderr.strip()}")
+    left = [n for n in listing.read_text().split() if n != "fill"]
+    return proc, left
+
+
+def test_real_full_disk_during_a_build(tmp_path):
+    """A real ENOSPC (a 1 MiB tmpfs): `export -o` is exit 2, one line naming -o and the cause, not exit 3; the
+    staging directory and the lock are gone."""
+    out = tmp_path / "mnt" / "out"
+    proc, left = _on_a_full_disk(tmp_path, "1m", False, "export", "-o", out)
+    _one_line(proc.returncode, proc.stderr, 2, f"-o {out}", "No space left on device")
+    assert left == []
+
+
+def test_real_full_disk_for_the_junit_report(built, tmp_path):
+    """A real ENOSPC writing the report (a full 64 KiB tmpfs): exit 2, one line naming --junit and the path, the
+    build unchanged, no temporary file left."""
+    path = tmp_path / "mnt" / "r.xml"
+    before = _tree(built)
+    proc, left = _on_a_full_disk(tmp_path, "64k", True, "verify", built, "--junit", path, "--json")
+    _one_line(proc.returncode, proc.stderr, 2, f"--junit {path}", "No space left on device", "parity passed")
+    assert left == [] and _tree(built) == before
+
+
 # -------------------------------------------------------------------------------------------------------- stdout
 
 
