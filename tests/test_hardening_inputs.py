@@ -294,6 +294,18 @@ def test_run_answer_past_capacity(bundles, target, image_file):
             ["--max-new-tokens", "capacity"], [d, image_file])
 
 
+@pytest.mark.parametrize("target,words,needle", [
+    ("orin", 260, "tensorrt.max_prompt"),  # ~434 positions: in the 512 context, past the 384-position prefill
+    ("onnx", 2100, "capacity"),            # past the model's 2048 positions (onnx: no context of its own)
+    ("snapdragon", 400, "capacity"),       # ~574 positions: past the 512-position cache
+    ("orin", 400, "capacity"),
+])
+def test_run_prompt_past_the_built_limits(bundles, image_file, target, words, needle):
+    d = bundles[target]
+    refused(["run", d, "--image", image_file, "--prompt", "a " * words, "--max-new-tokens", 1],
+            ["--prompt", needle], [d, image_file])
+
+
 @pytest.mark.parametrize("target,profile", [("orin", "snapdragon-888"), ("snapdragon", "orin-nano-8gb"),
                                             ("orin", "snapdragon-8-gen-3")])
 @pytest.mark.parametrize("flag", ["--predict", "--profile"])
