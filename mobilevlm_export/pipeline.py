@@ -163,13 +163,13 @@ def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, limits) -> None:
     capacity = limits.max_context
     for p in pairs:
         need = prompt_length(build_prompt_ids(ckpt.tokenizer, p.question, source=p.source), image_tokens)
-        if need > limits.max_prompt:
-            raise UserError(f"{recipe.source}: the build's longest prompt of {limits.max_prompt} positions is "
-                            f"shorter than the prompt plus image tokens ({need}) of '{p.image.name}: {p.question}'")
         if need + recipe.e2e.max_new_tokens > capacity:
             raise UserError(f"{recipe.source}: the build's context of {capacity} positions is smaller than the "
                             f"prompt plus image tokens ({need}) + e2e.max_new_tokens ({recipe.e2e.max_new_tokens}) "
                             f"of '{p.image.name}: {p.question}'")
+        if need > limits.max_prompt:
+            raise UserError(f"{recipe.source}: the build's longest prompt of {limits.max_prompt} positions is "
+                            f"shorter than the prompt plus image tokens ({need}) of '{p.image.name}: {p.question}'")
 
 
 def write_tokenizer(ckpt, out: Path) -> None:
