@@ -36,6 +36,7 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow -s
+	MVLM_PROPERTY_SLOW=1 $(BIN)/python -m pytest -q tests/test_cli_property.py
 
 lint: setup
 	$(BIN)/ruff check mobilevlm_export tests
