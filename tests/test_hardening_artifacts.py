@@ -9,6 +9,7 @@ once per module; every case edits a copy and re-signs its manifest (``update_man
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -64,11 +65,11 @@ def _hashes(d: Path) -> dict[str, str]:
     return {p.relative_to(d).as_posix(): sha256(p) for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def _cli(args: list[str], build: Path) -> subprocess.CompletedProcess:
+def _cli(args: list[str], build: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """The CLI in a child process; the build's files are the same before and after."""
     before = _hashes(build)
     res = subprocess.run([sys.executable, "-m", "mobilevlm_export.cli", *args], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env={**os.environ, **(env or {})})
     assert _hashes(build) == before, "the command changed the build"
     return res
 
@@ -284,6 +285,11 @@ def test_a_truncated_pte_is_one_line_without_native_logs(pte_build, tmp_path):
     update_manifest(d)
     line = _refused(_cli(["run", str(d), *RUN], d), str(pte), "not a loadable ExecuTorch program")
     assert not line.startswith("[") and ".cpp:" not in line
+    # with MVLM_EXPORT_DEBUG (--debug's variable) ExecuTorch's own lines are shown, the error line last
+    res = _cli(["run", str(d), *RUN], d, env={"MVLM_EXPORT_DEBUG": "1"})
+    lines = res.stderr.splitlines()
+    assert res.returncode == 2 and lines[-1] == line, res.stderr[-3000:]
+    assert any(ln.startswith("[") and ".cpp:" in ln for ln in lines[:-1]), res.stderr[-3000:]
 
 
 def test_a_program_is_loaded_in_a_child_once_per_content(pte_build, tmp_path, monkeypatch):
