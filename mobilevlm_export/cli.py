@@ -194,6 +194,8 @@ def _quiet_libraries(debug: Annotated[bool, typer.Option(
     from mobilevlm_export.quiet import quiet_libraries
 
     _state["debug"] = _state["debug"] or debug
+    if _state["debug"]:  # (the native runtimes' log filter reads the same switch)
+        os.environ[DEBUG_ENV] = "1"
     quiet_libraries()
 
 

@@ -218,7 +218,7 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     if unchecked:
         raise UserError(f"{art.root / GOLDEN_NPZ}: has no golden case of graph {unchecked[0]} (rebuild to recreate "
                         "it)")
-    check_golden(golden, art.manifest["graphs"], art.root / GOLDEN_NPZ)
+    check_golden(golden, art.manifest["graphs"], art.root / GOLDEN_NPZ, art.manifest["model"]["dims"]["vocab"])
     recipe = recipe or art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
@@ -226,10 +226,11 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     return VerifyReport(metrics, results, recipe.e2e.token_agreement_min, runners["decoder"].backend)
 
 
-def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Path) -> None:
+def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Path, vocab: int | None = None) -> None:
     """``UserError`` naming the npz and the array unless every golden case of a graph holds each input of the
     graph's contract with its rank, fixed dims and kind of dtype, and each output with its kind of dtype (what the
-    runners are fed and compared with: an npz re-signed after an edit must not reach them)."""
+    runners are fed and compared with: an npz re-signed after an edit must not reach them), and every
+    ``input_ids`` lies in the vocabulary (``vocab``: the model's size) before a graph reads it."""
     from mobilevlm_export.graphs.contracts import GraphContract
 
     for key, a in arrays.items():  # (pixel values included: an empty array only makes NaN metrics and warnings)
@@ -257,6 +258,9 @@ def check_golden(arrays: dict[str, np.ndarray], graphs: dict[str, dict], npz: Pa
                     raise UserError(f"{npz}: {key} is empty ({a.dtype}{list(a.shape)}"
                                     + (f"; dim {empty[0]} is 0" if empty else "") + "); a golden case holds at least "
                                     "one of each (rebuild to recreate it)")
+                if t.name == "input_ids" and vocab is not None and a.size and (a.min() < 0 or a.max() >= vocab):
+                    raise UserError(f"{npz}: {key} holds token ids {int(a.min())}..{int(a.max())}, outside the "
+                                    f"model's vocabulary of {vocab}")
 
 
 def _may_be_empty(dim, ranges: dict) -> bool:

@@ -308,3 +308,19 @@ def test_a_program_is_loaded_in_a_child_once_per_content(pte_build, tmp_path, mo
     with pytest.raises(UserError, match="not a loadable ExecuTorch program"):
         et.load_program(d / "model.pte")
     assert len(started) == 2
+
+
+def test_golden_token_ids_outside_the_vocabulary_are_refused():
+    """A re-signed golden.npz whose input_ids leave the vocabulary never reaches the embedding graph."""
+    from mobilevlm_export.verify import check_golden
+
+    contract = GraphContract("embed_tokens", (TensorSpec("input_ids", "int64", ("batch", "seq")),),
+                             (TensorSpec("inputs_embeds", "float32", ("batch", "seq", 8)),),
+                             ranges={"batch": DimRange(1, 1, 1), "seq": DimRange(1, 4, 8)})
+    graphs = {"embed_tokens": {"contract": contract.to_dict()}}
+    arrays = {"embed_tokens/prompt/in/input_ids": np.array([[5, 600]]),
+              "embed_tokens/prompt/out/inputs_embeds": np.zeros((1, 2, 8), np.float32)}
+    check_golden(arrays, graphs, Path("golden.npz"), vocab=1000)
+    with pytest.raises(UserError, match=r"golden.npz: embed_tokens/prompt/in/input_ids holds token ids 5..600, "
+                                        r"outside the model's vocabulary of 512"):
+        check_golden(arrays, graphs, Path("golden.npz"), vocab=512)
