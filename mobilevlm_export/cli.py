@@ -26,7 +26,7 @@ try:  # typer >= 0.2x carries its own click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
 
-from mobilevlm_export.backends.executorch import prepare_runtime_process
+from mobilevlm_export.backends.executorch import prepare_runtime_process, show_native_logs
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
 
@@ -194,8 +194,7 @@ def _quiet_libraries(debug: Annotated[bool, typer.Option(
     from mobilevlm_export.quiet import quiet_libraries
 
     _state["debug"] = _state["debug"] or debug
-    if _state["debug"]:  # (the native runtimes' log filter reads the same switch)
-        os.environ[DEBUG_ENV] = "1"
+    show_native_logs(True if debug else None)  # this command's: the native runtimes' log lines too
     quiet_libraries()
 
 

@@ -213,8 +213,19 @@ NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:", "[cpuinfo_utils.cpp:
 DEBUG_ENV = "MVLM_EXPORT_DEBUG"
 
 
+_NATIVE_LOGS = {"shown": None}  # the CLI's --debug for the command running (None: the environment decides)
+
+
+def show_native_logs(shown: bool | None) -> None:
+    """Set whether this command passes the native runtimes' log lines on (the CLI's ``--debug``), for this command
+    only (None: as ``DEBUG_ENV`` says); the environment is not touched, so nothing carries over to the next."""
+    _NATIVE_LOGS["shown"] = shown
+
+
 def native_logs_shown() -> bool:
-    """Whether the native runtimes' log lines reach stderr (``DEBUG_ENV`` set: ``--debug``)."""
+    """Whether the native runtimes' log lines reach stderr (``--debug``, or ``DEBUG_ENV`` set)."""
+    if _NATIVE_LOGS["shown"] is not None:
+        return _NATIVE_LOGS["shown"]
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
