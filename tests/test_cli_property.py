@@ -26,7 +26,7 @@ from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
 
 CLI = str(Path(sys.executable).with_name("mvlm-export"))
 SLOW = os.environ.get("MVLM_PROPERTY_SLOW") == "1"
-EXAMPLES = int(os.environ.get("MVLM_PROPERTY_EXAMPLES", "200" if SLOW else "24"))
+EXAMPLES = int(os.environ.get("MVLM_PROPERTY_EXAMPLES", "200" if SLOW else "12"))
 INTS = ["-5", "0", "99999999999999999999", "abc", "1.5", ""]  # each flag's invalid values; valid ones per flag
 FLOATS = ["-1", "1.5", "nan", "inf", "x"]
 WORDS = ["onnx", "orin", "snapdragon", "tensorrt", "executorch", "orin-fp16", "snapdragon-888", "orin-nano-8gb",
