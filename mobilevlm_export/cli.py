@@ -26,11 +26,11 @@ try:  # typer >= 0.2x carries its own click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
 
-from mobilevlm_export.backends.executorch import prepare_runtime_process, show_native_logs
+from mobilevlm_export.backends.executorch import prepare_runtime_process
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
+from mobilevlm_export.quiet import DEBUG_ENV  # set to 1: internal errors show their traceback, native logs too
 
-DEBUG_ENV = "MVLM_EXPORT_DEBUG"  # set to 1: internal errors show their traceback
 INTERNAL_ERROR = 3
 # stdout's reader went away (`mvlm-export inspect | head`): exit silently with 128 + SIGPIPE, the status a shell
 # reports for a command SIGPIPE ended (`yes | head`), as a CLI that left SIGPIPE at its default would end. Not
@@ -191,7 +191,7 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
 def _quiet_libraries(debug: Annotated[bool, typer.Option(
         "--debug", help=f"Show the traceback of an internal error (exit 3); also {DEBUG_ENV}=1.")] = False) -> None:
     """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``)."""
-    from mobilevlm_export.quiet import quiet_libraries
+    from mobilevlm_export.quiet import quiet_libraries, show_native_logs
 
     _state["debug"] = _state["debug"] or debug
     show_native_logs(True if debug else None)  # this command's: the native runtimes' log lines too

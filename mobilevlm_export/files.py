@@ -10,6 +10,7 @@ they lead to. Torch-free, layer 1.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -85,3 +86,12 @@ def present(path: str | Path) -> bool:
         return os.path.lexists(path)
     except ValueError:  # a NUL byte in the name
         return False
+
+
+def sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (the manifest's artifact hashes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from mobilevlm_export import __version__
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import sha256  # noqa: F401  (the record's hash; callers import it from here too)
 from mobilevlm_export.graphs.contracts import GraphContract, ModelDims
 from mobilevlm_export.recipes import parse_recipe
 from mobilevlm_export.targets import TARGETS
@@ -31,14 +31,6 @@ GRAPH_FILE_KEYS = ("file", "engine_onnx", "engine")  # the files of a graph reco
 GRAPH_SETS = (("image_encoder", "embed_tokens", "decoder"), ("vision_encoder", "projector", "embed_tokens", "decoder"))
 COST_KEYS = ("decoder_bytes_per_token", "decoder_ops_per_token", "vision_ops")
 CONTRACT_DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")  # numpy names
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict[str, str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from contextlib import contextmanager
 
 # loggers whose warnings are about the libraries, not the user's input: torchao's optional CUDA kernels failing to
 # load on a CPU machine, torch's pytree deprecation notes
@@ -40,3 +42,51 @@ def quiet_libraries() -> None:
 
         for category in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", category=category)
+
+
+# lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
+# some containers; ExecuTorch's threadpool logs its core-count probe, e.g. "[cpuinfo_utils.cpp:109] Failed to open
+# midr file ..."); they say nothing about the user's input or results, not even with --debug
+NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:", "[cpuinfo_utils.cpp:")
+# set (to anything but "" or "0") to pass the native runtimes' own log lines on to stderr; the CLI's --debug
+DEBUG_ENV = "MVLM_EXPORT_DEBUG"
+
+
+_NATIVE_LOGS = {"shown": None}  # the CLI's --debug for the command running (None: the environment decides)
+
+
+def show_native_logs(shown: bool | None) -> None:
+    """Set whether this command passes the native runtimes' log lines on (the CLI's ``--debug``), for this command
+    only (None: as ``DEBUG_ENV`` says); the environment is not touched, so nothing carries over to the next."""
+    _NATIVE_LOGS["shown"] = shown
+
+
+def native_logs_shown() -> bool:
+    """Whether the native runtimes' log lines reach stderr (``--debug``, or ``DEBUG_ENV`` set)."""
+    if _NATIVE_LOGS["shown"] is not None:
+        return _NATIVE_LOGS["shown"]
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@contextmanager
+def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
+    """Capture what native code (ExecuTorch, XNNPACK, ONNX Runtime) writes to file descriptor 2 meanwhile. Its log
+    lines ("[method.cpp:62] Missing operator ...", "[E:onnxruntime:...]") repeat in their own words what the one
+    error line says, or say nothing about the user's input: they are dropped, unless ``native_logs_shown()``, and
+    then every line but ``drop``'s is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if native_logs_shown():
+                captured.seek(0)
+                for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                    if not line.startswith(drop):
+                        sys.stderr.write(line)
+                sys.stderr.flush()

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mobilevlm_export.errors import CheckFailed, UserError
+from mobilevlm_export.files import sha256
 from mobilevlm_export.graphs.contracts import GraphContract
+from mobilevlm_export.quiet import native_logs_shown, native_stderr_filtered
 
 # ops that must run inside XNNPACK: a method where one of these stays on portable kernels fails the build
 MATMUL_OPS = ("aten_linear", "aten_mm", "aten_addmm", "aten_bmm", "aten_matmul", "aten_convolution")
@@ -205,54 +205,6 @@ def set_threads(threads: int | None) -> None:
         _unsafe_reset_threadpool(int(threads))
 
 
-# lines the runtime's native code writes to stderr about the host's CPU description (cpuinfo cannot read /sys in
-# some containers; ExecuTorch's threadpool logs its core-count probe, e.g. "[cpuinfo_utils.cpp:109] Failed to open
-# midr file ..."); they say nothing about the user's input or results, not even with --debug
-NATIVE_NOISE = ("Error in cpuinfo:", "Warning in cpuinfo:", "[cpuinfo_utils.cpp:")
-# set (to anything but "" or "0") to pass the native runtimes' own log lines on to stderr; the CLI's --debug
-DEBUG_ENV = "MVLM_EXPORT_DEBUG"
-
-
-_NATIVE_LOGS = {"shown": None}  # the CLI's --debug for the command running (None: the environment decides)
-
-
-def show_native_logs(shown: bool | None) -> None:
-    """Set whether this command passes the native runtimes' log lines on (the CLI's ``--debug``), for this command
-    only (None: as ``DEBUG_ENV`` says); the environment is not touched, so nothing carries over to the next."""
-    _NATIVE_LOGS["shown"] = shown
-
-
-def native_logs_shown() -> bool:
-    """Whether the native runtimes' log lines reach stderr (``--debug``, or ``DEBUG_ENV`` set)."""
-    if _NATIVE_LOGS["shown"] is not None:
-        return _NATIVE_LOGS["shown"]
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-@contextmanager
-def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
-    """Capture what native code (ExecuTorch, XNNPACK, ONNX Runtime) writes to file descriptor 2 meanwhile. Its log
-    lines ("[method.cpp:62] Missing operator ...", "[E:onnxruntime:...]") repeat in their own words what the one
-    error line says, or say nothing about the user's input: they are dropped, unless ``native_logs_shown()``, and
-    then every line but ``drop``'s is passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if native_logs_shown():
-                captured.seek(0)
-                for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                    if not line.startswith(drop):
-                        sys.stderr.write(line)
-                sys.stderr.flush()
-
-
 def _import_runtime():
     """ExecuTorch's runtime with the kernels the programs use (their import logs nothing the user needs)."""
     with native_stderr_filtered():
@@ -296,12 +248,6 @@ PROBE_CODE = ("import sys; sys.path.append(sys.argv.pop(1)); "
 _verdicts: dict[str, str | None] = {}  # sha256 of a program's bytes -> None (they load) or why not, this process
 
 
-def _file_sha256(path: Path) -> str:
-    from mobilevlm_export.manifest import sha256
-
-    return sha256(path)
-
-
 class ProgramProbe:
     """``probe_main`` over ``path`` in a child process (the same Python), unless this process already knows the
     verdict on these bytes (their sha256). ``verdict()`` waits for it: ``UserError`` naming the file when the
@@ -312,7 +258,7 @@ class ProgramProbe:
 
         self.path = Path(path)
         try:
-            self.key = _file_sha256(self.path)
+            self.key = sha256(self.path)
         except OSError as exc:
             raise UserError(f"{self.path}: cannot read it ({exc.strerror})") from None
         self.proc = None
@@ -435,7 +381,7 @@ def probe_main() -> None:
 def trust_written_program(path: Path) -> None:
     """Record the program this process has just written (``export_program``) as loading: its bytes are
     ExecuTorch's serializer's, not an input's, and the build's own verify need not load them twice."""
-    _verdicts[_file_sha256(Path(path))] = None
+    _verdicts[sha256(Path(path))] = None
 
 
 # ExecuTorch's ScalarType codes (runtime/core/portable_type/scalar_type.h) -> numpy dtype names

@@ -232,7 +232,7 @@ class OnnxRunner:
         self.contract = contract
         load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                        ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
-        from mobilevlm_export.backends.executorch import native_stderr_filtered
+        from mobilevlm_export.quiet import native_stderr_filtered
 
         try:
             with native_stderr_filtered():  # ONNX Runtime's own error log repeats what the one line below says
