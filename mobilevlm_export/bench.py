@@ -1,7 +1,7 @@
 """Latency of a built directory on this host, and the target device's figures predicted from its profile.
 
 One measurement path for every backend (ONNX Runtime, ExecuTorch, TensorRT): the runtime's own stages
-(``runtime.pipeline.VLMPipeline``) on synthetic inputs, ``warmup`` untimed runs then ``runs`` timed ones, each run
+(``runtime.generator.VLMGenerator``) on synthetic inputs, ``warmup`` untimed runs then ``runs`` timed ones, each run
 a whole request: vision encoder, prefill, ``decode_tokens`` greedy decode steps (each feeding back the argmax), so
 the decode loop is warmed like the rest.
 
@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -138,7 +137,7 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
         raise UserError(f"--runs {runs}, --warmup {warmup}, --decode-tokens {decode_tokens}: need runs >= 1, "
                         "warmup >= 0 and decode tokens >= 1")
     runners = art.runners(threads)
-    pipe = art.pipeline(runners)
+    pipe = art.generator(runners)
     w = workload(art, pipe.decoder, prompt_tokens, decode_tokens, text_only)
     for _ in range(warmup):
         one_run(pipe, w)
@@ -153,17 +152,7 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
-            "samples": samples, "notes": noisy(table) + _contention(art)}
-
-
-def _contention(art) -> list[str]:
-    """The note of ExecuTorch programs timed beside PyTorch's OpenMP team (``openmp_contention``), if any."""
-    if art.manifest.get("backend") != "executorch" or "torch" not in sys.modules:
-        return []
-    from mobilevlm_export.backends.executorch import openmp_contention
-
-    note = openmp_contention(sys.modules["torch"].get_num_threads())
-    return [note] if note else []
+            "samples": samples, "notes": noisy(table) + art.target.bench_notes(art.manifest)}
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -224,10 +213,8 @@ def check_profile(art, profile, flag: str = "--predict") -> None:
     device profile: its artifacts run on that target's devices only, so another's roofline would predict a device
     the bundle cannot run on, a phone's figures for a TensorRT bundle). A portable build (onnx: no device of its
     own) may be predicted for any device."""
-    from mobilevlm_export.targets import TARGETS
-
     target = art.manifest.get("target")
-    for_devices = getattr(TARGETS.get(target), "default_profile", None) is not None
+    for_devices = art.target.default_profile is not None
     if profile is not None and for_devices and profile.target != target:
         raise UserError(f"{flag} {profile.name}: is a {profile.target} device profile ({profile.source}), but "
                         f"{Path(art.root) / 'manifest.json'} is a build for target {target}; predict with a {target} "

@@ -26,10 +26,10 @@ try:  # typer >= 0.2x carries its own click
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
 
-from mobilevlm_export.backends.executorch import prepare_runtime_process
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.quiet import DEBUG_ENV  # set to 1: internal errors show their traceback, native logs too
+from mobilevlm_export.targets import prepare_runtime_processes, registry
 
 INTERNAL_ERROR = 3
 # stdout's reader went away (`mvlm-export inspect | head`): exit silently with 128 + SIGPIPE, the status a shell
@@ -82,9 +82,8 @@ TopKOpt = Annotated[int, typer.Option("--top-k", min=0, max=MAX_TOKENS)]
 SeedOpt = Annotated[int, typer.Option(help=f"Sampling seed, 0..{MAX_SEED}.", min=0, max=MAX_SEED)]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Use PROMPT as is (no template).")]
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", help="Runtime to run DIR on: tensorrt or onnxruntime for an orin bundle (default: its recorded "
-                      "TensorRT engines, which must run here, else ONNX Runtime when none is recorded); onnxruntime "
-                      "for onnx, executorch for snapdragon.")]
+    "--backend", help="Runtime to run DIR on, one its target runs (`mvlm-export targets`); default: the target's "
+                      "own (a bundle's recorded engines must run here).")]
 CORES = usable_cores()
 ThreadsOpt = Annotated[int | None, typer.Option(
     help=f"CPU runtime threads, 1..{CORES} (default: ONNX Runtime min({CORES}, {ONNX_MAX_DEFAULT_THREADS}); "
@@ -293,10 +292,10 @@ def _run_build(cfg, as_json: bool) -> None:
 def build(
     ckpt: CkptArg = None,
     out: OutOpt = ...,
-    target: Annotated[str, typer.Option(help="Deployment target: onnx (ONNX Runtime graphs) | orin (TensorRT-ready "
-                                             "ONNX bundle) | snapdragon (ExecuTorch/XNNPACK .pte).")] = ...,
+    target: Annotated[str, typer.Option(help="Deployment target, a registered one (`mvlm-export targets` lists "
+                                             "them).")] = ...,
     recipe: Annotated[str | None, typer.Option(help="Recipe name (recipes/NAME.toml) or path; default: the "
-                                                    "target's (onnx-fp32, orin-int4, snapdragon-8da4w).")] = None,
+                                                    "target's (`mvlm-export targets`).")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile name (device_profiles/NAME.toml) or path.")]
     = None,
     samples: SamplesOpt = None,
@@ -368,8 +367,8 @@ def bench(
     prompt (image tokens included); time to first token = vision + prefill. A note where a metric's spread,
     (p90 - p10) / p50, exceeds 10 %. A prompt plus --decode-tokens that does not fit the decoder is refused (exit 2),
     never clamped."""
-    prepare_runtime_process()
     with _exit_codes(as_json):
+        prepare_runtime_processes()
         from mobilevlm_export.bench import METRICS, bench_artifacts
         from mobilevlm_export.profiles import load_profile
         from mobilevlm_export.runtime.artifacts import open_artifacts
@@ -418,9 +417,27 @@ def _print_build(manifest: dict) -> None:
                                                      if not isinstance(v, dict | list)))
 
 
+@app.command()
+def targets(as_json: JsonOpt = False) -> None:
+    """The registered deployment targets (built in, and added by installed plugins through the
+    `mobilevlm_export.targets` entry-point group): backend, KV cache, default recipe and device profile."""
+    with _exit_codes(as_json):
+        rows = [{"name": t.name, "backend": t.backend, "kv": str(t.kv), "default_recipe": t.default_recipe,
+                 "default_profile": t.default_profile, "precisions": [str(p) for p in t.precisions],
+                 "module": type(t).__module__} for t in registry().values()]
+        if as_json:
+            _print_json({"targets": rows})
+        else:
+            for r in rows:
+                typer.echo(f"{r['name']}: backend {r['backend']}, {r['kv']} KV cache, recipe {r['default_recipe']}, "
+                           f"profile {r['default_profile'] or '-'}, precisions {', '.join(r['precisions'])} "
+                           f"({r['module']})")
+
+
 @app.command("trt-build")
 def trt_build(
-    artifacts: Annotated[Path, typer.Argument(help="An orin bundle written by `build --target orin`.")],
+    artifacts: Annotated[Path, typer.Argument(help="A bundle whose target has an on-device step (`build --target "
+                                                   "orin`).")],
     record_only: Annotated[bool, typer.Option("--record-only", help="Build nothing: record (sha256) the engines "
                                                                     "build_engines.sh built.")] = False,
     as_json: JsonOpt = False,
@@ -428,9 +445,9 @@ def trt_build(
     """On the Jetson: build the bundle's TensorRT engines (build_plan.json) and record them in its manifest; then
     `verify DIR` and `run DIR` use them."""
     with _exit_codes(as_json):
-        from mobilevlm_export.targets.orin import trt_build as build_engines
+        from mobilevlm_export.runtime.artifacts import device_build
 
-        built = build_engines(artifacts, log=lambda line: typer.echo(line, err=True), record_only=record_only)
+        built = device_build(artifacts, log=lambda line: typer.echo(line, err=True), record_only=record_only)
         if as_json:
             _print_json({"artifacts": str(artifacts), "engines": built})
         else:
@@ -456,8 +473,8 @@ def run(
 ) -> None:
     """Answer a question with the artifacts in DIR only (no checkpoint, no torch model). The runtime that ran it
     is named on stderr (and in --json's `backend`)."""
-    prepare_runtime_process()
     with _exit_codes(as_json):
+        prepare_runtime_processes()
         from mobilevlm_export.generation import SamplingParams
         from mobilevlm_export.runtime.artifacts import answer, open_artifacts
 
@@ -488,8 +505,8 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
-    prepare_runtime_process()
     with _exit_codes(as_json):
+        prepare_runtime_processes()
         from mobilevlm_export.outdir import check_output_file
         from mobilevlm_export.runtime.artifacts import open_artifacts
         from mobilevlm_export.verify import gate_recipe, verify_artifacts, verify_steps, write_junit

@@ -10,12 +10,19 @@ they lead to. Torch-free, layer 1.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+
+NAME_MAX = 255  # bytes in one path component: Linux's NAME_MAX (limits.h); no Linux filesystem takes longer names
+# room for the longest suffix the tool puts after ".STEM": ".partial-" and a PID (up to 20 digits), or mkstemp's
+# "." and 8 random characters
+_SUFFIX_ROOM = len(".partial-") + 20
 
 
 def _kind(mode: int) -> str:
@@ -95,3 +102,62 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sibling_stem(name: str) -> str:
+    """The stem of the tool's own files beside ``name`` (``.STEM.lock``, ``.STEM.partial-PID``, ``.STEM.old-PID``,
+    ``.STEM.XXXXXXXX`` temporary files): ``name`` itself where the longest of those fits ``NAME_MAX``, else a
+    prefix of it, ``~`` and 16 hex digits of its SHA-256 (deterministic: every build to one ``-o`` shares a lock)."""
+    if 1 + len(os.fsencode(name)) + _SUFFIX_ROOM <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    head = name
+    while 1 + len(os.fsencode(head)) + 1 + len(digest) + _SUFFIX_ROOM > NAME_MAX:
+        head = head[:-1]  # (by characters: a multi-byte character is never cut in half)
+    return f"{head}~{digest}"
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link (not followed)"),
+          (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def not_regular(mode: int) -> str | None:
+    """What a non-regular file is, in words (``None`` for a regular file)."""
+    return next((what for test, what in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written, and the
+    temporary file is removed whatever fails. The file gets the mode a plain ``open`` would give it (0o666 less the
+    umask), not the temporary file's 0o600. What is at ``path`` is replaced only when it is a regular file (else
+    ``OSError`` EEXIST): a device, FIFO, socket, directory or symlink that appeared there is left as it is."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sibling_stem(path.name)}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            what = not_regular(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            what = None
+        if what is not None:
+            raise OSError(errno.EEXIST, f"it is {what}, not replaced", str(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it is shown (setting it to read it back is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

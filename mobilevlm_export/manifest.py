@@ -7,18 +7,31 @@ import math
 import os
 import platform
 import posixpath
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from mobilevlm_export import __version__
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.files import sha256  # noqa: F401  (the record's hash; callers import it from here too)
+from mobilevlm_export.files import sha256, write_file_atomic
 from mobilevlm_export.graphs.contracts import GraphContract, ModelDims
-from mobilevlm_export.recipes import parse_recipe
-from mobilevlm_export.targets import TARGETS
+from mobilevlm_export.schema import (
+    BOOL,
+    COUNT,
+    INT,
+    NUMBER,
+    OBJECT,
+    RGB,
+    SHA256,
+    STR,
+    Each,
+    Kind,
+    check_spec,
+    is_int,
+    is_number,
+    item_key,
+    short_json,
+)
 
 MANIFEST = "manifest.json"
 TOOL = "mobilevlm_export"  # the manifest's "tool": marks a directory as a build of ours
@@ -26,6 +39,7 @@ FORMAT_VERSION = 2  # 2: one pipeline for every target (``target``, typed recipe
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnxsim", "executorch", "torchao",
              "tensorrt", "numpy", "safetensors", "tokenizers")
 TOKENIZER_DIR = "tokenizer"
+GOLDEN_NPZ, E2E_JSON = "golden/golden.npz", "golden/e2e.json"  # the reference data verify reads
 GRAPH_FILE_KEYS = ("file", "engine_onnx", "engine")  # the files of a graph record the runtime may open
 # the graphs the runtime pipeline needs: a fused image encoder, or a vision encoder + projector
 GRAPH_SETS = (("image_encoder", "embed_tokens", "decoder"), ("vision_encoder", "projector", "embed_tokens", "decoder"))
@@ -52,8 +66,6 @@ def artifact_entries(root: Path) -> list[dict]:
 def write_manifest(root: Path, manifest: dict) -> None:
     """Write DIR/manifest.json as strict JSON (non-finite numbers recorded as null) with DIR's artifacts, atomically
     (``trt-build`` rewrites the manifest of a finished bundle in place: a kill never leaves half of one)."""
-    from mobilevlm_export.outdir import write_file_atomic  # (outdir reads MANIFEST and TOOL from here)
-
     manifest = {"format_version": FORMAT_VERSION, **manifest, "artifacts": artifact_entries(root)}
     text = json.dumps(finite(manifest), indent=2, default=str, allow_nan=False) + "\n"
     write_file_atomic(Path(root) / MANIFEST, text.encode())
@@ -98,33 +110,7 @@ def update_manifest(root: Path, **fields) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the manifest's form: declarative specs checked by one walker
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A leaf of a spec: a value fits when ``test(value)``; ``what`` completes "must be ..."."""
-
-    test: Callable[[object], bool]
-    what: str
-
-
-@dataclass(frozen=True)
-class Each:
-    """A non-empty JSON list (``container=list``) or object (``container=dict``) whose every value fits ``spec``."""
-
-    spec: object
-    container: type = list
-
-
-def is_int(value) -> bool:
-    """An integer, and not a bool (JSON's ``true`` is no count)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    """An integer or a float, and not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+# the manifest's form: a declarative spec checked by ``schema.check_spec``
 
 
 def _is_contract(value) -> bool:
@@ -141,26 +127,17 @@ def _is_contract(value) -> bool:
                     for t in specs for d in t.dims))
 
 
-STR = Kind(lambda v: isinstance(v, str), "a string")
-BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
-INT = Kind(is_int, "an integer")
-COUNT = Kind(lambda v: is_int(v) and v >= 0, "an integer >= 0")
-NUMBER = Kind(is_number, "a number")
-RGB = Kind(lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), "a list of 3 numbers")
-OBJECT = Kind(lambda v: isinstance(v, dict), "an object")
-SHA256 = Kind(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
-              "64 lowercase hex digits")
-TARGET = Kind(lambda v: isinstance(v, str) and v in TARGETS, f"a registered target ({', '.join(TARGETS)})")
 CONTRACT = Kind(_is_contract, "a graph contract: typed inputs and outputs, an integer range per symbolic dim")
 COSTS = Kind(lambda v: isinstance(v, dict) and sorted(v) == sorted(COST_KEYS) and
              all(is_number(x) and x > 0 for x in v.values()), f"an object of positive {', '.join(COST_KEYS)}")
+STRINGS = Kind(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings")
 RECORD = Kind(lambda v: v is None or isinstance(v, dict), "an object or null")
 PROFILE = Kind(lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name", ""), str)),
                "null or an object whose name is a string")
 
 # a name ending in "?" is optional
 MANIFEST_SPEC = {
-    "target": TARGET,
+    "target": Kind(lambda v: isinstance(v, str), "a registered target's name"),  # registered: checked on open
     "graphs": Each({"file": STR, "contract": CONTRACT, "engine_onnx?": STR, "engine?": STR, "method?": STR}, dict),
     "model": {"dims": {f.name: COUNT for f in fields(ModelDims)}, "eos_token_id": INT,
               "preprocess": {"crop_size": COUNT, "shortest_edge": COUNT, "mean": RGB, "std": RGB,
@@ -171,42 +148,8 @@ MANIFEST_SPEC = {
     "verification?": RECORD,
     "profile?": PROFILE,
     "costs?": COSTS,
+    "runtime_files?": STRINGS,  # the target's own files its runtime reads (``Target.runtime_files``)
 }
-
-
-def check_spec(value, spec, source: str, key: str = "") -> None:
-    """``UserError`` (``source: key why``) unless ``value`` fits ``spec``: a ``Kind``, an ``Each``, or a dict of
-    named fields' specs (a name ending in ``?`` may be absent; fields not named are not checked)."""
-    where = key or "the top level"
-    if isinstance(spec, Kind):
-        if not spec.test(value):
-            raise UserError(f"{source}: {where} must be {spec.what} (is {_short(value)})")
-    elif isinstance(spec, Each):
-        if not isinstance(value, spec.container) or not value:
-            kind = "list" if spec.container is list else "object"
-            raise UserError(f"{source}: {where} must be a non-empty {kind} (is {_short(value)})")
-        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
-            check_spec(v, spec.spec, source, _key(key, k))
-    elif not isinstance(value, dict):
-        raise UserError(f"{source}: {where} must be an object (is {_short(value)})")
-    else:
-        for name, sub in spec.items():
-            field = name.removesuffix("?")
-            sub_key = _key(key, field)
-            if field in value:
-                check_spec(value[field], sub, source, sub_key)
-            elif not name.endswith("?"):
-                raise UserError(f"{source}: {sub_key} is missing")
-
-
-def _key(parent: str, k: str | int) -> str:
-    """``graphs.decoder`` (an object's field), ``artifacts[3]`` (a list's item)."""
-    return f"{parent}[{k}]" if isinstance(k, int) else f"{parent}.{k}" if parent else k
-
-
-def _short(value) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _parse(path: Path) -> dict:
@@ -216,12 +159,12 @@ def _parse(path: Path) -> dict:
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict):
-        raise UserError(f"{path}: the top level must be an object (is {_short(manifest)})")
+        raise UserError(f"{path}: the top level must be an object (is {short_json(manifest)})")
     key = _nonfinite(manifest)
     if key is not None:
         raise UserError(f"{path}: {key} is NaN or infinite (a manifest holds finite numbers only)")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: format_version is {_short(manifest.get('format_version'))}, expected "
+        raise UserError(f"{path}: format_version is {short_json(manifest.get('format_version'))}, expected "
                         f"{FORMAT_VERSION} (rebuild it with this version)")
     return manifest
 
@@ -232,7 +175,7 @@ def _nonfinite(value, key: str = "") -> str | None:
         return key or "the top level"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for k, v in items:
-        found = _nonfinite(v, _key(key, k))
+        found = _nonfinite(v, item_key(key, k))
         if found is not None:
             return found
     return None
@@ -244,7 +187,6 @@ def check_manifest(manifest: dict, root: Path) -> None:
     every file the runtime opens lies inside DIR and is listed in ``artifacts`` (whose paths lie inside DIR too)."""
     source = str(Path(root) / MANIFEST)
     check_spec(manifest, MANIFEST_SPEC, source)
-    parse_recipe(manifest["recipe"], f"{source} (recipe)")
     if not any(set(names) <= manifest["graphs"].keys() for names in GRAPH_SETS):
         raise UserError(f"{source}: graphs holds {', '.join(manifest['graphs'])}; the runtime needs "
                         + " or ".join(" + ".join(names) for names in GRAPH_SETS))
@@ -264,12 +206,10 @@ def check_manifest(manifest: dict, root: Path) -> None:
 def runtime_files(manifest: dict, root: Path) -> list[tuple[str, str]]:
     """(what names it, path relative to DIR) of every file the runtime may open: each graph record's files
     (``graphs.decoder.file = 'graphs/decoder.onnx'``), the golden data, everything under ``tokenizer/`` and the
-    target's own files (``Target.runtime_files``)."""
-    from mobilevlm_export.runtime.golden import E2E_JSON, GOLDEN_NPZ  # (which imports this module)
-
+    target's own files its build recorded (``runtime_files``)."""
     files = [(f"graphs.{name}.{k} = {g[k]!r}", g[k]) for name, g in manifest["graphs"].items()
              for k in GRAPH_FILE_KEYS if k in g]
-    files += [(rel, rel) for rel in (GOLDEN_NPZ, E2E_JSON, *TARGETS[manifest["target"]].runtime_files)]
+    files += [(rel, rel) for rel in (GOLDEN_NPZ, E2E_JSON, *manifest.get("runtime_files", ()))]
     for dirpath, dirnames, filenames in os.walk(Path(root) / TOKENIZER_DIR):
         entries = [*filenames, *(d for d in dirnames if (Path(dirpath) / d).is_symlink())]  # links: not followed
         files += [(rel, rel) for rel in ((Path(dirpath) / n).relative_to(root).as_posix() for n in sorted(entries))]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
-import hashlib
 import json
 import os
 import re
@@ -37,27 +36,11 @@ import stat
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import NAME_MAX, not_regular, sibling_stem
 from mobilevlm_export.manifest import MANIFEST, TOOL
 
-NAME_MAX = 255  # bytes in one path component: Linux's NAME_MAX (limits.h); no Linux filesystem takes longer names
-# room for the longest suffix the tool puts after ".STEM": ".partial-" and a PID (up to 20 digits), or mkstemp's
-# "." and 8 random characters
-_SUFFIX_ROOM = len(".partial-") + 20
 # a write that failed for want of room (or a filesystem turned read-only): the environment's, not a bug of ours
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
-
-
-def sibling_stem(name: str) -> str:
-    """The stem of the tool's own files beside ``name`` (``.STEM.lock``, ``.STEM.partial-PID``, ``.STEM.old-PID``,
-    ``.STEM.XXXXXXXX`` temporary files): ``name`` itself where the longest of those fits ``NAME_MAX``, else a
-    prefix of it, ``~`` and 16 hex digits of its SHA-256 (deterministic: every build to one ``-o`` shares a lock)."""
-    if 1 + len(os.fsencode(name)) + _SUFFIX_ROOM <= NAME_MAX:
-        return name
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    head = name
-    while 1 + len(os.fsencode(head)) + 1 + len(digest) + _SUFFIX_ROOM > NAME_MAX:
-        head = head[:-1]  # (by characters: a multi-byte character is never cut in half)
-    return f"{head}~{digest}"
 
 
 def _check_name_lengths(path: Path, where: str) -> None:
@@ -142,16 +125,6 @@ def _files(root: Path) -> list[Path]:
     return found
 
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link (not followed)"),
-          (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
-
-
-def _not_regular(mode: int) -> str | None:
-    """What a non-regular file is, in words (``None`` for a regular file)."""
-    return next((what for test, what in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
-
-
 def check_output_file(path: Path, flag: str, inputs: tuple[Path | str | None, ...] = ()) -> None:
     """``UserError`` naming ``flag`` unless a file can be written at ``path``: nothing there, or a regular file
     (never a device, FIFO, socket, directory or symlink); not inside (or one of) ``inputs``, the files and
@@ -163,7 +136,7 @@ def check_output_file(path: Path, flag: str, inputs: tuple[Path | str | None, ..
     where = f"{flag} {path}"
     _check_name_lengths(path, where)
     try:
-        what = _not_regular(os.lstat(path).st_mode)
+        what = not_regular(os.lstat(path).st_mode)
     except FileNotFoundError:
         what = None
     except OSError as exc:  # a symlink loop or a file on the way (ENOTDIR), no search permission
@@ -188,44 +161,6 @@ def check_output_file(path: Path, flag: str, inputs: tuple[Path | str | None, ..
             raise PermissionError(13, "Permission denied")
     except OSError as exc:
         raise UserError(f"{where}: cannot write there ({exc.strerror})") from None
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it: ``path`` is never left half-written, and the
-    temporary file is removed whatever fails. The file gets the mode a plain ``open`` would give it (0o666 less the
-    umask), not the temporary file's 0o600. What is at ``path`` is replaced only when it is a regular file (else
-    ``OSError`` EEXIST): a device, FIFO, socket, directory or symlink that appeared there is left as it is."""
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{sibling_stem(path.name)}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        try:
-            what = _not_regular(os.lstat(path).st_mode)
-        except FileNotFoundError:
-            what = None
-        if what is not None:
-            raise OSError(errno.EEXIST, f"it is {what}, not replaced", str(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process's umask, read from /proc where it is shown (setting it to read it back is not thread-safe)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 class OutputLock:
@@ -257,7 +192,7 @@ class OutputLock:
             raise UserError(f"-o {self.out}: cannot write in {self.path.parent} (creating its lock file "
                             f"{self.path.name}: {exc.strerror})") from None
         try:
-            what = _not_regular(os.lstat(self.path).st_mode)  # (before opening: a device is not even opened)
+            what = not_regular(os.lstat(self.path).st_mode)  # (before opening: a device is not even opened)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -9,14 +9,15 @@ the CLI exits 1 and ``run`` warns.
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.profiles import load_profile
+from mobilevlm_export.recipes import load_recipe
+from mobilevlm_export.targets import get_target
 
 # the vision tower runs on its patches plus the CLS position
 CLS_POSITIONS = 1
@@ -55,20 +56,10 @@ class BuildResult:
 def resolve(cfg: BuildConfig):
     """The target, recipe and device profile of a build, each checked against the target (``UserError`` names
     the flag)."""
-    from mobilevlm_export.profiles import load_profile
-    from mobilevlm_export.recipes import load_recipe
-    from mobilevlm_export.targets import get_target
-
-    target = get_target(cfg.target)
-    recipe = load_recipe(cfg.recipe or target.default_recipe)
-    if recipe.target != target.name:
-        raise UserError(f"--recipe {cfg.recipe}: is a {recipe.target} recipe, not {target.name}")
-    profile = None
+    target = get_target(cfg.target)  # the one lookup of the build's target: the stages below are handed it
+    recipe = load_recipe(cfg.recipe or target.default_recipe, target)
     name = cfg.profile or target.default_profile
-    if name:
-        profile = load_profile(name)
-        if profile.target != target.name:
-            raise UserError(f"--profile {name}: is a {profile.target} device, not {target.name}")
+    profile = load_profile(name, target) if name else None
     return target, recipe, profile
 
 
@@ -76,9 +67,9 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
     """Run a build. ``progress(description, total)`` returns an ``advance()`` callable (rich bars in the CLI)."""
     from mobilevlm_export.bench import bench_artifacts, peak_rss_mb
     from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.checkpoint.records import checkpoint_record, model_dims, model_record, write_tokenizer
     from mobilevlm_export.costs import model_costs
-    from mobilevlm_export.golden import demo_pairs, load_pairs, make_golden, save_golden
-    from mobilevlm_export.graphs.contracts import ModelDims
+    from mobilevlm_export.golden_writer import demo_pairs, load_pairs, make_golden, save_golden
     from mobilevlm_export.manifest import TOOL, read_manifest, update_manifest, versions, write_manifest
     from mobilevlm_export.memory import release_memory
     from mobilevlm_export.outdir import Staging
@@ -98,8 +89,8 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         ckpt = load_checkpoint(cfg.ckpt, cfg.vision_tower)
         done()
         lap("load")
-        dims = ModelDims.from_checkpoint(ckpt)
-        limits = target.check(recipe, profile, dims)
+        dims = model_dims(ckpt)
+        limits = target.limits(recipe, profile, dims)
         _check_pairs_fit(ckpt, pairs, recipe, dims.image_tokens, limits)
         model, ckpt_record = model_record(ckpt, dims), checkpoint_record(ckpt)
         done = step("Reference outputs (golden data)", 1)
@@ -123,6 +114,7 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
             "checkpoint": ckpt_record, "recipe": recipe.to_dict(),
             "profile": profile.to_dict() if profile else None, "model": model, "graphs": compiled.graphs,
             "compile": {**compiled.info, "log": compiled.log, "table": compiled.table}, "costs": costs,
+            "runtime_files": list(target.runtime_files),
             "versions": versions(),
         })
         art = ArtifactSet(tmp, read_manifest(tmp, check=False))
@@ -172,42 +164,16 @@ def _check_pairs_fit(ckpt, pairs, recipe, image_tokens: int, limits) -> None:
                             f"shorter than the prompt plus image tokens ({need}) of '{p.image.name}: {p.question}'")
 
 
-def write_tokenizer(ckpt, out: Path) -> None:
-    """The checkpoint's tokenizer as the runtime (``runtime.tokenizer``) and ExecuTorch's C++ runner read it."""
-    ckpt.tokenizer.save_pretrained(str(out))
-    sp_model = ckpt.config.path / "tokenizer.model"
-    if sp_model.is_file():
-        shutil.copyfile(sp_model, out / "tokenizer.model")
-
-
-def model_record(ckpt, dims) -> dict:
-    """The manifest's ``model``: what the artifact side needs besides the graphs."""
-    from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
-
-    return {"dims": dims.__dict__, "eos_token_id": ckpt.eos_token_id,
-            "bos_token_id": ckpt.tokenizer.bos_token_id, "image_token_index": IMAGE_TOKEN_INDEX,
-            "preprocess": ckpt.preprocess.to_dict(), "vision_tower_source": ckpt.report.tower,
-            "projector": ckpt.config.projector_type}
-
-
-def checkpoint_record(ckpt) -> dict:
-    return {"path": str(ckpt.config.path.resolve()),
-            "config_sha256": hashlib.sha256((ckpt.config.path / "config.json").read_bytes()).hexdigest()}
-
-
 def export_recipe(recipe: str | None, precision: str | None) -> str:
     """The recipe of ``export --format onnx [--precision P] [--recipe R]`` (the alias of ``build --target onnx``):
     ``R`` when given (``P``, if given too, must be its precision), else ``onnx-P`` (default ``onnx-fp32``)."""
-    from mobilevlm_export.recipes import load_recipe
-    from mobilevlm_export.targets import get_target
-
     known = [p.value for p in get_target("onnx").precisions]
     if precision is not None and precision not in known:
         raise UserError(f"--precision {precision}: unknown for onnx (known: {', '.join(known)})")
     if recipe is None:
         return f"onnx-{precision or 'fp32'}"
     if precision is not None:
-        given = load_recipe(recipe).precision.value
+        given = load_recipe(recipe, get_target("onnx")).precision.value
         if given != precision:
             raise UserError(f"--recipe {recipe}: is a {given} recipe, not --precision {precision}")
     return recipe

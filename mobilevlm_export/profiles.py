@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.schema import Precision, Where, bounded, parse_table, read_named_toml, shipped_dir
+from mobilevlm_export.targets import Target, find_target, registry
 
 PROFILES_DIR = shipped_dir("device_profiles")  # the repository's device_profiles/, shipped in the wheel as package data
 
@@ -76,17 +78,19 @@ class DeviceProfile:
                                f"{self.int8_gops} GOPS x {self.compute_efficiency}"}
 
 
-def parse_profile(data: dict, source: str) -> DeviceProfile:
-    """A validated profile from its TOML form; ``UserError`` names ``source`` and the key at fault."""
-    from mobilevlm_export.targets import TARGETS
-
+def parse_profile(data: dict, source: str, target: Target | None = None) -> DeviceProfile:
+    """A validated profile from its TOML form, of a device of ``target`` (None: the registered target it names);
+    ``UserError`` names ``source`` and the key at fault."""
     bad = Where(source).bad
     device = data.get("device") if isinstance(data, dict) else None
     if not isinstance(device, dict):
         raise bad("device", "missing (a [device] table)")
-    target = TARGETS.get(device["target"]) if isinstance(device.get("target"), str) else None
     if target is None:
-        raise bad("device.target", f"is {device.get('target')!r}; known: {', '.join(TARGETS)}")
+        target = find_target(device.get("target"))
+        if target is None:
+            raise bad("device.target", f"is {device.get('target')!r}; known: {', '.join(registry())}")
+    elif device.get("target") != target.name:
+        raise bad("device.target", f"is {device.get('target')!r}: a {device.get('target')} device, not {target.name}")
     sections = ("device", *([target.name] if target.profile_options else []))
     for key in data:
         if key not in sections:
@@ -99,7 +103,12 @@ def parse_profile(data: dict, source: str) -> DeviceProfile:
     return profile
 
 
-def load_profile(name_or_path: str | Path) -> DeviceProfile:
-    """A profile by name (``device_profiles/NAME.toml``) or path; ``UserError`` names the file and key."""
-    path, data = read_named_toml(name_or_path, PROFILES_DIR, "--profile", "device profile")
-    return parse_profile(data, str(path))
+def load_profile(name_or_path: str | Path, target: Target | None = None) -> DeviceProfile:
+    """A profile by name (``NAME.toml`` in ``target.profiles_dir``, the shipped ``device_profiles/`` without a
+    target) or path, of a device of ``target`` (None: any); ``UserError`` names the file and key."""
+    directory = target.profiles_dir if target is not None else PROFILES_DIR
+    path, data = read_named_toml(name_or_path, directory, "--profile", "device profile")
+    named = data.get("device", {}).get("target") if isinstance(data.get("device"), dict) else None
+    if target is not None and isinstance(named, str) and named != target.name:
+        raise UserError(f"--profile {name_or_path}: is a {named} device, not {target.name}")
+    return parse_profile(data, str(path), target)

@@ -35,9 +35,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobilevlm_export.errors import UserError
 from mobilevlm_export.schema import (
     Precision,
-    QuantAlgorithm,
+    QuantSpec,
     Where,
     bounded,
     parse_table,
@@ -45,10 +46,10 @@ from mobilevlm_export.schema import (
     shipped_dir,
     to_table,
 )
+from mobilevlm_export.targets import Target, find_target, registry
 
 RECIPES_DIR = shipped_dir("recipes")  # the repository's recipes/, shipped in the wheel as package data
 SECTIONS = ("recipe", "tolerances", "e2e", "quantize")
-QUANT_PARTS = ("image_encoder", "vision_encoder", "projector", "embed_tokens", "decoder", "lm_head")
 
 
 @dataclass(frozen=True)
@@ -64,15 +65,6 @@ class Tolerance:
 class E2E:
     token_agreement_min: float = bounded(1.0, min=0, max=1)
     max_new_tokens: int = bounded(8, min=1)
-
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """How one part is quantized. ``group_size`` None: the target's default."""
-
-    scheme: Precision = Precision.FP32
-    group_size: int | None = bounded(None, min=16, power_of_two=True)
-    algorithm: QuantAlgorithm = QuantAlgorithm.RTN
 
 
 @dataclass(frozen=True)
@@ -95,6 +87,7 @@ class Recipe:
     e2e: E2E = E2E()
     quantize: dict[str, QuantSpec] = field(default_factory=dict)
     options: object = None  # the target's typed section, or None
+    options_section: str | None = None  # that section's name (``Target.recipe_section``)
     source: str = ""
     notes: str = ""
 
@@ -110,16 +103,13 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The recipe in its TOML form (what ``from_dict`` and ``load_recipe`` read)."""
-        from mobilevlm_export.targets import get_target
-
         d = {"recipe": to_table(RecipeHeader(self.target, self.precision, self.name, self.fused_image_encoder,
                                              self.notes)),
              "tolerances": {"default": to_table(self.default_tolerance),
                             **{k: to_table(v) for k, v in self.tolerances.items()}},
              "e2e": to_table(self.e2e), "quantize": {k: to_table(v) for k, v in self.quantize.items()}}
-        section = get_target(self.target).recipe_section
-        if section and self.options is not None:
-            d[section] = to_table(self.options)
+        if self.options_section and self.options is not None:
+            d[self.options_section] = to_table(self.options)
         return d
 
     @classmethod
@@ -127,18 +117,20 @@ class Recipe:
         return parse_recipe(data, source)
 
 
-def parse_recipe(data: dict, source: str) -> Recipe:
-    """A validated ``Recipe`` from the TOML form; ``UserError`` names ``source`` and the key at fault."""
-    from mobilevlm_export.targets import TARGETS
-
+def parse_recipe(data: dict, source: str, target: Target | None = None) -> Recipe:
+    """A validated ``Recipe`` from the TOML form, for ``target`` (None: the registered target it names);
+    ``UserError`` names ``source`` and the key at fault."""
     where = Where(source)
     bad = where.bad
     if not isinstance(data, dict):
         raise bad("recipe", "must be a table")
     target_name = (data.get("recipe") or {}).get("target") if isinstance(data.get("recipe"), dict) else None
-    if not isinstance(target_name, str) or target_name not in TARGETS:  # (a JSON list is not hashable)
-        raise bad("recipe.target", f"is {target_name!r}; known: {', '.join(TARGETS)}")
-    target = TARGETS[target_name]
+    if target is None:
+        target = find_target(target_name)
+        if target is None:
+            raise bad("recipe.target", f"is {target_name!r}; known: {', '.join(registry())}")
+    elif target_name != target.name:
+        raise bad("recipe.target", f"is {target_name!r}, not {target.name!r} (a recipe of another target)")
     sections = (*SECTIONS, *([target.recipe_section] if target.recipe_section else []))
     for key in data:
         if key not in sections:
@@ -176,13 +168,19 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         name=head.name or Path(source).stem, target=target.name, precision=head.precision,
         fused_image_encoder=head.fused_image_encoder, default_tolerance=tols.pop("default", Tolerance()),
         tolerances=tols, e2e=parse_table(E2E, data.get("e2e", {}), "e2e", bad), quantize=quantize,
-        options=options, source=source, notes=head.notes,
+        options=options, options_section=target.recipe_section if options is not None else None, source=source,
+        notes=head.notes,
     )
     target.check_recipe(recipe, bad)
     return recipe
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe by name (``recipes/NAME.toml``) or path. ``UserError`` names the file and key at fault."""
-    path, data = read_named_toml(name_or_path, RECIPES_DIR, "--recipe", "recipe")
-    return parse_recipe(data, str(path))
+def load_recipe(name_or_path: str | Path, target: Target | None = None) -> Recipe:
+    """A recipe by name (``NAME.toml`` in ``target.recipes_dir``, the shipped ``recipes/`` without a target) or
+    path, for ``target`` (None: the one it names). ``UserError`` names the file and key at fault."""
+    directory = target.recipes_dir if target is not None else RECIPES_DIR
+    path, data = read_named_toml(name_or_path, directory, "--recipe", "recipe")
+    named = data.get("recipe", {}).get("target") if isinstance(data.get("recipe"), dict) else None
+    if target is not None and isinstance(named, str) and named != target.name:
+        raise UserError(f"--recipe {name_or_path}: is a {named} recipe, not {target.name}")
+    return parse_recipe(data, str(path), target)

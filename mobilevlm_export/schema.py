@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -78,6 +80,15 @@ def bounded(default=MISSING, *, min: float | None = None, max: float | None = No
     """A dataclass field whose value the reader checks against ``[min, max]`` (and power of two)."""
     meta = {"min": min, "max": max, "power_of_two": power_of_two}
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one part is quantized (a recipe's ``[quantize.PART]``). ``group_size`` None: the target's default."""
+
+    scheme: Precision = Precision.FP32
+    group_size: int | None = bounded(None, min=16, power_of_two=True)
+    algorithm: QuantAlgorithm = QuantAlgorithm.RTN
 
 
 def _choices(enum: type[Enum]) -> str:
@@ -224,3 +235,79 @@ def read_json(path: Path) -> object:
             return json.loads(f.read())
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise UserError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON records (the manifest, golden e2e pairs): declarative specs checked by one walker
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A leaf of a spec: a value fits when ``test(value)``; ``what`` completes "must be ..."."""
+
+    test: Callable[[object], bool]
+    what: str
+
+
+@dataclass(frozen=True)
+class Each:
+    """A non-empty JSON list (``container=list``) or object (``container=dict``) whose every value fits ``spec``."""
+
+    spec: object
+    container: type = list
+
+
+def is_int(value) -> bool:
+    """An integer, and not a bool (JSON's ``true`` is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An integer or a float, and not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+STR = Kind(lambda v: isinstance(v, str), "a string")
+BOOL = Kind(lambda v: isinstance(v, bool), "true or false")
+INT = Kind(is_int, "an integer")
+COUNT = Kind(lambda v: is_int(v) and v >= 0, "an integer >= 0")
+NUMBER = Kind(is_number, "a number")
+RGB = Kind(lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_number, v)), "a list of 3 numbers")
+OBJECT = Kind(lambda v: isinstance(v, dict), "an object")
+SHA256 = Kind(lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+              "64 lowercase hex digits")
+
+
+def check_spec(value, spec, source: str, key: str = "") -> None:
+    """``UserError`` (``source: key why``) unless ``value`` fits ``spec``: a ``Kind``, an ``Each``, or a dict of
+    named fields' specs (a name ending in ``?`` may be absent; fields not named are not checked)."""
+    where = key or "the top level"
+    if isinstance(spec, Kind):
+        if not spec.test(value):
+            raise UserError(f"{source}: {where} must be {spec.what} (is {short_json(value)})")
+    elif isinstance(spec, Each):
+        if not isinstance(value, spec.container) or not value:
+            kind = "list" if spec.container is list else "object"
+            raise UserError(f"{source}: {where} must be a non-empty {kind} (is {short_json(value)})")
+        for k, v in value.items() if isinstance(value, dict) else enumerate(value):
+            check_spec(v, spec.spec, source, item_key(key, k))
+    elif not isinstance(value, dict):
+        raise UserError(f"{source}: {where} must be an object (is {short_json(value)})")
+    else:
+        for name, sub in spec.items():
+            member = name.removesuffix("?")
+            sub_key = item_key(key, member)
+            if member in value:
+                check_spec(value[member], sub, source, sub_key)
+            elif not name.endswith("?"):
+                raise UserError(f"{source}: {sub_key} is missing")
+
+
+def item_key(parent: str, k: str | int) -> str:
+    """``graphs.decoder`` (an object's field), ``artifacts[3]`` (a list's item)."""
+    return f"{parent}[{k}]" if isinstance(k, int) else f"{parent}.{k}" if parent else k
+
+
+def short_json(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

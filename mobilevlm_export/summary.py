@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
-from mobilevlm_export.graphs.contracts import ModelDims, graph_contracts
+from mobilevlm_export.checkpoint.records import model_dims
+from mobilevlm_export.graphs.contracts import graph_contracts
 
 
 def _count(module) -> int:
@@ -21,7 +22,7 @@ def describe(ckpt: LoadedCheckpoint) -> dict:
     counts = {"vision": _count(m.vision_tower), "projector": _count(m.projector), "decoder": decoder,
               "embeddings": embed, "lm_head": 0 if tied else lm_head.numel()}
     counts["total"] = sum(counts.values())
-    d = ModelDims.from_checkpoint(ckpt)
+    d = model_dims(ckpt)
     cfg = ckpt.config
     return {
         "checkpoint": str(cfg.path),

@@ -16,9 +16,9 @@ import numpy as np
 
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
-from mobilevlm_export.manifest import MANIFEST, finite
+from mobilevlm_export.manifest import GOLDEN_NPZ, MANIFEST, finite
 from mobilevlm_export.recipes import Recipe, Tolerance, load_recipe
-from mobilevlm_export.runtime.golden import GOLDEN_NPZ, case_key, case_names, cases, load_golden
+from mobilevlm_export.runtime.golden_reader import case_key, case_names, cases, load_golden
 
 
 @dataclass
@@ -188,7 +188,7 @@ def write_junit(report: VerifyReport, path: Path) -> None:
             ET.SubElement(case, "failure", message=f"tokens {r.ids} != reference {r.reference_ids}")
     suite.set("tests", str(n))
     suite.set("failures", str(fails))
-    from mobilevlm_export.outdir import write_file_atomic
+    from mobilevlm_export.files import write_file_atomic
 
     write_file_atomic(path, ET.tostring(suite, encoding="utf-8", xml_declaration=True))
 
@@ -222,7 +222,7 @@ def verify_artifacts(art, threads: int | None = None, progress=None, recipe: Rec
     recipe = recipe or art.recipe
     runners = art.runners(threads)
     metrics = verify_graphs(runners, golden, recipe, progress)
-    results = verify_e2e(art.pipeline(runners), golden, e2e, art.recipe.e2e.max_new_tokens, progress)
+    results = verify_e2e(art.generator(runners), golden, e2e, art.recipe.e2e.max_new_tokens, progress)
     return VerifyReport(metrics, results, recipe.e2e.token_agreement_min, runners["decoder"].backend)
 
 

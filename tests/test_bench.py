@@ -118,12 +118,12 @@ def test_bench_json_schema_figures_and_environment(built):
 def test_text_only_runs_no_vision_encoder(built, monkeypatch):
     """`--text-only`: the vision encoder is not run (vision 0 ms, time to first token = prefill), the prefill covers
     the text tokens only, and the JSON keeps its keys."""
-    from mobilevlm_export.runtime.pipeline import VLMPipeline
+    from mobilevlm_export.runtime.generator import VLMGenerator
 
     def no_vision(self, pixels):
         raise AssertionError("the vision encoder ran for a text-only request")
 
-    monkeypatch.setattr(VLMPipeline, "image_embeds", no_vision)
+    monkeypatch.setattr(VLMGenerator, "image_embeds", no_vision)
     res = _bench(built, "--text-only", *TINY, "--json")
     assert res.exit_code == 0, res.output
     host = json.loads(res.stdout)["host"]
@@ -199,7 +199,7 @@ def test_human_table(built):
 
 
 def test_what_does_not_fit_is_refused_never_clamped(built):
-    capacity = open_artifacts(built).pipeline().decoder.capacity
+    capacity = open_artifacts(built).generator().decoder.capacity
     positions = 4 + open_artifacts(built).manifest["model"]["dims"]["image_tokens"]
     fits = capacity - positions
     line = _one_line_error(_bench(built, "--prompt-tokens", "4", "--decode-tokens", str(fits + 1), "--json"),

@@ -48,7 +48,7 @@ def two_runs(tmp_path_factory):
 
 def test_results_schema_and_figures(two_runs):
     results = two_runs[0]
-    assert set(results) == RESULT_KEYS and results["schema"] == suite.SCHEMA
+    assert set(results) == RESULT_KEYS and results["schema"] == rows.SCHEMA
     assert results["shape"]["name"] == "demo"
     assert set(results["environment"]) >= {"commit", "cpu_model", "cpu_flags", "logical_cores", "versions", "date"}
     assert results["bandwidth"]["gbps"] > 0 and len(results["bandwidth"]["samples_gbps"]) == 5

@@ -108,12 +108,12 @@ def test_internal_error_is_exit_3_and_debug_shows_it(tiny_ckpt, monkeypatch):
 
 def test_error_during_progress_leaves_one_line(tiny_ckpt, tmp_path, monkeypatch):
     """A failure while the progress bars are up: the bars are not left above the error line."""
-    import mobilevlm_export.golden
+    import mobilevlm_export.golden_writer
 
     def fail(*_a, **_k):
         raise UserError("samples: boom")
 
-    monkeypatch.setattr(mobilevlm_export.golden, "make_golden", fail)
+    monkeypatch.setattr(mobilevlm_export.golden_writer, "make_golden", fail)
     res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(tmp_path / "o")])
     _one_line(res, 2, "samples: boom")
     assert res.stderr.startswith("error: "), repr(res.stderr)  # not even a blank line before it

@@ -74,7 +74,7 @@ def test_decode_with_kv_equals_full_forward(exported):
     from mobilevlm_export.runtime.artifacts import open_artifacts
 
     art = open_artifacts(exported[0])
-    pipe = art.pipeline()
+    pipe = art.generator()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 12, 64)).astype(np.float32)
     pipe.decoder.prefill(x[:, :8])

@@ -209,12 +209,12 @@ class _Recording:
 @pytest.mark.parametrize("bad", [512, 10_000, -1])
 def test_ids_outside_the_vocabulary_reach_no_graph(pte_build, bad):
     from mobilevlm_export.runtime.artifacts import open_artifacts
-    from mobilevlm_export.runtime.pipeline import VLMPipeline
+    from mobilevlm_export.runtime.generator import VLMGenerator
 
     art = open_artifacts(pte_build)
     calls: list = []
     runners = {n: _Recording(GraphContract.from_dict(g["contract"]), calls) for n, g in art.manifest["graphs"].items()}
-    pipe = VLMPipeline(runners, None, 2, art.manifest["model"]["dims"]["vocab"])
+    pipe = VLMGenerator(runners, None, 2, art.manifest["model"]["dims"]["vocab"])
     with pytest.raises(UserError, match=rf"token id {bad} is outside the model's vocabulary of 512"):
         pipe.generate_ids([1, -200, 5, bad], np.zeros((3, 336, 336), np.float32))
     with pytest.raises(UserError, match=rf"token id {bad}"):

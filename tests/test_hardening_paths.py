@@ -27,8 +27,9 @@ from typer.testing import CliRunner
 from mobilevlm_export import outdir
 from mobilevlm_export.cli import app
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.files import NAME_MAX, sibling_stem
 from mobilevlm_export.manifest import MANIFEST
-from mobilevlm_export.outdir import NAME_MAX, OutputLock, Staging, sibling_stem
+from mobilevlm_export.outdir import OutputLock, Staging
 
 CLI = [sys.executable, "-m", "mobilevlm_export.cli"]
 LIMIT_S = 60

@@ -31,7 +31,7 @@ from mobilevlm_export.checkpoint.synthetic import save_state_dict, write_checkpo
 from mobilevlm_export.checkpoint.weights import weight_files
 from mobilevlm_export.cli import app
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.golden import Pair, load_pairs
+from mobilevlm_export.golden_writer import Pair, load_pairs
 from mobilevlm_export.profiles import PROFILES_DIR, load_profile, parse_profile
 from mobilevlm_export.recipes import RECIPES_DIR, Recipe, load_recipe, parse_recipe
 

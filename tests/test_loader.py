@@ -17,9 +17,9 @@ from mobilevlm_export.checkpoint.model import (
     load_checkpoint,
 )
 from mobilevlm_export.checkpoint.projector import build_projector
+from mobilevlm_export.checkpoint.records import model_dims
 from mobilevlm_export.checkpoint.synthetic import TINY, write_checkpoint, write_tower_dir
 from mobilevlm_export.checkpoint.weights import read_state_dict, weight_files
-from mobilevlm_export.graphs.contracts import ModelDims
 
 IMAGE_TOKENS = {"ldpnetv2": 144, "ldpnet": 144, "mlp2x_gelu": 576, "linear": 576}
 
@@ -54,7 +54,7 @@ def test_load_round_trip_and_shapes(ckpt_factory, projector, fmt, shards):
         assert torch.equal(compared[k], v), k
     assert ckpt.report.tower.endswith("weights from the checkpoint") == tower_in_ckpt
 
-    d = ModelDims.from_checkpoint(ckpt)
+    d = model_dims(ckpt)
     assert (d.patches, d.image_tokens) == (576, IMAGE_TOKENS[projector])
     pixels = torch.randn(2, 3, 336, 336)
     with torch.inference_mode():

@@ -19,9 +19,18 @@ from typer.testing import CliRunner
 
 from mobilevlm_export.cli import app
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.manifest import MANIFEST, MANIFEST_SPEC, read_manifest, sha256, update_manifest, write_manifest
+from mobilevlm_export.manifest import (
+    E2E_JSON,
+    GOLDEN_NPZ,
+    MANIFEST,
+    MANIFEST_SPEC,
+    read_manifest,
+    sha256,
+    update_manifest,
+    write_manifest,
+)
 from mobilevlm_export.runtime.artifacts import open_artifacts
-from mobilevlm_export.runtime.golden import E2E_JSON, GOLDEN_NPZ, case_names
+from mobilevlm_export.runtime.golden_reader import case_names
 
 runner = CliRunner()
 
@@ -322,7 +331,7 @@ def test_gate_recipe_judges_but_does_not_change_the_e2e_length(demo, tmp_path):
 
 def test_golden_array_names():
     """One reading of the npz names (runtime.golden.case_key), used by cases, case_names and verify."""
-    from mobilevlm_export.runtime.golden import case_key, cases
+    from mobilevlm_export.runtime.golden_reader import case_key, cases
 
     assert case_key("decoder/prefill/in/attention_mask") == ("decoder", "prefill", "in", "attention_mask")
     assert case_key("e2e/0/pixel_values") is None and case_key("a/b/c/d/e") is None

@@ -317,7 +317,7 @@ def test_context_beyond_the_model_and_block_not_dividing(tmp_path):
     dims = ModelDims(image_size=336, patches=576, vision_hidden=64, image_tokens=144, hidden=128, intermediate=352,
                      layers=4, heads=4, kv_heads=4, head_dim=32, vocab=512, max_context=512)
     with pytest.raises(UserError, match=r"quantize.decoder.group_size = 128 does not divide .* 352"):
-        OrinTarget().check(load_recipe("orin-int4"), load_profile("orin-nano-8gb"), dims)
+        OrinTarget().limits(load_recipe("orin-int4"), load_profile("orin-nano-8gb"), dims)
 
 
 def test_fits_on_device_refuses_with_the_numbers(builds, tmp_path):

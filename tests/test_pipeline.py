@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from mobilevlm_export.cli import app
 from mobilevlm_export.graphs.contracts import DimRange, Limits, ModelDims, graph_contracts
 from mobilevlm_export.recipes import RECIPES_DIR
-from mobilevlm_export.targets import TARGETS
+from mobilevlm_export.targets import registry
 
 runner = CliRunner()
 DIMS = ModelDims(image_size=336, patches=576, vision_hidden=64, image_tokens=144, hidden=64, intermediate=128,
@@ -112,6 +112,6 @@ def test_contract_ranges_feed_every_backend():
 def test_every_target_has_recipes_and_tests():
     """Adding a target adds its recipes (named after it) and this registry entry; each recipe's target is its
     prefix."""
-    for name, target in TARGETS.items():
+    for name, target in registry().items():
         assert (RECIPES_DIR / f"{target.default_recipe}.toml").is_file(), name
         assert target.default_recipe.startswith(f"{name}-")

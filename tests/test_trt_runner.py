@@ -21,7 +21,7 @@ from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.graphs.contracts import GraphContract, kv_names
 from mobilevlm_export.runtime.artifacts import open_artifacts
-from mobilevlm_export.runtime.golden import load_golden
+from mobilevlm_export.runtime.golden_reader import load_golden
 
 runner = CliRunner()
 IMAGE = sorted((demo_checkpoint_dir().parent / "samples").glob("*.png"))[0]
@@ -58,8 +58,8 @@ def test_answers_as_onnxruntime_with_the_cache_kept_on_the_device(double):
     art, runners, trt, cuda = double
     ids, pixels = _golden_request(art)
     params = SamplingParams(max_new_tokens=12)
-    want, _ = art.pipeline(art.runners()).generate_ids(ids, pixels, params)  # ONNX Runtime, IO binding
-    pipe = art.pipeline(runners)
+    want, _ = art.generator(art.runners()).generate_ids(ids, pixels, params)  # ONNX Runtime, IO binding
+    pipe = art.generator(runners)
     got, _ = pipe.generate_ids(ids, pixels, params)
     assert got == want
 
@@ -106,7 +106,7 @@ def test_run_buffers_allocated_once(double):
 
 def test_prompt_longer_than_the_prefill_profile_is_refused_before_any_engine_runs(double):
     art, runners, trt, _ = double
-    pipe = art.pipeline(runners)
+    pipe = art.generator(runners)
     limit = art.manifest["recipe"]["tensorrt"]["max_prompt"]
     tokens = pipe.image_tokens
     ids, pixels = _golden_request(art)
@@ -221,6 +221,6 @@ def test_verify_over_the_double_every_golden_case_fits_a_profile(double):
     golden, e2e = load_golden(art.root)
     metrics = verify_graphs(runners, golden, art.recipe)
     assert metrics and all(m.passed for m in metrics), [m for m in metrics if not m.passed]
-    results = verify_e2e(art.pipeline(runners), golden, e2e, art.recipe.e2e.max_new_tokens)
+    results = verify_e2e(art.generator(runners), golden, e2e, art.recipe.e2e.max_new_tokens)
     assert results and all(r.match for r in results)
     assert {p for p, shapes in trt.log if "past_key_values.0.key" in shapes} == {0, 1}  # prefill and decode

@@ -38,8 +38,8 @@ def plans():
     the demo checkpoint's contracts (no ONNX export)."""
     from mobilevlm_export.backends.tensorrt import BuildPlan, engine_plan
     from mobilevlm_export.checkpoint.model import load_checkpoint
+    from mobilevlm_export.checkpoint.records import model_dims
     from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-    from mobilevlm_export.graphs.contracts import ModelDims
     from mobilevlm_export.profiles import PROFILES_DIR, load_profile
     from mobilevlm_export.targets import get_target
     from mobilevlm_export.targets.orin import STANDARD_OPSET, _parser_opset, workspace_bytes
@@ -48,12 +48,12 @@ def plans():
     profiles = [p for p in map(load_profile, sorted(PROFILES_DIR.glob("*.toml"))) if p.target == "orin"]
     assert profiles, "no orin device profile"
     ckpt = load_checkpoint(demo_checkpoint_dir())
-    dims = ModelDims.from_checkpoint(ckpt)
+    dims = model_dims(ckpt)
     out = {}
     for name in ORIN_RECIPES:
         recipe = load_recipe(name)
         for profile in profiles:
-            limits = target.check(recipe, profile, dims)
+            limits = target.limits(recipe, profile, dims)
             version = profile.options.tensorrt
             folder = "trt" if _parser_opset(version) < STANDARD_OPSET else "graphs"
             plan = BuildPlan(version, profile.name, workspace_bytes(recipe, profile))

@@ -50,10 +50,10 @@ def paired_ab(ours: Path, peer: Path, threads: int | None = 2, pairs: int = 30, 
     if pairs < 1 or burst < 1 or prompt < 1:
         raise UserError(f"A/B: pairs {pairs}, burst {burst}, prompt {prompt}: each must be at least 1")
     art = open_artifacts(ours)
-    pipe = art.pipeline(art.runners(threads))
+    pipe = art.generator(art.runners(threads))
     dims = art.manifest["model"]["dims"]
     program = ExportLlmProgram(peer, dims)
-    theirs_pipe = program.pipeline(program.runners(threads))
+    theirs_pipe = program.generator(program.runners(threads))
     ids = np.random.default_rng(0).integers(FIRST_TEXT_ID, dims["vocab"], prompt).tolist()
     capacity = min(pipe.decoder.capacity, theirs_pipe.decoder.capacity)
     if prompt + burst + 1 > capacity:

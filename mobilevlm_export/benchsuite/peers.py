@@ -122,9 +122,6 @@ def export_llm(out_dir: Path, shape: LlamaShape, group_size: int, max_seq_len: i
             "max_seq_len": max_seq_len}
 
 
-# ExecuTorch's ScalarType codes (c10's numbering) of the dtypes an LLM program's inputs and outputs use
-_SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16", 6: "float32", 7: "float64",
-                 11: "bool", 15: "bfloat16"}
 PTE_METADATA = ("enable_dynamic_shape", "use_kv_cache", "use_sdpa_with_kv_cache", "get_max_seq_len",
                 "get_max_context_len", "get_vocab_size", "get_n_layers")
 
@@ -165,13 +162,13 @@ class ExportLlmProgram:
             self._loaded = {"meta": read_pte_metadata(program), "forward": program.load_method("forward")}
         return self._loaded
 
-    def pipeline(self, runners: dict) -> ExportLlmPipeline:
-        return ExportLlmPipeline(runners["forward"], runners["meta"])
+    def generator(self, runners: dict) -> ExportLlmGenerator:
+        return ExportLlmGenerator(runners["forward"], runners["meta"])
 
 
-class ExportLlmPipeline:
+class ExportLlmGenerator:
     """Prefill and greedy decode through export_llm's ``forward(tokens [1, T] int64, input_pos [1] int64)``, the
-    argmax on the host, as ``runtime.pipeline.VLMPipeline`` does for ours."""
+    argmax on the host, as ``runtime.generator.VLMGenerator`` does for ours."""
 
     def __init__(self, method: Any, meta: dict) -> None:
         if not meta.get("enable_dynamic_shape", False):
@@ -207,10 +204,10 @@ class EagerModel:
 
     def __init__(self, ckpt: Path) -> None:
         from mobilevlm_export.checkpoint.model import load_checkpoint
-        from mobilevlm_export.graphs.contracts import ModelDims
+        from mobilevlm_export.checkpoint.records import model_dims
 
         self.loaded = load_checkpoint(ckpt)
-        self.dims = ModelDims.from_checkpoint(self.loaded)
+        self.dims = model_dims(self.loaded)
         self.manifest = {"model": {"dims": dict(self.dims.__dict__)}}
 
     def runners(self, threads: int | None = None) -> dict:
@@ -220,12 +217,12 @@ class EagerModel:
             torch.set_num_threads(threads)
         return {}
 
-    def pipeline(self, runners: dict) -> EagerPipeline:
-        return EagerPipeline(self.loaded, self.dims.max_context)
+    def generator(self, runners: dict) -> EagerGenerator:
+        return EagerGenerator(self.loaded, self.dims.max_context)
 
 
-class EagerPipeline:
-    """The reference's stages as ``VLMPipeline`` has them: vision tower + projector, embed + splice + prefill (the
+class EagerGenerator:
+    """The reference's stages as ``VLMGenerator`` has them: vision tower + projector, embed + splice + prefill (the
     last position's logits only), one decode step with transformers' KV cache."""
 
     def __init__(self, loaded: Any, capacity: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from mobilevlm_export.benchsuite.cache import SHAPES
 from mobilevlm_export.benchsuite.frontier import plot_frontier, pyplot
 from mobilevlm_export.benchsuite.predict import METRIC_LABELS
-from mobilevlm_export.benchsuite.rows import BY_NAME
+from mobilevlm_export.benchsuite.rows import BY_NAME, SCHEMA
 
 REPORT = "BENCHMARKS.md"
 PLOTS = Path("benchmarks") / "plots"  # relative to the report, so the report and its plots move together
@@ -50,8 +50,6 @@ def _label(row: dict) -> str:
 def load_results(out: Path) -> list[dict]:
     """Every results file in ``out`` of this suite's schema (files of an older schema, from an earlier version of
     the suite, are left out), largest shape first."""
-    from mobilevlm_export.benchsuite.suite import SCHEMA
-
     found = {}
     for p in Path(out).glob("results-*.json"):
         data = json.loads(p.read_text())

@@ -33,6 +33,8 @@ DERIVED = {
                                 "encoder fp32") for g in (32, 128)},
 }
 
+# the results files' schema (``suite.run_suite`` writes it, ``report.load_results`` reads only it)
+SCHEMA = "mobilevlm_export.benchsuite/2"
 @dataclass(frozen=True)
 class Row:
     name: str  # what --only selects

@@ -47,6 +47,7 @@ from mobilevlm_export.benchsuite.rows import (
     EXPORT_LLM,
     ORT_INT4,
     OURS,
+    SCHEMA,
     STAND_INS,
     Row,
     recipe_text,
@@ -57,7 +58,6 @@ from mobilevlm_export.benchsuite.rows import (
 from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
 
-SCHEMA = "mobilevlm_export.benchsuite/2"
 SHAPE_TITLES = {"demo": "the bundled demo checkpoint (trained, tiny)", "tiny": "tiny dims, random weights",
                 "1.7b": "MobileVLM_V2-1.7B dims, random weights"}
 TEXT_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")
@@ -111,9 +111,9 @@ def worker(task: dict, timeout: float | None = None) -> dict:
     """Run one ``worker`` task in a fresh process (``backends.executorch.RUNTIME_PROCESS_ENV`` added to the
     environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``RuntimeError`` with
     the stderr tail when it fails."""
-    from mobilevlm_export.benchsuite.worker import _uses_executorch
+    from mobilevlm_export.benchsuite.worker import uses_executorch
 
-    env = {**os.environ, **RUNTIME_PROCESS_ENV} if _uses_executorch(task) else None
+    env = {**os.environ, **RUNTIME_PROCESS_ENV} if uses_executorch(task) else None
     with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
         spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**task, "result": str(result)}, default=str))

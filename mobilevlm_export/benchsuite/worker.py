@@ -32,8 +32,8 @@ class _Loaded:
             self._runners = self.prog.runners(threads)
         return self._runners
 
-    def pipeline(self, runners):
-        return self.prog.pipeline(runners)
+    def generator(self, runners):
+        return self.prog.generator(runners)
 
 
 def open_program(kind: str, path: str, dims: dict | None = None):
@@ -89,7 +89,7 @@ def e2e_agreement(path: str, samples: int) -> dict:
 
     ref = Reference(load_checkpoint(demo_checkpoint_dir()))
     art = open_artifacts(path)
-    pipe = art.pipeline()
+    pipe = art.generator()
     kls, agree = [], []
     for i in range(samples):
         sample = render(HELDOUT_SEED, i)
@@ -156,7 +156,7 @@ def checkpoint(out: str, shape: str) -> dict:
     return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
-def _uses_executorch(task: dict) -> bool:
+def uses_executorch(task: dict) -> bool:
     if task["task"] in ("ab", "profile_ops"):
         return True
     if task["task"] != "time":
@@ -176,7 +176,7 @@ def _size_threadpool(threads: int | None) -> None:
 
 def run_task(task: dict) -> dict:
     kind = task["task"]
-    if _uses_executorch(task):
+    if uses_executorch(task):
         _size_threadpool(task.get("threads"))
     if kind == "time":
         return time_row(task["kind"], task["path"], task["threads"], task["prompt_tokens"], task["decode_tokens"],

@@ -128,10 +128,6 @@ class VisionTowerSource:
     weights_dir: Path | None  # None: the tower's weights are inside the checkpoint
     origin: str  # human-readable: which config and which weights were used
 
-    @property
-    def weights_from(self) -> str:
-        return "checkpoint" if self.weights_dir is None else str(self.weights_dir)
-
 
 @dataclass(frozen=True)
 class MobileVLMConfig:

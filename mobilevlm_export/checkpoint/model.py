@@ -27,10 +27,10 @@ from mobilevlm_export.checkpoint.weights import read_state_dict, weight_files
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.files import present, regular_file
 from mobilevlm_export.runtime.preprocess import ImagePreprocess
+from mobilevlm_export.runtime.prompt import IM_END, IM_PATCH, IM_START
 
 TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
 PROJECTOR_PREFIX = "model.mm_projector."
-IM_PATCH, IM_START, IM_END = "<im_patch>", "<im_start>", "<im_end>"
 # the files AutoTokenizer.from_pretrained reads from a checkpoint directory (the vocabulary's first)
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "chat_template.jinja", "chat_template.json")

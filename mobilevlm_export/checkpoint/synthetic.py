@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -176,7 +176,3 @@ def save_state_dict(state: dict, out: Path, fmt: str, shards: int = 1) -> None:
         weight_map.update({k: name for k in part})
     index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
     (out / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
-
-
-def with_dims(d: Dims, **kw) -> Dims:
-    return replace(d, **kw)

@@ -30,7 +30,7 @@ def _artifacts_answerer(artifacts, params):
     from mobilevlm_export.runtime.prompt import build_prompt_ids, decode_text
 
     art = open_artifacts(artifacts)
-    pipe, eos = art.pipeline(), art.manifest["model"]["eos_token_id"]
+    pipe, eos = art.generator(), art.manifest["model"]["eos_token_id"]
 
     def answer(image, question):
         ids, _ = pipe.generate_ids(build_prompt_ids(art.tokenizer, question), art.preprocess(image), params)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mobilevlm_export.schema import StrEnum
+
 Dim = int | str
 # sizes of the symbolic dims in sample inputs: distinct and > 1 so tracing keeps them symbolic
 SAMPLE_SIZES = {"batch": 2, "seq": 3, "past": 5, "max_cache": 16}
@@ -19,6 +21,14 @@ SAMPLE_SIZES = {"batch": 2, "seq": 3, "past": 5, "max_cache": 16}
 SAMPLE_ID_RANGE = (3, 100)
 # the prompt length (text tokens) engines tune for when a range's opt is not given otherwise
 OPT_PROMPT_TOKENS = 64
+
+
+class KVCache(StrEnum):
+    """A decoder's KV-cache contract: ``dynamic`` (the cache is an input and an output: ONNX Runtime, TensorRT) or
+    ``static`` (a fixed-size cache updated in place by the program: ExecuTorch)."""
+
+    DYNAMIC = "dynamic"
+    STATIC = "static"
 
 
 @dataclass(frozen=True)
@@ -126,25 +136,6 @@ class ModelDims:
     vocab: int
     max_context: int
 
-    @classmethod
-    def from_checkpoint(cls, ckpt) -> ModelDims:
-        from mobilevlm_export.checkpoint.projector import image_token_count
-
-        cfg = ckpt.config
-        tc = ckpt.model.language_model.config
-        vc = ckpt.model.vision_tower.config
-        grid = vc.image_size // vc.patch_size
-        patches = grid * grid + (0 if cfg.select_feature == "patch" else 1)
-        heads = tc.num_attention_heads
-        return cls(
-            image_size=vc.image_size, patches=patches, vision_hidden=vc.hidden_size,
-            image_tokens=image_token_count(cfg.projector_type, patches), hidden=tc.hidden_size,
-            intermediate=tc.intermediate_size, layers=tc.num_hidden_layers, heads=heads,
-            kv_heads=tc.num_key_value_heads or heads,
-            head_dim=getattr(tc, "head_dim", None) or tc.hidden_size // heads,
-            vocab=ckpt.model.language_model.get_input_embeddings().weight.shape[0],
-            max_context=tc.max_position_embeddings,
-        )
 
 
 def kv_names(layer: int) -> tuple[str, str, str, str]:
@@ -153,7 +144,7 @@ def kv_names(layer: int) -> tuple[str, str, str, str]:
             f"present.{layer}.key", f"present.{layer}.value")
 
 
-def graph_contracts(d: ModelDims, dtype: str = "float32", kv: str = "dynamic",
+def graph_contracts(d: ModelDims, dtype: str = "float32", kv: KVCache = KVCache.DYNAMIC,
                     fused_image_encoder: bool = False, last_logits: bool = False,
                     limits: Limits | None = None, index_dtype: str = "int64") -> list[GraphContract]:
     """The graphs a split makes. ``kv``: "dynamic" (ONNX/TensorRT) or "static" (ExecuTorch, in-place cache).

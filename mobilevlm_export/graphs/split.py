@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mobilevlm_export.checkpoint.model import LoadedCheckpoint
-from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract, Limits, ModelDims, graph_contracts
+from mobilevlm_export.checkpoint.records import model_dims
+from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract, KVCache, Limits, graph_contracts
 from mobilevlm_export.graphs.decoder import DynamicKVDecoder, StaticKVDecoder
 from mobilevlm_export.graphs.vision import EmbedTokens, ImageEncoder, Projector, VisionEncoder
 from mobilevlm_export.schema import Precision
@@ -53,7 +54,7 @@ def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_i
         "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
         "decoder": DynamicKVDecoder(model.language_model, last_logits),
     }
-    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), dtype, "dynamic", fused_image_encoder,
+    contracts = graph_contracts(model_dims(ckpt), dtype, KVCache.DYNAMIC, fused_image_encoder,
                                 last_logits, limits, index_dtype)
     graphs = []
     for c in contracts:
@@ -76,6 +77,6 @@ def split_static(ckpt: LoadedCheckpoint, limits: Limits, custom_ops: bool, last_
         "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
         "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops, last_logits),
     }
-    contracts = graph_contracts(ModelDims.from_checkpoint(ckpt), "float32", "static", fused_image_encoder=True,
+    contracts = graph_contracts(model_dims(ckpt), "float32", KVCache.STATIC, fused_image_encoder=True,
                                 last_logits=last_logits, limits=limits)
     return [Graph(c, modules[c.name].eval()) for c in contracts]

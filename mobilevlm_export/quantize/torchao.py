@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mobilevlm_export.recipes import QuantSpec
-from mobilevlm_export.schema import Precision, QuantAlgorithm
+from mobilevlm_export.schema import Precision, QuantAlgorithm, QuantSpec
 
 # what torchao calls each algorithm (its intx_choose_qparams_algorithm)
 QPARAMS = {QuantAlgorithm.RTN: "affine", QuantAlgorithm.HQQ: "hqq_scale_only"}

@@ -14,11 +14,13 @@ from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.manifest import MANIFEST, TOKENIZER_DIR, read_manifest
 from mobilevlm_export.profiles import DeviceProfile
-from mobilevlm_export.recipes import Recipe
-from mobilevlm_export.runtime.pipeline import VLMPipeline
+from mobilevlm_export.recipes import Recipe, parse_recipe
+from mobilevlm_export.runtime.generator import VLMGenerator
 from mobilevlm_export.runtime.preprocess import ImagePreprocess, load_image
 from mobilevlm_export.runtime.prompt import build_prompt_ids, decode_text
 from mobilevlm_export.runtime.sessions import BoundKVSession, StaticKVSession
+from mobilevlm_export.schema import short_json
+from mobilevlm_export.targets import Target, find_target, registry
 
 
 @dataclass
@@ -29,14 +31,12 @@ class ArtifactSet:
     _tokenizer: object = field(default=None, repr=False)
 
     @property
-    def target(self):
-        from mobilevlm_export.targets import get_target
-
-        return get_target(self.manifest["target"], flag=f"{self.root / MANIFEST}: target")
+    def target(self) -> Target:
+        return registered_target(self.manifest, self.root)
 
     @property
     def recipe(self) -> Recipe:
-        return Recipe.from_dict(self.manifest["recipe"], source=f"{self.root / MANIFEST} (recipe)")
+        return parse_recipe(self.manifest["recipe"], f"{self.root / MANIFEST} (recipe)", self.target)
 
     @property
     def profile(self) -> DeviceProfile | None:
@@ -66,7 +66,7 @@ class ArtifactSet:
     def runners(self, threads: int | None = None) -> dict:
         return self.target.open_runners(self.root, self.manifest["graphs"], threads, self.backend)
 
-    def pipeline(self, runners: dict | None = None) -> VLMPipeline:
+    def generator(self, runners: dict | None = None) -> VLMGenerator:
         runners = runners if runners is not None else self.runners()
         model = self.manifest["model"]
         decoder = runners["decoder"]
@@ -78,7 +78,7 @@ class ArtifactSet:
             key = f"{self.target.recipe_section}.max_prompt" if "max_prompt" in options else None
             session = BoundKVSession(decoder, model["dims"]["layers"], ranges["past"].max + 1, ranges["seq"].max,
                                      key)
-        return VLMPipeline(runners, session, model["eos_token_id"], model["dims"]["vocab"])
+        return VLMGenerator(runners, session, model["eos_token_id"], model["dims"]["vocab"])
 
 
 def check_tokenizer_fits(tokenizer, directory: Path, vocab: int) -> None:
@@ -97,7 +97,33 @@ def open_artifacts(root: str | Path, backend: str | None = None) -> ArtifactSet:
     manifest's artifacts, every artifact's sha256 (``manifest.read_manifest``). ``UserError`` naming the file and
     key when missing, malformed or corrupt. ``backend``: the runtime to run it on (``--backend``)."""
     root = Path(root)
-    return ArtifactSet(root, read_manifest(root), backend)
+    art = ArtifactSet(root, read_manifest(root), backend)
+    art.recipe  # noqa: B018  (its target registered here, its recipe valid for it: refused now, not mid-run)
+    return art
+
+
+def registered_target(manifest: dict, root: Path) -> Target:
+    """The registered target a manifest names; ``UserError`` naming DIR/manifest.json's ``target`` otherwise (a
+    build of a target whose plugin is not installed here, or a manifest edited by hand)."""
+    target = find_target(manifest.get("target"))
+    if target is None:
+        raise UserError(f"{Path(root) / MANIFEST}: target must be a registered target ({', '.join(registry())}) (is "
+                        f"{short_json(manifest.get('target'))})")
+    return target
+
+
+def device_build(root: str | Path, log=print, record_only: bool = False) -> list[dict]:
+    """The on-device step of DIR's target (``trt-build``: an orin bundle's TensorRT engines), built or recorded in
+    its manifest. ``UserError`` for a build whose target has none."""
+    root = Path(root)
+    manifest = read_manifest(root, check=False)
+    target = registered_target(manifest, root)
+    step = getattr(target, "device_build", None)
+    if step is None:
+        able = [t.name for t in registry().values() if hasattr(t, "device_build")]
+        raise UserError(f"{root}: is a {target.name} build, not an {' or '.join(able)} bundle (build --target "
+                        f"{able[0] if able else '...'})")
+    return step(root, log, record_only)
 
 
 def answer(art: ArtifactSet, image: str | Path, prompt: str, params: SamplingParams = SamplingParams(),
@@ -106,7 +132,7 @@ def answer(art: ArtifactSet, image: str | Path, prompt: str, params: SamplingPar
     img = load_image(image)
     ids = build_prompt_ids(art.tokenizer, prompt, raw_prompt)
     runners = art.runners(threads)
-    out, timings = art.pipeline(runners).generate_ids(ids, art.preprocess(img), params)
+    out, timings = art.generator(runners).generate_ids(ids, art.preprocess(img), params)
     return {"backend": runners["decoder"].backend, "prompt_ids": ids, "output_ids": out,
             "text": decode_text(art.tokenizer, out, art.manifest["model"]["eos_token_id"]),
             "timings": timings.to_dict()}

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from mobilevlm_export.errors import UserError
 
 IMAGE_TOKEN_INDEX = -200
+# the image special tokens a checkpoint's config may add to its tokenizer (mm_use_im_patch_token, use_im_start_end)
+IM_PATCH, IM_START, IM_END = "<im_patch>", "<im_start>", "<im_end>"
 IMAGE_TAG = "<image>"
 STOP_STRING = "</s>"
 SYSTEM_V1 = (

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
+from mobilevlm_export.runtime.prompt import IM_END, IM_PATCH, IM_START
 
 # checkpoint.model's image tokens (that module imports torch, so they are repeated here).
-IM_PATCH, IM_START, IM_END = "<im_patch>", "<im_start>", "<im_end>"
 # transformers' named special tokens, in the order it adds them.
 NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # LlamaTokenizer's defaults for the tokens its config does not name.

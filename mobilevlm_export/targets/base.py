@@ -1,8 +1,10 @@
 """The interface every deployment target implements, and the record its compile stage returns.
 
-The pipeline (``pipeline.build``) runs the stages once, in one order, for every target; a target supplies only
-what differs: its recipe/profile rules (``check_recipe``, ``check``), its split, its compile (quantize + lower +
-write) and the runners of what it wrote (``open_runners``, torch-free where the backend's runtime is).
+The build (``pipeline.build``) runs the stages once, in one order, for every target; a target supplies only
+what differs: its recipe/profile rules (``check_recipe``, ``limits``), its split, its compile (quantize + lower +
+write), the runners of what it wrote (``open_runners``, torch-free where the backend's runtime is) and its process
+hooks (``prepare_process``, ``bench_notes``). ``TargetBase`` holds the defaults of the optional parts; a target
+registers in ``targets.registry`` (built in) or through the ``mobilevlm_export.targets`` entry-point group.
 Target modules import heavy libraries (torch, executorch, onnx) inside their methods only, so the registry
 imports fast and the artifact side stays torch-free.
 """
@@ -14,7 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.schema import Precision, QuantAlgorithm
+from mobilevlm_export.graphs.contracts import KVCache
+from mobilevlm_export.schema import Precision, QuantAlgorithm, shipped_dir
 
 
 @dataclass
@@ -46,9 +49,11 @@ class CompileContext:
 class Target(Protocol):
     name: str                 # "onnx", "snapdragon", ...
     backend: str              # the runtime that runs the artifacts ("onnxruntime", "executorch")
-    kv: str                   # the decoder's KV contract: "dynamic" (cache in/out) or "static" (in place)
-    default_recipe: str
-    default_profile: str | None
+    kv: KVCache               # the decoder's KV contract: dynamic (cache in/out) or static (in place)
+    default_recipe: str       # a recipe name in ``recipes_dir``, or a path
+    default_profile: str | None  # a device profile name in ``profiles_dir``, or a path; None: no devices of its own
+    recipes_dir: Path         # where its recipes are found by name (``--recipe NAME``)
+    profiles_dir: Path        # where its device profiles are found by name (``--profile NAME``)
     precisions: tuple[Precision, ...]                   # recipe.precision values it builds
     quantize_parts: dict[str, tuple[Precision, ...]]    # [quantize.PART] -> schemes it runs for PART
     algorithms: tuple[QuantAlgorithm, ...]
@@ -61,7 +66,7 @@ class Target(Protocol):
     def check_recipe(self, recipe, bad) -> None:
         """Cross-field rules of its recipes (``bad(key, why)`` makes the ``UserError``)."""
 
-    def check(self, recipe, profile, dims):
+    def limits(self, recipe, profile, dims):
         """Recipe x profile x model rules, before any work; returns the build's ``graphs.contracts.Limits``."""
 
     def split(self, ckpt, recipe, limits) -> list:
@@ -74,6 +79,57 @@ class Target(Protocol):
                      backend: str | None = None) -> dict:
         """A runner (``backends.Runner``, with its ``backend`` name) per graph record of a manifest, on
         ``backend`` (None: the target's own); ``UserError`` when that backend cannot run them here."""
+
+    def prepare_process(self) -> None:
+        """Set up a process that will run built programs, before any library loads (the CLI's ``run``, ``verify``
+        and ``bench`` call it for every registered target: the build's target is not known yet)."""
+
+    def bench_notes(self, manifest: dict) -> list[str]:
+        """Notes on how far a measurement of this target's build in this process can be trusted."""
+
+
+class TargetBase:
+    """The defaults of a target's optional parts: subclass it and set what differs."""
+
+    default_profile: str | None = None
+    quantize_parts: dict[str, tuple[Precision, ...]] = {}
+    algorithms: tuple[QuantAlgorithm, ...] = (QuantAlgorithm.RTN,)
+    default_group_size: int | None = None
+    recipe_section: str | None = None
+    recipe_options: type | None = None
+    profile_options: type | None = None
+    runtime_files: tuple[str, ...] = ()
+    recipes_dir: Path = shipped_dir("recipes")
+    profiles_dir: Path = shipped_dir("device_profiles")
+
+    def check_recipe(self, recipe, bad) -> None:
+        pass
+
+    def prepare_process(self) -> None:
+        pass
+
+    def bench_notes(self, manifest: dict) -> list[str]:
+        return []
+
+
+# what every target must have (the rest has ``TargetBase``'s defaults)
+_REQUIRED = ("name", "backend", "kv", "default_recipe", "precisions", "quantize_parts", "algorithms",
+             "default_group_size", "recipe_section", "recipe_options", "profile_options", "runtime_files",
+             "recipes_dir", "profiles_dir", "default_profile")
+_METHODS = ("check_recipe", "limits", "split", "compile", "open_runners", "prepare_process", "bench_notes")
+
+
+def check_target(target: object, where: str) -> None:
+    """``UserError`` naming ``where`` (an entry point) unless ``target`` has every part of ``Target``."""
+    missing = [a for a in _REQUIRED if not hasattr(target, a)]
+    missing += [m for m in _METHODS if not callable(getattr(target, m, None))]
+    if missing:
+        raise UserError(f"{where}: is not a mobilevlm_export target (missing: {', '.join(missing)}; see "
+                        "mobilevlm_export.targets.base.Target)")
+    if not isinstance(target.name, str) or not target.name.isidentifier():
+        raise UserError(f"{where}: the target's name must be an identifier (is {target.name!r})")
+    if target.kv not in tuple(KVCache):
+        raise UserError(f"{where}: kv must be one of {', '.join(KVCache)} (is {target.kv!r})")
 
 
 def check_backend(target: str, backends: tuple[str, ...], backend: str | None) -> None:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mobilevlm_export.graphs.contracts import Limits
+from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm
-from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
 
 # the batch range recorded in the contracts (ONNX Runtime takes any batch; an engine builder needs a bound)
 HOST_MAX_BATCH = 8
 
 
-class OnnxTarget:
+class OnnxTarget(TargetBase):
     name = "onnx"
     backend = "onnxruntime"
-    kv = "dynamic"
+    kv = KVCache.DYNAMIC
     default_recipe = "onnx-fp32"
     default_profile = None
     precisions = (Precision.FP32, Precision.FP16)
@@ -34,7 +34,7 @@ class OnnxTarget:
     def check_recipe(self, recipe, bad) -> None:
         pass
 
-    def check(self, recipe, profile, dims) -> Limits:
+    def limits(self, recipe, profile, dims) -> Limits:
         context = profile.max_context if profile else dims.max_context
         batch = profile.max_batch if profile else HOST_MAX_BATCH
         return Limits(max_batch=batch, max_prompt=context, max_context=context)

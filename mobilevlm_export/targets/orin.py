@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobilevlm_export.errors import CheckFailed, UserError
-from mobilevlm_export.graphs.contracts import Limits
+from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
-from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
 
 # int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
 DEFAULT_BLOCK = 128
@@ -66,10 +66,10 @@ class OrinDevice:
     runtime_gb: float = bounded(0.75, min=0)
 
 
-class OrinTarget:
+class OrinTarget(TargetBase):
     name = "orin"
     backend = "tensorrt"
-    kv = "dynamic"
+    kv = KVCache.DYNAMIC
     default_recipe = "orin-int4"
     default_profile = "orin-agx-64gb"
     precisions = (Precision.FP16, Precision.INT4, Precision.W8A8)
@@ -98,7 +98,7 @@ class OrinTarget:
             if q.algorithm == QuantAlgorithm.SMOOTHQUANT and q.scheme != Precision.W8A8:
                 raise bad(f"quantize.{part}.algorithm", "smoothquant applies to w8a8 only")
 
-    def check(self, recipe, profile, dims) -> Limits:
+    def limits(self, recipe, profile, dims) -> Limits:
         opts = recipe.options
         # an image prompt is the image's tokens plus at least one text token (the samples' own prompts are
         # checked against max_prompt by the pipeline); a context no longer than the prompt leaves no room to answer
@@ -179,6 +179,10 @@ class OrinTarget:
                   "profiles": ", ".join(p.name for p in e.profiles)}
                  for (n, r), e in zip(record.items(), plan.engines, strict=True)]
         return CompileRecord(record, info, log, table)
+
+    def device_build(self, root: Path, log=print, record_only: bool = False) -> list[dict]:
+        """The CLI's ``trt-build``: the bundle's engines built (or recorded) on the device (``trt_build``)."""
+        return trt_build(root, log, record_only)
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
                      backend: str | None = None) -> dict:
@@ -320,8 +324,8 @@ def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
     import numpy as np
 
     from mobilevlm_export.graphs.contracts import GraphContract
-    from mobilevlm_export.runtime.golden import load_golden
-    from mobilevlm_export.runtime.pipeline import VLMPipeline
+    from mobilevlm_export.runtime.generator import VLMGenerator
+    from mobilevlm_export.runtime.golden_reader import load_golden
     from mobilevlm_export.targets.onnx import OnnxTarget
 
     arrays, e2e = load_golden(root)
@@ -330,7 +334,7 @@ def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
         return [{"pixel_values": p.astype(np.float16)} for p in pixels]
     runners = OnnxTarget().open_runners(root, {n: r for n, r in record.items() if n != "decoder"}, None)
     contract = GraphContract.from_dict(record["decoder"]["contract"])
-    pipe = VLMPipeline(runners, decoder=None, eos_id=-1)  # used to embed and splice only
+    pipe = VLMGenerator(runners, decoder=None, eos_id=-1)  # used to embed and splice only
     feeds = []
     for item, px in zip(e2e, pixels, strict=True):
         embeds = pipe.splice(item["prompt_ids"], pipe.image_embeds(px))

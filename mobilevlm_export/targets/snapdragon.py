@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mobilevlm_export.graphs.contracts import Limits
+from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
-from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_backend
+from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
 
 PTE = "model.pte"
 _METHODS = {"image_encoder": "vision_encoder", "embed_tokens": "token_embedding", "decoder": "text_decoder"}
@@ -47,10 +47,10 @@ class ExecuTorchOptions:
     logits: Logits = Logits.LAST
 
 
-class SnapdragonTarget:
+class SnapdragonTarget(TargetBase):
     name = "snapdragon"
     backend = "executorch"
-    kv = "static"
+    kv = KVCache.STATIC
     default_recipe = "snapdragon-8da4w"
     default_profile = "snapdragon-8-gen-3"
     precisions = _LINEAR
@@ -70,7 +70,7 @@ class SnapdragonTarget:
             raise bad("quantize.decoder.scheme", f"is {recipe.quant('decoder').scheme.value!r} but "
                                                  f"recipe.precision is {recipe.precision.value!r}")
 
-    def check(self, recipe, profile, dims) -> Limits:
+    def limits(self, recipe, profile, dims) -> Limits:
         from mobilevlm_export.errors import UserError
 
         max_cache = recipe.options.max_cache
@@ -116,6 +116,22 @@ class SnapdragonTarget:
         table = [{"method": m.method, "XNNPACK nodes": m.delegated_nodes, "portable nodes": m.portable_nodes,
                   "subgraphs": m.delegated_subgraphs} for m in info.methods]
         return CompileRecord(records, {**info.to_dict(), "quantize_seconds": round(quant_s, 2)}, log, table)
+
+    def prepare_process(self) -> None:
+        from mobilevlm_export.backends.executorch import prepare_runtime_process
+
+        prepare_runtime_process()
+
+    def bench_notes(self, manifest: dict) -> list[str]:
+        """The note of programs timed beside PyTorch's OpenMP team (a build's own process), if any."""
+        import sys
+
+        if "torch" not in sys.modules:
+            return []
+        from mobilevlm_export.backends.executorch import openmp_contention
+
+        note = openmp_contention(sys.modules["torch"].get_num_threads())
+        return [note] if note else []
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
                      backend: str | None = None) -> dict:

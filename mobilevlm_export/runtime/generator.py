@@ -41,7 +41,7 @@ class Timings:
         }
 
 
-class VLMPipeline:
+class VLMGenerator:
     """The runtime loop. ``runners``: ``embed_tokens`` and either ``image_encoder`` or ``vision_encoder`` +
     ``projector``; ``decoder``: a session over the decoder graph. ``vocab``: the model's vocabulary size (the
     manifest's ``model.dims.vocab``); every text token id is checked to lie in [0, vocab) before a graph sees it

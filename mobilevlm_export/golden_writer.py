@@ -1,6 +1,7 @@
 """Writing golden data (build side, torch): fixed inputs and the PyTorch reference's outputs, saved beside the
-artifacts in the layout ``runtime/golden.py`` reads. Outputs come from the checkpoint's own model (transformers CLIP and
-LLaMA, fp32), never from the split graphs, so a mistake in the split shows up as a parity failure.
+artifacts in the layout ``runtime/golden_reader.py`` reads. Outputs come from the checkpoint's own model
+(transformers CLIP and LLaMA, fp32), never from the split graphs, so a mistake in the split shows up as a parity
+failure.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mobilevlm_export.checkpoint.reference import Reference
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.generation import SamplingParams
 from mobilevlm_export.graphs.contracts import kv_names
-from mobilevlm_export.runtime.golden import E2E_JSON, GOLDEN_NPZ
+from mobilevlm_export.manifest import E2E_JSON, GOLDEN_NPZ
 from mobilevlm_export.runtime.preprocess import load_image
 from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX, build_prompt_ids
 from mobilevlm_export.schema import Where, parse_table, read_json

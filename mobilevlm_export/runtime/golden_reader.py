@@ -1,4 +1,4 @@
-"""Reading golden data (numpy + json only): what ``golden.py`` wrote beside the artifacts at build time.
+"""Reading golden data (numpy + json only): what ``golden_writer.py`` wrote beside the artifacts at build time.
 
 ``golden/golden.npz`` holds, per graph and case, ``{graph}/{case}/in/{name}`` and ``{graph}/{case}/out/{name}``,
 and each end-to-end pair's pixel values as ``e2e/{i}/pixel_values``; ``golden/e2e.json`` lists (image, question,
@@ -17,9 +17,9 @@ import numpy as np
 
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.files import present, regular_file
-from mobilevlm_export.manifest import INT, STR, Each, Kind, check_spec, is_int
+from mobilevlm_export.manifest import E2E_JSON, GOLDEN_NPZ
+from mobilevlm_export.schema import INT, STR, Each, Kind, check_spec, is_int
 
-GOLDEN_NPZ, E2E_JSON = "golden/golden.npz", "golden/e2e.json"
 E2E_SPEC = Each({"image": STR, "question": STR, "prompt_ids": Each(INT),
                  "reference_ids": Kind(lambda v: isinstance(v, list) and all(map(is_int, v)), "a list of integers")})
 # what np.load and reading an npz member raise on a file that is not a readable npz archive
