@@ -63,10 +63,12 @@ def artifact_entries(root: Path) -> list[dict]:
             for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST]
 
 
-def write_manifest(root: Path, manifest: dict) -> None:
+
+def write_manifest(root: Path, manifest: dict, artifacts: list[dict] | None = None) -> None:
     """Write DIR/manifest.json as strict JSON (non-finite numbers recorded as null) with DIR's artifacts, atomically
     (``trt-build`` rewrites the manifest of a finished bundle in place: a kill never leaves half of one)."""
-    manifest = {"format_version": FORMAT_VERSION, **manifest, "artifacts": artifact_entries(root)}
+    artifacts = artifact_entries(root) if artifacts is None else artifacts
+    manifest = {"format_version": FORMAT_VERSION, **manifest, "artifacts": artifacts}
     text = json.dumps(finite(manifest), indent=2, default=str, allow_nan=False) + "\n"
     write_file_atomic(Path(root) / MANIFEST, text.encode())
 
@@ -99,13 +101,20 @@ def read_manifest(root: Path, check: bool = True) -> dict:
     return manifest
 
 
-def update_manifest(root: Path, **fields) -> dict:
-    """Set top-level fields (e.g. verification results) and re-record the artifacts."""
+def update_manifest(root: Path, rehash: bool = True, **fields) -> dict:
+    """Set top-level fields (e.g. verification results) and re-record the artifacts. ``rehash=False``: keep the
+    recorded sha256s when the same files with the same sizes are there (the build's second write, after verify and
+    bench, which write no artifact: each artifact is hashed once)."""
     manifest = read_manifest(root, check=False)
     manifest.update(fields)
-    manifest.pop("artifacts", None)
+    recorded = manifest.pop("artifacts", None)
     manifest.pop("format_version", None)
-    write_manifest(root, manifest)
+    keep = None
+    if not rehash and recorded is not None:
+        now = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(Path(root).rglob("*"))
+               if p.is_file() and p.name != MANIFEST]
+        keep = recorded if now == [(a["path"], a["bytes"]) for a in recorded] else None
+    write_manifest(root, manifest, keep)
     return read_manifest(root, check=False)
 
 

@@ -130,7 +130,7 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
         del art
         fields["build"] = {"seconds": round(time.perf_counter() - t0, 2), "stages": stages,
                            "peak_rss_mb": round(peak_rss_mb(), 1), "stale_partials_removed": staging.stale}
-        manifest = update_manifest(tmp, **fields)
+        manifest = update_manifest(tmp, rehash=False, **fields)
         staging.commit()
     return BuildResult(manifest, report)
 

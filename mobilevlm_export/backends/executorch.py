@@ -67,15 +67,14 @@ def _check_matmuls(report: MethodReport) -> None:
 
 
 def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, object], path: Path,
-                   constant_methods: dict, mutable_buffers_init: bool, progress=None) -> ProgramInfo:
-    """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them to
-    XNNPACK in one call (dynamic-quant linears first, then everything else) and write the program to ``path``.
+                   constant_methods: dict, mutable_buffers_init: bool, partitioners, progress=None) -> ProgramInfo:
+    """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them in one
+    call with the target's ``partitioners()`` (a fresh list per method, in the order they take nodes, as
+    ExecuTorch's ``partitioner_lib`` gives them) and write the program to ``path``.
 
     Consumes ``modules``: each is popped once exported, so this function holds no module reference of its own
     through lowering and serialization."""
     import torch
-    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
@@ -91,10 +90,6 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
             advance()
     names = list(programs)
     t1 = time.perf_counter()
-
-    def partitioners():
-        return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
-                XnnpackPartitioner()]
 
     edge = to_edge_transform_and_lower(
         programs, partitioner={m: partitioners() for m in programs}, constant_methods=constant_methods,

@@ -112,10 +112,18 @@ class SnapdragonTarget(TargetBase):
         graphs.clear()
         advance = ctx.progress("Export + XNNPACK lowering", len(methods) + 2)
         info = export_program(methods, samples, dynamic, ctx.out / PTE, constant_methods(ctx.model, opts),
-                              opts.kv_cache_init == KVCacheInit.SERIALIZED, advance)
+                              opts.kv_cache_init == KVCacheInit.SERIALIZED, self.partitioners, advance)
         table = [{"method": m.method, "XNNPACK nodes": m.delegated_nodes, "portable nodes": m.portable_nodes,
                   "subgraphs": m.delegated_subgraphs} for m in info.methods]
         return CompileRecord(records, {**info.to_dict(), "quantize_seconds": round(quant_s, 2)}, log, table)
+
+    def partitioners(self) -> list:
+        """XNNPACK's partitioners, dynamic-quant linears first (per op), then everything else it takes."""
+        from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
+                XnnpackPartitioner()]
 
     def prepare_process(self) -> None:
         from mobilevlm_export.backends.executorch import prepare_runtime_process
