@@ -187,12 +187,12 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
 @app.callback()
 def _quiet_libraries(debug: Annotated[bool, typer.Option(
         "--debug", help=f"Show the traceback of an internal error (exit 3); also {DEBUG_ENV}=1.")] = False) -> None:
-    """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``)."""
+    """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``), unless ``--debug``."""
     from mobilevlm_export.quiet import quiet_libraries, show_native_logs
 
     _state["debug"] = _state["debug"] or debug
     show_native_logs(True if debug else None)  # this command's: the native runtimes' log lines too
-    quiet_libraries()
+    quiet_libraries(True if debug else None)  # --debug: the libraries' notes too
 
 
 @app.command()
