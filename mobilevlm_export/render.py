@@ -70,14 +70,30 @@ def _emit(console, lines: Iterable[str] | str) -> None:
         console.print(line, markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
-def _rich_table(title: str | None, headers: Iterable[str], rows: Iterable[Iterable], styles: dict | None = None):
-    """A rich table whose cells fold rather than end in an ellipsis."""
+# on a terminal where the whole table does not fit, a column keeps the width of its widest cell up to the first of
+# these with which the table fits (numbers, "yes", "NO (3 of 16)" stay on one line); wider cells (names) fold
+KEEP_WIDTHS = (12, 9)
+
+
+def _rich_table(title: str | None, headers: Iterable[str], rows: Iterable[Iterable], styles: dict | None = None,
+                width: int | None = None):
+    """A rich table whose cells fold rather than end in an ellipsis; short cells (up to ``KEEP_WIDTH``) are not
+    split where the columns' widths fit ``width`` together."""
     from rich.table import Table
     from rich.text import Text
 
+    headers, rows = list(headers), [[str(c) for c in r] for r in rows]
+    widest = [max((len(line) for r in rows for line in r[i].splitlines()), default=len(h)) for i, h in
+              enumerate(headers)]
+    whole = [max(w, len(h)) for w, h in zip(widest, headers, strict=True)]
+    fits = lambda ks: width is None or sum(ks) + 3 * len(ks) + 2 <= width  # noqa: E731  (borders, padding)
+    # every cell whole where the table fits so; else the short ones; else every cell may fold (min widths over
+    # the width would crop the table)
+    keep = next((ks for ks in (whole, *([min(w, k) for w in widest] for k in KEEP_WIDTHS)) if fits(ks)),
+                [0] * len(widest))
     table = Table(title=title)
-    for h in headers:
-        table.add_column(h, overflow="fold")
+    for h, k in zip(headers, keep, strict=True):
+        table.add_column(h, overflow="fold", min_width=k or None)
     for row in rows:
         table.add_row(*(Text(str(c), style=(styles or {}).get(str(c), "")) for c in row))
     return table
@@ -89,7 +105,7 @@ def table(console, title: str | None, headers: Iterable[str], rows: Iterable[Ite
     text -> rich style (terminal only)."""
     headers, rows = list(headers), [list(r) for r in rows]
     if console.is_terminal:
-        console.print(_rich_table(title, headers, rows, styles))
+        console.print(_rich_table(title, headers, rows, styles, console.width))
         return
     if title:
         _emit(console, title)
@@ -215,7 +231,11 @@ def print_build(console, manifest: dict) -> None:
                                                                        for row in comp["table"]))
     lat = manifest.get("latency") or {}
     if "host" in lat:  # (the per-run statistics are in the manifest and `bench`'s table)
-        pairs(console, "host (measured here):", lat["host"])
+        host = dict(lat["host"])
+        if "threads_requested" in host:
+            host["threads"] = _threads(host)
+            del host["threads_requested"]
+        pairs(console, "host (measured here):", host)
     if "predicted" in lat:
         print_predicted(console, lat["predicted"])
 
@@ -251,16 +271,22 @@ def print_bench(console, result: dict, runs: int, warmup: int, decode_tokens: in
         rows.append([label, *(num(s[k]) for k in ("p50", "p90", "min", "max"))])
     table(console, f"{result['target']}: {runs} runs + {warmup} warm-up, prefill {host['prefill_positions']} "
                    f"positions, decode {decode_tokens} tokens", ("metric", "p50", "p90", "min", "max"), rows)
-    threads = host.get("threads")
-    asked = host.get("threads_requested", threads)
-    used = ("the GPU" if threads is None and host["backend"] == "tensorrt" else num(threads)) + \
-        ("" if asked else " (the runtime's default)")
-    pairs(console, "host:", {"backend": host["backend"], "cpu": env["cpu_model"], "threads": used,
+    pairs(console, "host:", {"backend": host["backend"], "cpu": env["cpu_model"], "threads": _threads(host),
                              "peak RSS": f"{host['peak_rss_mb']} MB"})
     for note in host["notes"]:
         _emit(console, f"note: {note}")
     if "predicted" in result:
         print_predicted(console, result["predicted"])
+
+
+def _threads(host: dict) -> str:
+    """The threads a measurement ran on: the count, "(the runtime's default)" where none was asked for; the GPU
+    for TensorRT."""
+    threads = host.get("threads")
+    if threads is None and host.get("backend") == "tensorrt":
+        return "the GPU (TensorRT)"
+    asked = host.get("threads_requested", threads)
+    return num(threads) + ("" if asked else " (the runtime's default)")
 
 
 # --------------------------------------------------------------------------------------------------- inspect
