@@ -128,7 +128,8 @@ def one_run(pipe, w: Workload) -> dict[str, float]:
 
 def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tokens: int = 32, runs: int = 10,
             warmup: int = 2, text_only: bool = False) -> dict:
-    """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``). The ``host`` record: each
+    """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``). The ``host`` record: the
+    ``threads`` the runtime ran on (``threads_used``; ``threads_requested``: the flag's, None for the default), each
     metric's p50 under its historical key (``decode_ms_per_token`` only in ``stats``), ``stats`` (metric ->
     ``stats``), ``samples`` (metric -> every timed run's value, in order, for pooling over rounds), ``notes``
     (``noisy``), ``runs``, ``warmup``, the workload and the process's peak RSS.
@@ -146,13 +147,32 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     samples = {m: [_sig(r[m]) for r in timed] for m in METRICS}
     p50 = {m: s["p50"] for m, s in table.items()}
     backend = runners["decoder"].backend if "decoder" in runners else pipe.backend  # (the suite's peers: no runners)
-    return {"backend": backend, "threads": threads, "vision_ms": p50["vision_ms"],
+    return {"backend": backend, "threads": threads_used(backend, threads), "threads_requested": threads,
+            "vision_ms": p50["vision_ms"],
             "prompt_tokens": prompt_tokens,
             "image_in_prompt": not text_only, "prefill_positions": w.positions, "prefill_ms": p50["prefill_ms"],
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
             "samples": samples, "notes": noisy(table) + art.target.bench_notes(art.manifest)}
+
+
+def threads_used(backend: str, threads: int | None) -> int | None:
+    """The CPU threads ``backend`` ran on: ``threads`` where asked for, else the runtime's own default (ONNX
+    Runtime: ``cores.onnx_default_threads``; ExecuTorch: its threadpool's size); None for TensorRT (the GPU)."""
+    if backend == "onnxruntime":
+        from mobilevlm_export.cores import onnx_default_threads
+
+        return threads or onnx_default_threads()
+    if backend == "executorch":
+        try:
+            from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+            return int(_threadpool_get_thread_count())
+        except (ImportError, AttributeError):
+            return threads
+    return threads
+
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -221,12 +241,15 @@ def check_profile(art, profile, flag: str = "--predict") -> None:
                         "profile")
 
 
-def predict(art, profile) -> dict | None:
-    """The profile's roofline prediction for DIR's recorded costs (None without costs or a profile). ``UserError``
-    when the profile is of another target (``check_profile``)."""
+def predict(art, profile, prefill_positions: int | None = None) -> dict | None:
+    """The profile's roofline prediction for DIR's recorded costs (None without costs or a profile), a prefill of
+    ``prefill_positions`` (default: the profile's). ``UserError`` when the profile is of another target
+    (``check_profile``)."""
     check_profile(art, profile)
     costs = art.manifest.get("costs")
-    return profile.predict(**costs) if costs and profile is not None else None
+    if not costs or profile is None:
+        return None
+    return profile.predict(**costs, prefill_positions=prefill_positions)
 
 
 def bench_artifacts(art, threads: int | None, profile, prompt_tokens: int = 64, decode_tokens: int = 32,
@@ -236,7 +259,7 @@ def bench_artifacts(art, threads: int | None, profile, prompt_tokens: int = 64, 
     ``UserError`` before anything runs when ``profile`` is a device of another target (``check_profile``)."""
     check_profile(art, profile)
     result = {"host": measure(art, threads, prompt_tokens, decode_tokens, runs, warmup, text_only)}
-    predicted = predict(art, profile)
+    predicted = predict(art, profile, result["host"]["prefill_positions"])
     if predicted:
         result["predicted"] = predicted
     result["environment"] = environment(threads)

@@ -85,6 +85,8 @@ BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Runtime to run DIR on, one its target runs (`mvlm-export targets`); default: the target's "
                       "own (a bundle's recorded engines must run here).")]
 CORES = usable_cores()
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="List every tensor's parity (default: the worst per graph and output kind).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     help=f"CPU runtime threads, 1..{CORES} (default: ONNX Runtime min({CORES}, {ONNX_MAX_DEFAULT_THREADS}); "
          "ExecuTorch its threadpool's own size; TensorRT engines run on the GPU).", min=1, max=CORES)]
@@ -158,16 +160,11 @@ def _broken_pipe(lost: str = "pipe") -> int:
 
 
 def _console():
-    """A rich console on stdout whose reader going away raises ``BrokenPipeError`` (handled as any write's:
-    ``BROKEN_PIPE``), instead of rich's own exit 1, which is a failed check's code here."""
-    from rich.console import Console
+    """The console the reports print on (``render.stdout_console``): a reader of stdout that goes away raises
+    ``BrokenPipeError``, handled as any write's (``BROKEN_PIPE``)."""
+    from mobilevlm_export.render import stdout_console
 
-    class StdoutConsole(Console):
-        def on_broken_pipe(self) -> None:
-            self.quiet = True
-            raise BrokenPipeError(errno.EPIPE, "stdout's reader is gone")
-
-    return StdoutConsole()
+    return stdout_console()
 
 
 def _print_json(obj) -> None:
@@ -189,12 +186,12 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
 @app.callback()
 def _quiet_libraries(debug: Annotated[bool, typer.Option(
         "--debug", help=f"Show the traceback of an internal error (exit 3); also {DEBUG_ENV}=1.")] = False) -> None:
-    """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``)."""
+    """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``), unless ``--debug``."""
     from mobilevlm_export.quiet import quiet_libraries, show_native_logs
 
     _state["debug"] = _state["debug"] or debug
     show_native_logs(True if debug else None)  # this command's: the native runtimes' log lines too
-    quiet_libraries()
+    quiet_libraries(True if debug else None)  # --debug: the libraries' notes too
 
 
 @app.command()
@@ -207,7 +204,9 @@ def inspect(ckpt: CkptArg = None, vision_tower: TowerOpt = None, as_json: JsonOp
         if as_json:
             _print_json(info)
         else:
-            _print_inspect(info)
+            from mobilevlm_export.render import print_inspect
+
+            print_inspect(_console(), info)
 
 
 @app.command()
@@ -273,7 +272,7 @@ OutOpt = Annotated[Path, typer.Option("-o", "--output", help="Output directory (
 NoSimplifyOpt = Annotated[bool, typer.Option("--no-simplify", help="Skip onnxsim (ONNX-based targets).")]
 
 
-def _run_build(cfg, as_json: bool) -> None:
+def _run_build(cfg, as_json: bool, verbose: bool = False) -> None:
     """Run the pipeline, print its summary (or one JSON object), exit 1 when parity failed."""
     from mobilevlm_export.pipeline import build as run_pipeline
 
@@ -284,8 +283,10 @@ def _run_build(cfg, as_json: bool) -> None:
              "artifacts": manifest["artifacts"], "latency": manifest.get("latency"),
              "log": manifest["compile"]["log"], "compile": manifest["compile"]}
     if not as_json:
-        _print_build(manifest)
-    _report(result.report, as_json, extra)
+        from mobilevlm_export.render import print_build
+
+        print_build(_console(), manifest)
+    _report(result.report, as_json, extra, verbose=verbose)
 
 
 @app.command()
@@ -304,6 +305,7 @@ def build(
     no_simplify: NoSimplifyOpt = False,
     force: ForceOpt = False,
     vision_tower: TowerOpt = None,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Split, quantize (recipe), compile for a target, verify parity, benchmark, write DIR + manifest."""
@@ -313,7 +315,7 @@ def build(
 
         _run_build(BuildConfig(ckpt=ckpt or demo_checkpoint_dir(), out=out, target=target, recipe=recipe,
                                profile=profile, force=force, vision_tower=vision_tower, samples=samples,
-                               threads=threads, bench=not no_bench, simplify=not no_simplify), as_json)
+                               threads=threads, bench=not no_bench, simplify=not no_simplify), as_json, verbose)
 
 
 @app.command()
@@ -329,6 +331,7 @@ def export(
     force: ForceOpt = False,
     no_simplify: NoSimplifyOpt = False,
     vision_tower: TowerOpt = None,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Alias of `build --target onnx --no-bench`: export the graphs, verify parity, write DIR + manifest."""
@@ -340,7 +343,7 @@ def export(
             raise UserError(f"--format {fmt}: unknown (known: onnx; device targets: `build --target`)")
         _run_build(BuildConfig(ckpt=ckpt or demo_checkpoint_dir(), out=out, target="onnx",
                                recipe=export_recipe(recipe, precision), force=force, vision_tower=vision_tower,
-                               samples=samples, bench=False, simplify=not no_simplify), as_json)
+                               samples=samples, bench=False, simplify=not no_simplify), as_json, verbose)
 
 
 @app.command()
@@ -369,7 +372,7 @@ def bench(
     never clamped."""
     with _exit_codes(as_json):
         prepare_runtime_processes()
-        from mobilevlm_export.bench import METRICS, bench_artifacts
+        from mobilevlm_export.bench import bench_artifacts
         from mobilevlm_export.profiles import load_profile
         from mobilevlm_export.runtime.artifacts import open_artifacts
 
@@ -380,41 +383,9 @@ def bench(
         if as_json:
             _print_json(result)
             return
-        from rich.table import Table
+        from mobilevlm_export.render import print_bench
 
-        host, env = result["host"], result["environment"]
-        table = Table("metric", "p50", "p90", "min", "max", title=f"{result['target']}: {runs} runs + {warmup} "
-                      f"warm-up, prefill {host['prefill_positions']}, decode {decode_tokens}")
-        for metric, label in METRICS.items():
-            s = host["stats"][metric]
-            table.add_row(label, *(f"{s[k]:g}" for k in ("p50", "p90", "min", "max")))
-        console = _console()
-        console.print(table)
-        console.print(f"backend {host['backend']}, {env['cpu_model']}, threads {threads or 'default'}, peak RSS "
-                      f"{host['peak_rss_mb']} MB")
-        for note in host["notes"]:
-            console.print(f"note: {note}")
-        if "predicted" in result:
-            console.print("predicted: " + ", ".join(f"{k}={v}" for k, v in result["predicted"].items()))
-
-
-def _print_build(manifest: dict) -> None:
-    from rich.table import Table
-
-    console = _console()
-    comp = manifest["compile"]
-    for line in comp["log"]:
-        console.print(f"{manifest['target']}: {line}")
-    if comp["table"]:
-        table = Table(*comp["table"][0], title=f"{manifest['target']} artifacts")
-        for row in comp["table"]:
-            table.add_row(*map(str, row.values()))
-        console.print(table)
-    lat = manifest.get("latency") or {}
-    for section in ("host", "predicted"):
-        if section in lat:  # (the per-run statistics are in the manifest and `bench`'s table)
-            console.print(f"{section}: " + ", ".join(f"{k}={v}" for k, v in lat[section].items()
-                                                     if not isinstance(v, dict | list)))
+        print_bench(_console(), result, runs, warmup, decode_tokens)
 
 
 @app.command()
@@ -502,6 +473,7 @@ def verify(
     recipe: Annotated[str | None, typer.Option(help="Check against this recipe's tolerances (recipes/NAME.toml or "
                                                     "a path; a recipe of DIR's target) instead of the copy in DIR's "
                                                     "manifest, which an edit could loosen.")] = None,
+    verbose: VerboseOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Re-run parity from DIR's golden data: exit 0 when every metric meets its tolerance, 1 otherwise."""
@@ -526,67 +498,24 @@ def verify(
             message = (f"--junit {junit}: cannot write it ({exc.strerror}); parity "
                        f"{'passed' if report.passed else 'FAILED'}")
             code = UserError.exit_code if report.passed else CheckFailed.exit_code  # a failed check comes first
-            _report(report, as_json, {**extra, "error": message, "exit_code": code}, exit_on_failure=False)
+            _report(report, as_json, {**extra, "error": message, "exit_code": code}, exit_on_failure=False,
+                    verbose=verbose)
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code) from None
-        _report(report, as_json, extra)
+        _report(report, as_json, extra, verbose=verbose)
 
 
-def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True) -> None:
-    """Print a verification report; exit 1 when it failed (unless ``exit_on_failure`` is false)."""
+def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True, verbose: bool = False) -> None:
+    """Print a verification report (``render.print_report``: a per-graph summary, every tensor with
+    ``verbose``); exit 1 when it failed (unless ``exit_on_failure`` is false)."""
     if as_json:
         _print_json({**extra, "verification": report.to_dict()})
     else:
-        from rich.table import Table
+        from mobilevlm_export.render import print_report
 
-        console = _console()
-        table = Table("graph", "case", "output", "max abs", "mean abs", "cosine", "top-1", "KL", "ok",
-                      title="Per-graph parity")
-        for m in report.metrics:
-            table.add_row(m.graph, m.case, m.output, f"{m.max_abs:.3g}", f"{m.mean_abs:.3g}", f"{m.cosine:.7f}",
-                          "" if m.top1 is None else f"{m.top1:.3f}", "" if m.kl is None else f"{m.kl:.2g}",
-                          "yes" if m.passed else "[red]NO[/]")
-        console.print(table)
-        if report.backend:
-            console.print(f"backend: {report.backend}")
-        matched = sum(r.match for r in report.e2e)
-        console.print(f"End-to-end greedy tokens: {matched}/{len(report.e2e)} pairs identical "
-                      f"(agreement {report.token_agreement:.3f}, required {report.token_agreement_min:.3f})")
-        for w in report.worst():
-            console.print(f"[red]FAIL[/] {w['graph']}/{w['case']} {w['output']}: {w['metric']} = {_num(w['value'])} "
-                          f"(tolerance {w['tolerance']})")
-        console.print("[green]PASSED[/]" if report.passed else "[red]FAILED[/]")
+        print_report(_console(), report, verbose)
     if not report.passed and exit_on_failure:
         raise typer.Exit(1)
-
-
-def _num(value) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
-
-
-def _print_inspect(info: dict) -> None:
-    from rich.table import Table
-
-    console = _console()
-    a, d = info["architecture"], info["dims"]
-    console.print(f"[bold]{info['checkpoint']}[/]  {a['architectures']}  projector={a['projector']}")
-    console.print(f"vision tower: {a['vision_tower']} ({info['vision_tower_source']})")
-    console.print(f"stored dtypes: {info['stored_dtypes']}  files: {len(info['weight_files'])}")
-    params = Table("component", "parameters", title="Parameters")
-    for k, v in info["parameters"].items():
-        params.add_row(k, f"{v:,}")
-    console.print(params)
-    dims = Table("dim", "value", title="Dims")
-    for k, v in d.items():
-        dims.add_row(k, str(v))
-    console.print(dims)
-    graphs = Table("graph", "inputs", "outputs", title="Graphs (dynamic KV)")
-    for g in info["graphs"]:
-        fmt = lambda ts: "\n".join(f"{t['name']} {t['dtype']}[{', '.join(map(str, t['dims']))}]"  # noqa: E731
-                                   for t in ts[:5]) + (
-            f"\n... {len(ts) - 5} more" if len(ts) > 5 else "")
-        graphs.add_row(g["name"], fmt(g["inputs"]), fmt(g["outputs"]))
-    console.print(graphs)
 
 
 def _terminated(signum, _frame) -> None:

@@ -20,11 +20,16 @@ QUIET_TORCH_LOGS = ("onnx", "export")
 QUIET_WARNINGS = (DeprecationWarning, FutureWarning, UserWarning)
 
 
-def quiet_libraries() -> None:
-    """transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise, and so do the
+def quiet_libraries(shown: bool | None = None) -> None:
+    """Every entry point's one way to quiet the libraries (the CLI, ``python -m mobilevlm_export.demo``, the
+    benchmark suite and its workers, the demo's training and evaluation): nothing, where the user asked for the
+    libraries' notes (``shown``: the CLI's ``--debug``; None: ``DEBUG_ENV`` set in the environment). Otherwise
+    transformers logs errors only, unless TRANSFORMERS_VERBOSITY says otherwise, and so do the
     ``QUIET_LOGGERS``, unless a level was set on them, and torch's ``QUIET_TORCH_LOGS`` components, unless
     TORCH_LOGS is set; ``QUIET_WARNINGS`` are ignored unless ``-W`` or ``PYTHONWARNINGS`` says otherwise. Call it
     before torch is imported where possible (torch reads TORCH_LOGS when it loads)."""
+    if shown if shown is not None else os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return
     if "TRANSFORMERS_VERBOSITY" not in os.environ:  # a user's own setting is transformers' to read
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
         if "transformers" in sys.modules:  # already configured in this process: it read the variable then
@@ -34,9 +39,9 @@ def quiet_libraries() -> None:
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.ERROR)
     if "TORCH_LOGS" not in os.environ:  # a user's own setting is torch's to read
-        os.environ["TORCH_LOGS"] = ",".join(f"-{name}" for name in QUIET_TORCH_LOGS)  # read when torch loads
-        if "torch" in sys.modules:  # already loaded in this process
-            sys.modules["torch"]._logging.set_logs(**dict.fromkeys(QUIET_TORCH_LOGS, logging.ERROR))
+        if "torch" in sys.modules:  # already loaded in this process (before the variable is set: torch's set_logs
+            sys.modules["torch"]._logging.set_logs(**dict.fromkeys(QUIET_TORCH_LOGS, logging.ERROR))  # notes a set
+        os.environ["TORCH_LOGS"] = ",".join(f"-{name}" for name in QUIET_TORCH_LOGS)  # TORCH_LOGS and ignores it)
     if not sys.warnoptions:  # a user's -W / PYTHONWARNINGS decides otherwise
         import warnings
 

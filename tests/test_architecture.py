@@ -166,4 +166,4 @@ def test_the_checker_sees_what_it_must(tmp_path):
     src.write_text(f"from {PACKAGE}.a import b\n\ndef f():\n    import {PACKAGE}.c\n    from {PACKAGE} import a\n")
     found = {(d, local) for d, _, local in imports("c", src, known)}
     assert found == {("a.b", False), ("a", False), ("c", True), ("a", True)}
-    assert layer_of("runtime.artifacts", layers()) != layer_of("runtime.golden", layers())
+    assert layer_of("runtime.artifacts", layers()) != layer_of("runtime.golden_reader", layers())

@@ -22,7 +22,7 @@ runner = CliRunner()
 TINY = ["--runs", "2", "--warmup", "1", "--prompt-tokens", "4", "--decode-tokens", "2"]
 HOST_KEYS = {"backend", "threads", "vision_ms", "prompt_tokens", "image_in_prompt", "prefill_positions", "prefill_ms",
              "prefill_tokens_per_s", "ttft_ms", "decode_tokens", "decode_tokens_per_s", "peak_rss_mb", "runs",
-             "warmup", "stats", "samples", "notes"}
+             "warmup", "stats", "samples", "notes", "threads_requested"}
 STAT_KEYS = {"p50", "p90", "min", "max", "mean", "spread"}
 ENV_KEYS = {"commit", "dirty", "versions", "python", "os", "machine", "cpu_model", "cpu_flags", "logical_cores",
             "threads", "omp_num_threads", "date"}

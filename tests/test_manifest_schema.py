@@ -330,7 +330,7 @@ def test_gate_recipe_judges_but_does_not_change_the_e2e_length(demo, tmp_path):
 
 
 def test_golden_array_names():
-    """One reading of the npz names (runtime.golden.case_key), used by cases, case_names and verify."""
+    """One reading of the npz names (runtime.golden_reader.case_key), used by cases, case_names and verify."""
     from mobilevlm_export.runtime.golden_reader import case_key, cases
 
     assert case_key("decoder/prefill/in/attention_mask") == ("decoder", "prefill", "in", "attention_mask")

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mobilevlm_export.quiet import quiet_libraries
+
+    quiet_libraries()  # as the CLI does (MVLM_EXPORT_DEBUG=1 lets the libraries' notes through)
     from mobilevlm_export.benchsuite.suite import SuiteConfig, run_suite
 
     args = parser().parse_args(argv)

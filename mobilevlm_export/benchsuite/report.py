@@ -268,7 +268,8 @@ def _predictions(r: dict) -> list[str]:
     for p in preds:
         m = measured[p["row"]]
         lines.append(f"| `{p['row']}` | {p['profile']} | {_num(p['decode_tokens_per_s'])} | "
-                     f"{_num(p['prefill_tokens_per_s'])} | {_num(p['vision_ms'])} | {p['assumptions']} | "
+                     f"{_num(p['prefill_tokens_per_s'])} | {_num(p['vision_ms'])} | {p['assumptions']}"
+                     f"{'; ' + p['validity'] if p.get('validity') else ''} | "
                      f"{_metric(m['decode_tokens_per_s'])} / {_metric(m['prefill_tokens_per_s'])} |")
     return lines
 

@@ -204,12 +204,10 @@ def run_task(task: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
+    from mobilevlm_export.quiet import quiet_libraries
 
+    quiet_libraries()  # as every entry point does
     argv = sys.argv[1:] if argv is None else argv
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     task = json.loads(Path(argv[0]).read_text())
     result = run_task(task)
     Path(task["result"]).write_text(json.dumps(result, default=str))

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="an export/build directory to evaluate instead")
     parser.add_argument("-n", type=int, default=150, help="held-out pairs to ask")
     args = parser.parse_args(argv)
+    from mobilevlm_export.quiet import quiet_libraries
+
+    quiet_libraries()  # as every entry point does
     t0 = time.perf_counter()
     accuracy, records = heldout_accuracy(args.ckpt, args.n, args.artifacts)
     kinds = "  ".join(f"{k} {v:.3f}" for k, v in per_kind(records).items())

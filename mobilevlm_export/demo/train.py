@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--no-samples", action="store_true", help="do not (re)write demo/samples")
     args = parser.parse_args(argv)
+    from mobilevlm_export.quiet import quiet_libraries
+
+    quiet_libraries()  # as every entry point does
     train(args.out, args.steps, args.images_per_step, args.lr)
     if not args.no_samples:
         write_samples()
