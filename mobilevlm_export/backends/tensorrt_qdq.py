@@ -8,19 +8,21 @@
   blocking from the scale's shape).
 
 ``convert_dq_form`` converts either form to the other; ``write_trt_form`` writes the ``trt`` form of a graph and
-checks it converts back to that graph. Only onnx is needed.
+checks it converts back to that graph. The functions need onnx; the constants import without it (``targets.orin``,
+which the torch-free artifact side imports, reads ``STANDARD_OPSET``).
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-
-import onnx
-from onnx import helper
+from typing import TYPE_CHECKING
 
 from mobilevlm_export.backends.onnx import opset_version, save_model, set_opset_version
 from mobilevlm_export.errors import CheckFailed, UserError
+
+if TYPE_CHECKING:
+    import onnx
 
 FORMS = ("standard", "trt")
 TRT_DOMAIN = "trt"
@@ -48,6 +50,8 @@ def convert_dq_form(model: onnx.ModelProto, to: str, *, trt_opset: int = TRT_OPS
     relabelled 21 and the ``trt`` import is dropped when nothing else uses it; below 20 is an error.
     Relabelling 21 <-> 20 changes no op's meaning because opset 21 only widened op types, except for
     GroupNormalization: a graph with one cannot be relabelled."""
+    from onnx import helper
+
     if to not in FORMS:
         raise DqFormError(f"to={to!r}: expected one of {FORMS}")
     out = model if consume else copy.deepcopy(model)
@@ -102,8 +106,10 @@ def _blocked(node: onnx.NodeProto) -> bool:
 
 
 def _all_nodes(g: onnx.GraphProto):
+    from onnx import AttributeProto
+
     for n in g.node:
         yield n
         for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
                 yield from _all_nodes(sub)

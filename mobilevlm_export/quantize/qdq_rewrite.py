@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -63,9 +63,6 @@ class QdqReport:
     activation_qdq: tuple[str, ...]  # activation tensors given a Q/DQ pair (w8a8)
     bytes_before: int
     bytes_after: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm_export.backends.tensorrt_qdq import STANDARD_OPSET
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
@@ -25,7 +26,6 @@ from mobilevlm_export.targets.base import CompileContext, CompileRecord, check_b
 
 # int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
 DEFAULT_BLOCK = 128
-STANDARD_OPSET = 21  # blocked DequantizeLinear with int4 weights
 # Jetson's CPU and GPU share the memory: what the OS, the CUDA context and the runtime's own buffers leave to an
 # engine (a conservative share; JetPack's desktop alone takes 1-2 GB)
 USABLE_MEMORY_FRACTION = 0.75
