@@ -174,7 +174,7 @@ def test_threads_bound_and_default_from_one_core_count(monkeypatch):
     """--threads' bound and ONNX Runtime's default come from cores.usable_cores (the affinity mask where there is
     one); the help says which runtime the default of at most 4 is for."""
     from mobilevlm_export import cli, cores
-    from mobilevlm_export.backends.onnx import _session
+    from mobilevlm_export.backends.onnx import cpu_session
     from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, onnx_default_threads, usable_cores
 
     assert CORES == usable_cores() and cli.ThreadsOpt.__metadata__[0].max == CORES
@@ -193,5 +193,5 @@ def test_threads_bound_and_default_from_one_core_count(monkeypatch):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
-    session = _session(model.SerializeToString())
+    session = cpu_session(model.SerializeToString())
     assert session.get_session_options().intra_op_num_threads == onnx_default_threads()

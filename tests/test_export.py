@@ -235,7 +235,7 @@ def test_artifact_side_without_torch(exported, samples, tmp_path):
 def test_junit_path_errors_and_write_failure(exported, tmp_path, monkeypatch):
     """`--junit` to a directory, a missing parent or a read-only place: exit 2 before any work; a write that fails
     after verification still shows the report (table, or the one JSON object) and says whether parity passed."""
-    import mobilevlm_export.outdir
+    import mobilevlm_export.files
 
     for bad, needle in ((tmp_path, "is a directory"), (tmp_path / "no" / "j.xml", "does not exist"),
                         (Path("/proc/junit.xml"), "cannot write")):
@@ -247,7 +247,7 @@ def test_junit_path_errors_and_write_failure(exported, tmp_path, monkeypatch):
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(mobilevlm_export.outdir, "write_file_atomic", full)
+    monkeypatch.setattr(mobilevlm_export.files, "write_file_atomic", full)
     res = runner.invoke(app, ["verify", str(exported[0]), "--junit", str(tmp_path / "j.xml")])
     assert res.exit_code == 2 and "PASSED" in res.stdout, res.output
     assert res.stderr.strip().splitlines()[-1] == (f"error: --junit {tmp_path / 'j.xml'}: cannot write it (No "

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from mobilevlm_export import outdir
 from mobilevlm_export.cli import app
 from mobilevlm_export.errors import UserError
-from mobilevlm_export.files import NAME_MAX, sibling_stem
+from mobilevlm_export.files import NAME_MAX, sibling_stem, write_file_atomic
 from mobilevlm_export.manifest import MANIFEST
 from mobilevlm_export.outdir import OutputLock, Staging
 
@@ -233,7 +233,7 @@ def test_write_file_atomic_never_replaces_what_is_not_a_regular_file(tmp_path):
     before = _tree(tmp_path)
     for sub in ("fifo", "dir", "link"):
         with pytest.raises(OSError, match="not replaced"):
-            outdir.write_file_atomic(tmp_path / sub / "r.xml", b"<x/>")
+            write_file_atomic(tmp_path / sub / "r.xml", b"<x/>")
     assert _tree(tmp_path) == before
 
 

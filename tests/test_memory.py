@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mobilevlm_export.quantize import qdq
+from mobilevlm_export.quantize.calibrate import calibrate
+from mobilevlm_export.quantize.qdq_rewrite import quantize_weights
 
 
 def test_exported_weights_are_released(tmp_path):
@@ -57,10 +58,10 @@ def test_calibrate_from_file_equals_in_memory_and_rewrite_in_place(tmp_path, con
     model = _decoder_like(path)
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.standard_normal((n, 128)).astype(np.float16)} for n in (5, 9)]
-    a, b = qdq.calibrate(model, feeds), qdq.calibrate(path, feeds)
+    a, b = calibrate(model, feeds), calibrate(path, feeds)
     assert a.amax == b.amax and a.amax and all(np.array_equal(a.samples[k], b.samples[k]) for k in a.samples)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx", "d.onnx.data"]  # the probe graph is gone
-    want = qdq.quantize_weights(model, "int4", block_size=32, lm_head="int4").model
-    result = qdq.quantize_weights(model, "int4", block_size=32, lm_head="int4", consume=consume)
+    want = quantize_weights(model, "int4", block_size=32, lm_head="int4").model
+    result = quantize_weights(model, "int4", block_size=32, lm_head="int4", consume=consume)
     assert (result.model is model) == consume
     assert result.model.SerializeToString() == want.SerializeToString()

@@ -106,7 +106,7 @@ def test_int8_w8a8_has_calibrated_activation_qdq(builds):
 
 
 def test_trt_form_differs_only_in_domain_and_opset(builds):
-    from mobilevlm_export.quantize.qdq import convert_dq_form
+    from mobilevlm_export.backends.tensorrt_qdq import convert_dq_form
 
     out, _ = builds["int4"]
     std = onnx.load(str(out / "graphs" / "decoder.onnx"))

@@ -193,11 +193,11 @@ def test_stale_leftovers_removed_escaped_and_recorded_when_removed(tmp_path):
 
 def test_write_file_atomic_mode_and_cleanup(tmp_path, monkeypatch):
     """The file gets 0o666 less the umask (not the temporary file's 0o600); a failed write leaves nothing."""
-    from mobilevlm_export import outdir
+    from mobilevlm_export import files
 
     old = os.umask(0o027)
     try:
-        outdir.write_file_atomic(tmp_path / "report.xml", b"<x/>")
+        files.write_file_atomic(tmp_path / "report.xml", b"<x/>")
     finally:
         os.umask(old)
     assert (tmp_path / "report.xml").read_bytes() == b"<x/>"
@@ -206,7 +206,7 @@ def test_write_file_atomic_mode_and_cleanup(tmp_path, monkeypatch):
     def fail(*_a):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outdir.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="No space"):
-        outdir.write_file_atomic(tmp_path / "other.xml", b"<y/>")
+        files.write_file_atomic(tmp_path / "other.xml", b"<y/>")
     assert sorted(os.listdir(tmp_path)) == ["report.xml"]

@@ -9,8 +9,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from mobilevlm_export.backends.onnx import ort_session
+from mobilevlm_export.backends.tensorrt_qdq import DqFormError, convert_dq_form
 from mobilevlm_export.cli import app
-from mobilevlm_export.quantize import qdq
+from mobilevlm_export.quantize.calibrate import calibrate
+from mobilevlm_export.quantize.graph import QdqError
+from mobilevlm_export.quantize.prescale import AwqScales, apply_awq_scales, awq_scales, awq_search, smoothquant_scales
+from mobilevlm_export.quantize.qdq_rewrite import QdqResult, quantize_weights
+from mobilevlm_export.quantize.scales import dequantize_int4_blocked
+from mobilevlm_export.quantize.select import find_weight_matmuls
 
 # ------------------------------------------------------------------------------------------------------------------
 # hand-made graphs
@@ -64,7 +71,7 @@ def _nrel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def _dequantized(result: qdq.QdqResult) -> dict[str, np.ndarray]:
+def _dequantized(result: QdqResult) -> dict[str, np.ndarray]:
     """Float weights a rewritten model computes with: each weight's DQ evaluated in numpy."""
     inits = {t.name: t for t in result.model.graph.initializer}
     out = {}
@@ -75,7 +82,8 @@ def _dequantized(result: qdq.QdqResult) -> dict[str, np.ndarray]:
         scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
         block = next((a.i for a in n.attribute if a.name == "block_size"), 0)
         if block:
-            out[weight] = qdq.dequantize_int4_blocked(qdq.int4_values(inits[n.input[0]]), scale, block)
+            q = numpy_helper.to_array(inits[n.input[0]]).astype(np.int8)  # onnx unpacks the INT4 nibbles
+            out[weight] = dequantize_int4_blocked(q, scale, block)
         else:
             out[weight] = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32) * scale[None, :]
     return out
@@ -85,16 +93,16 @@ X = np.random.default_rng(1).standard_normal((5, 256)).astype(np.float32)
 
 
 def test_find_weight_matmuls_and_lm_head():
-    found = qdq.find_weight_matmuls(_mlp())
+    found = find_weight_matmuls(_mlp())
     assert [(c.node, c.weight, c.k, c.n, c.lm_head) for c in found] == [
         ("mm_up", "up", 256, 128, False), ("mm_down", "down", 128, 256, False), ("mm_head", "head", 256, 64, True)]
-    assert not any(c.lm_head for c in qdq.find_weight_matmuls(_mlp(), logits="gram"))
+    assert not any(c.lm_head for c in find_weight_matmuls(_mlp(), logits="gram"))
 
 
 @pytest.mark.parametrize("block", [32, 64, 128])
 def test_int4_blocked_runs_and_equals_numpy_dequantized(block):
     model = _mlp()
-    res = qdq.quantize_weights(model, "int4", block_size=block, lm_head="int4")
+    res = quantize_weights(model, "int4", block_size=block, lm_head="int4")
     onnx.checker.check_model(res.model, full_check=True)
     assert res.report.counts == {"int4": 3} and res.report.block_size == block
     inits = {t.name: t for t in res.model.graph.initializer}
@@ -110,7 +118,7 @@ def test_int4_blocked_runs_and_equals_numpy_dequantized(block):
         assert len(q.raw_data) == q.dims[0] * q.dims[1] // 2
     assert [n.input[1] for n in res.model.graph.node if n.name == "mm_gram"] == ["xt"]
 
-    got = qdq.ort_session(res.model).run(["logits"], {"x": X})[0]
+    got = ort_session(res.model).run(["logits"], {"x": X})[0]
     assert _rel(got, _np_mlp(X, _dequantized(res))) < 1e-5
     assert _nrel(got, _np_mlp(X, _weights(model))) < 0.25
     w = res.report.weights[0]
@@ -120,11 +128,11 @@ def test_int4_blocked_runs_and_equals_numpy_dequantized(block):
 
 def test_int4_fp16_graph_keeps_fp16_scales():
     model = _mlp(dtype=np.float16)
-    res = qdq.quantize_weights(model, "int4", block_size=64)
+    res = quantize_weights(model, "int4", block_size=64)
     scales = [t for t in res.model.graph.initializer if t.name.endswith("_scale")]
     assert scales and all(t.data_type == TensorProto.FLOAT16 for t in scales)
     assert res.report.counts == {"int4": 2} and [k[0] for k in res.report.kept] == ["mm_head"]
-    got = qdq.ort_session(res.model).run(["logits"], {"x": X.astype(np.float16)})[0]
+    got = ort_session(res.model).run(["logits"], {"x": X.astype(np.float16)})[0]
     want = _np_mlp(X.astype(np.float16), {**_weights(model), **_dequantized(res)})
     assert got.dtype == np.float16 and _rel(got, want) < 5e-3  # fp16 arithmetic in ORT
 
@@ -137,7 +145,7 @@ def test_one_external_data_threshold_for_save_and_calibration(tmp_path, monkeypa
 
     model = _mlp()
     x = {"x": np.random.default_rng(1).standard_normal((2, 256)).astype(np.float32)}
-    small = qdq.ort_session(model).run(["logits"], x)[0]
+    small = ort_session(model).run(["logits"], x)[0]
     onnx_backend.save_model(model, tmp_path / "small.onnx")
     assert not (tmp_path / "small.onnx.data").exists()
     assert onnx_backend.needs_external_data(onnx_backend.EXTERNAL_DATA_BYTES + 1)
@@ -150,7 +158,7 @@ def test_one_external_data_threshold_for_save_and_calibration(tmp_path, monkeypa
     real = onnx_backend.save_model
     monkeypatch.setattr(onnx_backend, "save_model", lambda m, path, external=None: saved.append(path) or real(
         m, path, external))
-    large = qdq.ort_session(model).run(["logits"], x)[0]
+    large = ort_session(model).run(["logits"], x)[0]
     assert saved and np.array_equal(small, large)
 
 def test_calibration_session_turns_optimizations_and_arena_off():
@@ -159,7 +167,7 @@ def test_calibration_session_turns_optimizations_and_arena_off():
     import onnxruntime as ort
 
     x = {"x": np.random.default_rng(2).standard_normal((2, 256)).astype(np.float32)}
-    plain, calib = qdq.ort_session(_mlp()), qdq.ort_session(_mlp(), calibration=True)
+    plain, calib = ort_session(_mlp()), ort_session(_mlp(), calibration=True)
     off = calib.get_session_options()
     assert off.graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL and not off.enable_cpu_mem_arena
     on = plain.get_session_options()
@@ -167,19 +175,19 @@ def test_calibration_session_turns_optimizations_and_arena_off():
     assert _rel(calib.run(["logits"], x)[0], plain.run(["logits"], x)[0]) < 1e-5
 
 def test_int4_block_size_must_divide_k():
-    with pytest.raises(qdq.QdqError, match=r"does not divide K=96 of initializer 'up' \(MatMul 'mm_up'\)"):
-        qdq.quantize_weights(_mlp(k=96), "int4", block_size=64)
-    with pytest.raises(qdq.QdqError, match="block_size 48"):
-        qdq.quantize_weights(_mlp(), "int4", block_size=48)
-    with pytest.raises(qdq.QdqError, match="odd output width N=63"):
-        qdq.quantize_weights(_mlp(v=63), "int4", lm_head="int4")
-    ok = qdq.quantize_weights(_mlp(k=96), "int4", block_size=32)  # 32 divides 96
+    with pytest.raises(QdqError, match=r"does not divide K=96 of initializer 'up' \(MatMul 'mm_up'\)"):
+        quantize_weights(_mlp(k=96), "int4", block_size=64)
+    with pytest.raises(QdqError, match="block_size 48"):
+        quantize_weights(_mlp(), "int4", block_size=48)
+    with pytest.raises(QdqError, match="odd output width N=63"):
+        quantize_weights(_mlp(v=63), "int4", lm_head="int4")
+    ok = quantize_weights(_mlp(k=96), "int4", block_size=32)  # 32 divides 96
     assert ok.report.counts == {"int4": 2}
 
 
 def test_int8_per_channel_and_lm_head_choice():
     model = _mlp()
-    res = qdq.quantize_weights(model, "int4", lm_head="int8")
+    res = quantize_weights(model, "int4", lm_head="int8")
     assert res.report.counts == {"int4": 2, "int8": 1} and res.report.kept == ()
     head_dq = next(n for n in res.model.graph.node if n.output[0] == "head_dq")
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
@@ -188,10 +196,10 @@ def test_int8_per_channel_and_lm_head_choice():
     assert not inits[head_dq.input[2]].any() and inits[head_dq.input[2]].dtype == np.int8
     assert np.abs(inits[head_dq.input[0]]).max() == 127
 
-    res8 = qdq.quantize_weights(model, "int8", select=lambda c: c.node != "mm_down")
+    res8 = quantize_weights(model, "int8", select=lambda c: c.node != "mm_down")
     assert res8.report.counts == {"int8": 1}
     assert dict(res8.report.kept) == {"mm_down": "rejected by select", "mm_head": "lm_head (lm_head=None)"}
-    got = qdq.ort_session(res8.model).run(["logits"], {"x": X})[0]
+    got = ort_session(res8.model).run(["logits"], {"x": X})[0]
     assert _rel(got, _np_mlp(X, {**_weights(model), **_dequantized(res8)})) < 1e-5
     assert _nrel(got, _np_mlp(X, _weights(model))) < 0.02
 
@@ -199,7 +207,7 @@ def test_int8_per_channel_and_lm_head_choice():
 def test_calibrate_and_w8a8():
     model = _mlp()
     feeds = [{"x": np.random.default_rng(i).standard_normal((4, 256)).astype(np.float32)} for i in range(3)]
-    cal = qdq.calibrate(model, feeds)
+    cal = calibrate(model, feeds)
     assert set(cal.amax) == {"x", "r", "res"}
     xs = np.concatenate([f["x"] for f in feeds])
     r = np.maximum(xs @ _weights(model)["up"], 0)
@@ -207,9 +215,9 @@ def test_calibrate_and_w8a8():
     np.testing.assert_allclose(cal.channel_mean["x"], np.abs(xs).mean(0), rtol=1e-5)
     assert cal.samples["x"].shape == (12, 256)
 
-    with pytest.raises(qdq.QdqError, match=r"needs an activation amax .*r \(MatMul mm_down\)"):
-        qdq.quantize_weights(model, "w8a8", act_amax={"x": 1.0})
-    res = qdq.quantize_weights(model, "w8a8", act_amax=cal.amax, lm_head="w8a8")
+    with pytest.raises(QdqError, match=r"needs an activation amax .*r \(MatMul mm_down\)"):
+        quantize_weights(model, "w8a8", act_amax={"x": 1.0})
+    res = quantize_weights(model, "w8a8", act_amax=cal.amax, lm_head="w8a8")
     assert res.report.counts == {"w8a8": 3} and res.report.activation_qdq == ("x", "r", "res")
     onnx.checker.check_model(res.model, full_check=True)
     q = next(n for n in res.model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
@@ -218,19 +226,19 @@ def test_calibrate_and_w8a8():
     # only the quantized MatMul reads the Q/DQ'd tensor: the residual Add and the gram MatMul keep x
     readers = {n.name: list(n.input) for n in res.model.graph.node}
     assert readers["residual"][1] == "x" and readers["mm_gram"] == ["x", "xt"] and readers["mm_up"][0] == "x_qdq"
-    got = qdq.ort_session(res.model).run(["logits"], {"x": X})[0]
+    got = ort_session(res.model).run(["logits"], {"x": X})[0]
     assert _nrel(got, _np_mlp(X, _weights(model))) < 0.05
 
 
 def test_trt_form_differs_only_in_domain_and_opset():
-    std = qdq.quantize_weights(_mlp(), "int4", lm_head="int8").model
-    trt = qdq.convert_dq_form(std, "trt")
+    std = quantize_weights(_mlp(), "int4", lm_head="int8").model
+    trt = convert_dq_form(std, "trt")
     _assert_same_but_form(std, trt)
-    assert qdq.quantize_weights(_mlp(), "int4", lm_head="int8", form="trt").model == trt
-    back = qdq.convert_dq_form(trt, "standard")
+    assert quantize_weights(_mlp(), "int4", lm_head="int8", form="trt").model == trt
+    back = convert_dq_form(trt, "standard")
     assert back.SerializeToString() == std.SerializeToString()
-    with pytest.raises(qdq.QdqError, match="main opset 17"):
-        qdq.convert_dq_form(_with_opset(trt, 17), "standard")
+    with pytest.raises(DqFormError, match="main opset 17"):
+        convert_dq_form(_with_opset(trt, 17), "standard")
 
 
 def _with_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
@@ -261,16 +269,16 @@ def test_shared_weight_gets_one_dq():
     extra = helper.make_node("MatMul", ["res", "head"], ["logits2"], name="mm_head2")
     model.graph.node.append(extra)
     model.graph.output.append(helper.make_tensor_value_info("logits2", TensorProto.FLOAT, ["batch", 64]))
-    res = qdq.quantize_weights(model, "int8", select=lambda c: c.weight == "head", lm_head="int8")
+    res = quantize_weights(model, "int8", select=lambda c: c.weight == "head", lm_head="int8")
     readers = [n.input[1] for n in res.model.graph.node if n.name in ("mm_head", "mm_head2")]
     assert readers == ["head_dq", "head_dq"] and res.report.counts == {"int8": 2}
     assert sum(n.op_type == "DequantizeLinear" for n in res.model.graph.node) == 1
     assert "head" not in {t.name for t in res.model.graph.initializer}
     # a float reader left unquantized keeps the float initializer alive
-    partial = qdq.quantize_weights(model, "int8", select=lambda c: c.node == "mm_head", lm_head="int8")
+    partial = quantize_weights(model, "int8", select=lambda c: c.node == "mm_head", lm_head="int8")
     assert "head" in {t.name for t in partial.model.graph.initializer}
-    with pytest.raises(qdq.QdqError, match="shared by MatMuls quantized as"):
-        qdq.quantize_weights(model, "int4", select=lambda c: c.weight == "head", lm_head="int8",
+    with pytest.raises(QdqError, match="shared by MatMuls quantized as"):
+        quantize_weights(model, "int4", select=lambda c: c.weight == "head", lm_head="int8",
                              logits="logits2")
 
 
@@ -278,7 +286,7 @@ def test_awq_search_never_worse_than_rtn():
     rng = np.random.default_rng(0)
     w = rng.standard_normal((128, 96)).astype(np.float32)
     x = rng.standard_normal((64, 128)).astype(np.float32) * np.exp(rng.standard_normal(128) * 1.5)  # outlier chans
-    s, alpha, err, rtn = qdq.awq_search(w, x, block_size=32)
+    s, alpha, err, rtn = awq_search(w, x, block_size=32)
     assert s.shape == (128,) and np.all(s > 0) and err <= rtn and alpha > 0 and err < 0.8 * rtn
 
 
@@ -351,15 +359,15 @@ def _normed(dtype=np.float32, *, cast_after: bool = False, weight_reader: str | 
     return model
 
 
-def _prescales(model: onnx.ModelProto, seed: int = 5) -> dict[str, qdq.AwqScales]:
+def _prescales(model: onnx.ModelProto, seed: int = 5) -> dict[str, AwqScales]:
     """Random positive scales (a spread like AWQ's, 0.25..4) for every activation of the weight MatMuls."""
     rng = np.random.default_rng(seed)
     out = {}
-    for c in qdq.find_weight_matmuls(model):
+    for c in find_weight_matmuls(model):
         e = out.get(c.activation)
         weights = (*e.weights, c.weight) if e else (c.weight,)
         s = e.scales if e else np.exp(rng.uniform(-1.4, 1.4, c.k)).astype(np.float32)
-        out[c.activation] = qdq.AwqScales(c.activation, weights, s, 0.5, 0.0, 0.0)
+        out[c.activation] = AwqScales(c.activation, weights, s, 0.5, 0.0, 0.0)
     return out
 
 
@@ -368,7 +376,7 @@ def _ops(model: onnx.ModelProto, op: str = "Mul") -> int:
 
 
 def _run(model: onnx.ModelProto, outputs=("logits",), dtype=np.float32) -> list[np.ndarray]:
-    return qdq.ort_session(model).run(list(outputs), {"x": XN.astype(dtype)})
+    return ort_session(model).run(list(outputs), {"x": XN.astype(dtype)})
 
 
 FP16_ROUNDING = 4e-3  # relative: a few fp16 ulps (2^-11) through a norm and two MatMul layers
@@ -382,8 +390,8 @@ def test_awq_prescales_fold_into_norm_weight(dtype, cast_after):
     before = model.SerializeToString()
     scales = _prescales(model)
     assert set(scales) == {"h", "m"} and scales["h"].weights == ("wq", "wk", "wv")
-    folded = qdq.apply_awq_scales(model, scales)
-    muls = qdq.apply_awq_scales(model, scales, fold=False)
+    folded = apply_awq_scales(model, scales)
+    muls = apply_awq_scales(model, scales, fold=False)
     assert model.SerializeToString() == before  # the argument is not touched
     assert (_ops(muls), _ops(folded)) == (_ops(model) + 2, _ops(model) + 1)  # exactly one Mul fewer
     onnx.checker.check_model(folded, full_check=True)
@@ -410,7 +418,7 @@ def test_awq_fold_shared_norm_weight():
     then its only reader, the original."""
     model = _normed(weight_reader="side")
     scales = _prescales(model)
-    folded = qdq.apply_awq_scales(model, scales)
+    folded = apply_awq_scales(model, scales)
     w, wf = _weights(model), _weights(folded)
     np.testing.assert_array_equal(wf["ln_w"], w["ln_w"])
     np.testing.assert_array_equal(wf["ln_w_awq"], w["ln_w"] / scales["h"].scales)
@@ -418,7 +426,7 @@ def test_awq_fold_shared_norm_weight():
     side = next(n for n in folded.graph.node if n.output[0] == "side")
     assert "ln_w_awq" in norm_mul.input and side.input[0] == "ln_w"
     assert _ops(folded) == _ops(model) + 1  # m's Mul only
-    got, via_mul, ref = (_run(m, ("logits", "side")) for m in (folded, qdq.apply_awq_scales(model, scales,
+    got, via_mul, ref = (_run(m, ("logits", "side")) for m in (folded, apply_awq_scales(model, scales,
                                                                                               fold=False), model))
     assert _rel(got[0], via_mul[0]) < 1e-5 and _rel(got[0], ref[0]) < 1e-5
     np.testing.assert_array_equal(got[1], ref[1])
@@ -426,7 +434,7 @@ def test_awq_fold_shared_norm_weight():
     two = _normed(weight_reader="norm")  # ln_w read by the norm of x and the norm of m, both in front of MatMuls
     scales = _prescales(two)
     assert set(scales) == {"h", "m2"}
-    folded = qdq.apply_awq_scales(two, scales)
+    folded = apply_awq_scales(two, scales)
     assert _ops(folded) == _ops(two)  # no Mul added at all
     w, wf = _weights(two), _weights(folded)
     assert len(wf) == len(w) + 1
@@ -435,7 +443,7 @@ def test_awq_fold_shared_norm_weight():
     assert copies == {"h": "ln_w_awq", "m2": "ln_w"}
     for out, act in (("h", "h"), ("m2", "m2")):
         np.testing.assert_array_equal(wf[copies[out]], w["ln_w"] / scales[act].scales)
-    via_mul = qdq.apply_awq_scales(two, scales, fold=False)
+    via_mul = apply_awq_scales(two, scales, fold=False)
     assert _ops(via_mul) == _ops(two) + 2
     assert _rel(_run(folded)[0], _run(via_mul)[0]) < 1e-5 and _rel(_run(folded)[0], _run(two)[0]) < 1e-5
 
@@ -454,7 +462,7 @@ def test_awq_prescale_stays_a_mul_where_it_cannot_fold(case):
         model.graph.node.append(helper.make_node("Relu", ["h_h32"], ["h32_relu"]))
         model.graph.output.append(helper.make_tensor_value_info("h32_relu", TensorProto.FLOAT, ["batch", K]))
     scales = _prescales(model)
-    folded = qdq.apply_awq_scales(model, scales)
+    folded = apply_awq_scales(model, scales)
     assert _ops(folded) == _ops(model) + 2  # h's and m's
     np.testing.assert_array_equal(_weights(folded)["ln_w"], _weights(model)["ln_w"])
     assert [n.input[0] for n in folded.graph.node if n.name in ("mm_q", "mm_k", "mm_v")] == ["h_awq"] * 3
@@ -470,7 +478,7 @@ def test_awq_prescale_folds_into_the_o_norm_only_with_a_constant_weight():
     model = _normed(norm_before_o=True)
     scales = _prescales(model)
     assert set(scales) == {"h", "m2"}
-    folded = qdq.apply_awq_scales(model, scales)
+    folded = apply_awq_scales(model, scales)
     assert _ops(folded) == _ops(model)
     np.testing.assert_array_equal(_weights(folded)["ln2_w"], _weights(model)["ln2_w"] / scales["m2"].scales)
     assert _rel(_run(folded)[0], _run(model)[0]) < 1e-5
@@ -521,11 +529,11 @@ def _with_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onn
 
 
 def _logits(model: onnx.ModelProto, feeds) -> np.ndarray:
-    return qdq.ort_session(model).run(["logits"], feeds)[0]
+    return ort_session(model).run(["logits"], feeds)[0]
 
 
 def test_decoder_linears_are_matmuls_with_kn_initializers(decoder):
-    found = qdq.find_weight_matmuls(decoder)
+    found = find_weight_matmuls(decoder)
     assert len(found) >= 8 and sum(c.lm_head for c in found) == 1
     assert not any(n.op_type == "Gemm" for n in decoder.graph.node)
     head = next(c for c in found if c.lm_head)
@@ -535,43 +543,43 @@ def test_decoder_linears_are_matmuls_with_kn_initializers(decoder):
 def test_decoder_int4(decoder):
     feeds = _feeds(decoder, 0)
     ref = _logits(decoder, feeds)
-    res = qdq.quantize_weights(decoder, "int4", lm_head="int4")
-    assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder))}
+    res = quantize_weights(decoder, "int4", lm_head="int4")
+    assert res.report.counts == {"int4": len(find_weight_matmuls(decoder))}
     got = _logits(res.model, feeds)
     # exactly the fp32 graph with the dequantized weights (ORT with qdq_matmulnbits_accuracy_level "0")
     assert _rel(got, _logits(_with_weights(decoder, _dequantized(res)), feeds)) < 1e-5
     assert _nrel(got, ref) < 0.15  # lm_head int4 too
-    body = qdq.quantize_weights(decoder, "int4")  # lm_head kept fp32 (default)
+    body = quantize_weights(decoder, "int4")  # lm_head kept fp32 (default)
     assert _nrel(_logits(body.model, feeds), ref) < 0.06
     assert (_logits(body.model, feeds).argmax(-1) == ref.argmax(-1)).mean() >= 0.8
     assert body.report.bytes_after < body.report.bytes_before
-    _assert_same_but_form(res.model, qdq.convert_dq_form(res.model, "trt"))
+    _assert_same_but_form(res.model, convert_dq_form(res.model, "trt"))
 
 
 def test_decoder_int8_and_w8a8(decoder):
     feeds = _feeds(decoder, 0)
     ref = _logits(decoder, feeds)
-    int8 = qdq.quantize_weights(decoder, "int8", lm_head="int8")
+    int8 = quantize_weights(decoder, "int8", lm_head="int8")
     assert _nrel(_logits(int8.model, feeds), ref) < 0.02
-    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
-    w8a8 = qdq.quantize_weights(decoder, "w8a8", act_amax=cal.amax)
-    assert w8a8.report.counts == {"w8a8": len(qdq.find_weight_matmuls(decoder)) - 1}
-    assert len(w8a8.report.activation_qdq) == len({c.activation for c in qdq.find_weight_matmuls(decoder)}) - 1
+    cal = calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
+    w8a8 = quantize_weights(decoder, "w8a8", act_amax=cal.amax)
+    assert w8a8.report.counts == {"w8a8": len(find_weight_matmuls(decoder)) - 1}
+    assert len(w8a8.report.activation_qdq) == len({c.activation for c in find_weight_matmuls(decoder)}) - 1
     assert _nrel(_logits(w8a8.model, feeds), ref) < 0.06
 
 
 def test_decoder_awq_scales(decoder):
-    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
-    scales = qdq.awq_scales(decoder, cal, grid=10)
-    assert set(scales) == {c.activation for c in qdq.find_weight_matmuls(decoder) if not c.lm_head}
-    k = {c.activation: c.k for c in qdq.find_weight_matmuls(decoder)}
+    cal = calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)])
+    scales = awq_scales(decoder, cal, grid=10)
+    assert set(scales) == {c.activation for c in find_weight_matmuls(decoder) if not c.lm_head}
+    k = {c.activation: c.k for c in find_weight_matmuls(decoder)}
     assert all(e.error <= e.error_rtn and e.scales.shape == (k[a],) for a, e in scales.items())
     assert sum(e.error for e in scales.values()) < sum(e.error_rtn for e in scales.values())
-    scaled = qdq.apply_awq_scales(decoder, scales)
+    scaled = apply_awq_scales(decoder, scales)
     feeds = _feeds(decoder, 0)
     assert _rel(_logits(scaled, feeds), _logits(decoder, feeds)) < 1e-4  # equivalent before quantization
-    res = qdq.quantize_weights(scaled, "int4")
-    assert res.report.counts == {"int4": len(qdq.find_weight_matmuls(decoder)) - 1}
+    res = quantize_weights(scaled, "int4")
+    assert res.report.counts == {"int4": len(find_weight_matmuls(decoder)) - 1}
     assert _nrel(_logits(res.model, feeds), _logits(decoder, feeds)) < 0.1
 
 
@@ -579,8 +587,8 @@ def test_decoder_awq_prescales_fold_into_the_norms(decoder):
     """On the exported decoder (pre-scales on every weight MatMul, lm_head included, as orin-int4 applies them):
     each layer's input and post-attention norms and the final norm take their activation's 1/s in their weight;
     o_proj and down_proj keep a Mul each. Same logits as the Mul form."""
-    cal = qdq.calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 3)])
-    scales = qdq.awq_scales(decoder, cal, grid=5, lm_head=True)
+    cal = calibrate(decoder, [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 3)])
+    scales = awq_scales(decoder, cal, grid=5, lm_head=True)
     g = decoder.graph
     inits = {t.name for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
@@ -589,8 +597,8 @@ def test_decoder_awq_prescales_fold_into_the_norms(decoder):
     norm_fed = {a for a in scales if producer[a].op_type == "Mul" and any(
         i in inits and "norm" in i and i.endswith(".weight") for i in producer[a].input)}
     assert layers >= 2 and len(scales) == 4 * layers + 1 and len(norm_fed) == 2 * layers + 1
-    folded = qdq.apply_awq_scales(decoder, scales)
-    muls = qdq.apply_awq_scales(decoder, scales, fold=False)
+    folded = apply_awq_scales(decoder, scales)
+    muls = apply_awq_scales(decoder, scales, fold=False)
     assert _ops(muls) == _ops(decoder) + len(scales)
     assert _ops(folded) == _ops(muls) - len(norm_fed) == _ops(decoder) + 2 * layers
     awq_muls = [n for n in folded.graph.node if n.name.endswith("_awq_Mul")]
@@ -603,17 +611,17 @@ def test_decoder_awq_prescales_fold_into_the_norms(decoder):
 def test_decoder_smoothquant_w8a8(decoder):
     """SmoothQuant migration keeps the float graph equivalent and then quantizes to W8A8 with recalibrated ranges."""
     feeds_cal = [_feeds(decoder, s, {"batch": 1, "seq": 8, "past": 0}) for s in range(1, 5)]
-    cal = qdq.calibrate(decoder, feeds_cal)
-    scales = qdq.smoothquant_scales(decoder, cal)
-    k = {c.activation: c.k for c in qdq.find_weight_matmuls(decoder)}
-    assert set(scales) == {c.activation for c in qdq.find_weight_matmuls(decoder) if not c.lm_head}
+    cal = calibrate(decoder, feeds_cal)
+    scales = smoothquant_scales(decoder, cal)
+    k = {c.activation: c.k for c in find_weight_matmuls(decoder)}
+    assert set(scales) == {c.activation for c in find_weight_matmuls(decoder) if not c.lm_head}
     assert all(e.scales.shape == (k[a],) and np.all(e.scales > 0) for a, e in scales.items())
-    smoothed = qdq.apply_awq_scales(decoder, scales)
+    smoothed = apply_awq_scales(decoder, scales)
     feeds = _feeds(decoder, 0)
     ref = _logits(decoder, feeds)
     assert _rel(_logits(smoothed, feeds), ref) < 1e-4  # equivalent before quantization
-    res = qdq.quantize_weights(smoothed, "w8a8", act_amax=qdq.calibrate(smoothed, feeds_cal).amax)
-    assert res.report.counts == {"w8a8": len(qdq.find_weight_matmuls(decoder)) - 1}
+    res = quantize_weights(smoothed, "w8a8", act_amax=calibrate(smoothed, feeds_cal).amax)
+    assert res.report.counts == {"w8a8": len(find_weight_matmuls(decoder)) - 1}
     assert _nrel(_logits(res.model, feeds), ref) < 0.06
-    with pytest.raises(qdq.QdqError, match="alpha"):
-        qdq.smoothquant_scales(decoder, cal, alpha=1.5)
+    with pytest.raises(QdqError, match="alpha"):
+        smoothquant_scales(decoder, cal, alpha=1.5)

@@ -13,8 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from mobilevlm_export.backends import tensorrt_lint as tl
+from mobilevlm_export.backends.tensorrt_qdq import convert_dq_form
 from mobilevlm_export.cli import app
-from mobilevlm_export.quantize import qdq
+from mobilevlm_export.quantize.qdq_rewrite import quantize_weights
+from mobilevlm_export.quantize.scales import int4_tensor
+from mobilevlm_export.quantize.select import find_weight_matmuls
 
 F, I4, I8 = TensorProto.FLOAT, TensorProto.INT4, TensorProto.INT8
 
@@ -34,10 +37,10 @@ def _int4_weight_model(block: int = 32, k: int = 128, n: int = 64, zp: np.ndarra
                        scale_shape=None) -> onnx.ModelProto:
     q = np.random.default_rng(0).integers(-8, 8, (k, n)).astype(np.int8)
     scale = np.full(scale_shape or (k // block, n), 0.01, np.float32)
-    inits = [qdq.int4_tensor(q, "w_q"), numpy_helper.from_array(scale, "w_scale")]
+    inits = [int4_tensor(q, "w_q"), numpy_helper.from_array(scale, "w_scale")]
     dq_in = ["w_q", "w_scale"]
     if zp is not None:
-        inits.append(qdq.int4_tensor(zp, "w_zp"))
+        inits.append(int4_tensor(zp, "w_zp"))
         dq_in.append("w_zp")
     nodes = [helper.make_node("DequantizeLinear", dq_in, ["w"], name="dq_w", axis=0, block_size=block),
              helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
@@ -89,7 +92,7 @@ def test_int4_weight_standard_and_trt_forms():
     std = _int4_weight_model()
     assert tl.lint(std, "g", "10.15") == []
     assert [(f.check, f.node, f.op_type) for f in tl.lint(std, "g", "10.3")] == [("opset", "", "")]
-    trt = qdq.convert_dq_form(std, "trt")
+    trt = convert_dq_form(std, "trt")
     assert tl.lint(trt, "g", "10.3") == []
     # an all-zero INT4 zero point is fine
     assert tl.lint(_int4_weight_model(zp=np.zeros((4, 64), np.int8)), "g", "10.15") == []
@@ -165,7 +168,7 @@ def test_int4_as_activation():
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q4"),
              helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq4")]
     m = _model(nodes, [_vi("x")], [_vi("y")], [numpy_helper.from_array(np.float32(0.1), "s"),
-                                               qdq.int4_tensor(np.zeros((), np.int8), "z")], opset=21)
+                                               int4_tensor(np.zeros((), np.int8), "z")], opset=21)
     found = tl.lint(m, "g", "10.15")
     assert [(f.check, f.node, f.tensor) for f in found if f.check == "int4"] == [("int4", "q4", "q")]
     # an INT4 graph input, and an INT4 initializer read by something other than DequantizeLinear
@@ -173,7 +176,7 @@ def test_int4_as_activation():
                          [_vi("x4", I4, ("b", 64))], [_vi("y", F, ("b", 64))],
                          [numpy_helper.from_array(np.float32(0.1), "s")], opset=21), "g", "10.15")
     assert [(f.check, f.tensor) for f in ins] == [("int4", "x4")] and "graph input" in ins[0].reason
-    w4 = qdq.int4_tensor(np.zeros((8, 8), np.int8), "w4")
+    w4 = int4_tensor(np.zeros((8, 8), np.int8), "w4")
     cast = _model([helper.make_node("Cast", ["w4"], ["wf"], name="cast", to=F),
                    helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm")],
                   [_vi("x", F, ("b", 8))], [_vi("y", F, ("b", 8))], [w4], opset=21)
@@ -246,14 +249,14 @@ def test_decoder_fp32(decoder_path):
 
 def test_decoder_quantized(decoder_path):
     model = onnx.load(str(decoder_path))
-    int4 = qdq.quantize_weights(model, "int4", lm_head="int4").model
+    int4 = quantize_weights(model, "int4", lm_head="int4").model
     assert [f.check for f in tl.lint(int4, "decoder", "10.3")] == ["opset"]
     assert tl.lint(int4, "decoder", "10.15") == []
-    assert tl.lint(qdq.convert_dq_form(int4, "trt"), "decoder", "10.3") == []
-    int8 = qdq.quantize_weights(model, "int8", lm_head="int8", form="trt").model  # per-channel DQ: opset 20 has it
+    assert tl.lint(convert_dq_form(int4, "trt"), "decoder", "10.3") == []
+    int8 = quantize_weights(model, "int8", lm_head="int8", form="trt").model  # per-channel DQ: opset 20 has it
     assert tl.lint(int8, "decoder", "10.3") == []
-    amax = {c.activation: 4.0 for c in qdq.find_weight_matmuls(model)}
-    w8a8 = qdq.quantize_weights(model, "w8a8", act_amax=amax, form="trt").model
+    amax = {c.activation: 4.0 for c in find_weight_matmuls(model)}
+    w8a8 = quantize_weights(model, "w8a8", act_amax=amax, form="trt").model
     assert tl.lint(w8a8, "decoder", "10.3") == []
 
 

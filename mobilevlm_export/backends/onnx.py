@@ -7,8 +7,10 @@ The runner side (``OnnxRunner``) needs numpy and onnxruntime only; torch is impo
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -135,7 +137,7 @@ def _simplify_if_equal(model, c: GraphContract):
     if not ok:
         return model, False, "kept original: onnxsim's own check failed"
 
-    a, b = _session(model.SerializeToString()), _session(simple.SerializeToString())
+    a, b = cpu_session(model.SerializeToString()), cpu_session(simple.SerializeToString())
     worst = 0.0
     for sizes in CHECK_SIZES:
         feeds = c.sample_inputs(sizes)
@@ -149,7 +151,7 @@ def _simplify_if_equal(model, c: GraphContract):
     return simple, True, f"simplified {n0} -> {n1} nodes, outputs equal (max abs diff {worst:.3g})"
 
 
-def _session(model_bytes_or_path, threads: int | None = None, calibration: bool = False):
+def cpu_session(model_bytes_or_path, threads: int | None = None, calibration: bool = False):
     """A CPU session; ``threads`` (intra-op) is the session's own setting (default:
     ``cores.onnx_default_threads``). ``calibration`` (a calibration pass over an fp16 graph) turns graph
     optimizations off, since folding would store fp32 copies of its weights, and the CPU memory arena too: ONNX
@@ -183,8 +185,6 @@ def save_model(model, path: Path, external: bool | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external is None:
-        from mobilevlm_export.quantize.qdq import initializer_bytes
-
         external = needs_external_data(initializer_bytes(model.graph))
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -193,6 +193,58 @@ def save_model(model, path: Path, external: bool | None = None) -> Path:
         onnx.save_model(model, str(path))
     return path
 
+
+
+def ort_session(model, threads: int | None = None, calibration: bool = False):
+    """A CPU ONNX Runtime session over ``model`` (an ``onnx.ModelProto`` in memory, or an ``.onnx`` path;
+    ``cpu_session``'s options: exact int4 Q/DQ MatMuls). ``calibration``: the session of a calibration pass
+    (``cpu_session``'s): graph optimizations off (constant folding would store fp32 copies of fp16 weights) and no
+    CPU memory arena; and ``model`` is a copy the caller drops, so one over 2 GB gives its weights to the temporary
+    file instead of being copied again."""
+    if isinstance(model, Path):
+        return cpu_session(str(model), threads, calibration=calibration)
+    if not needs_external_data(initializer_bytes(model.graph)):
+        return cpu_session(model.SerializeToString(), threads, calibration=calibration)
+    with tempfile.TemporaryDirectory() as tmp:  # over protobuf's 2 GB: through a file with external data
+        path = save_model(model if calibration else copy.deepcopy(model), Path(tmp) / "model.onnx", external=True)
+        return cpu_session(str(path), threads, calibration=calibration)
+
+
+def tensor_bytes(t) -> int:
+    """Stored bytes of an initializer (an ``onnx.TensorProto``: external data by its recorded length, else from
+    its dims; int4 packed two per byte)."""
+    from onnx import TensorProto, helper
+
+    if t.data_location == TensorProto.EXTERNAL:
+        length = next((int(e.value) for e in t.external_data if e.key == "length"), None)
+        if length is not None:
+            return length
+    if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+        return (math.prod(t.dims) + 1) // 2
+    return math.prod(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+def initializer_bytes(g) -> int:
+    """Stored bytes of every initializer of the graph ``g`` (``tensor_bytes``)."""
+    return sum(tensor_bytes(t) for t in g.initializer)
+
+
+def opset_version(model, domain: str = "") -> int:
+    """The version ``model`` imports of ``domain`` (``""``: the main domain, also spelled ``ai.onnx``); 0 if
+    none."""
+    return next((o.version for o in model.opset_import if o.domain in ((domain, "ai.onnx") if not domain
+                                                                          else (domain,))), 0)
+
+
+def set_opset_version(model, domain: str, version: int) -> None:
+    """Set (or add) ``model``'s import of ``domain`` (``""``: the main domain) to ``version``."""
+    from onnx import helper
+
+    for o in model.opset_import:
+        if o.domain == domain or (not domain and o.domain == "ai.onnx"):
+            o.version = version
+            return
+    model.opset_import.append(helper.make_opsetid(domain, version))
 
 # ONNX Runtime's type strings (``NodeArg.type``) -> numpy dtype names (the contracts' dtypes)
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -236,7 +288,7 @@ class OnnxRunner:
 
         try:
             with native_stderr_filtered():  # ONNX Runtime's own error log repeats what the one line below says
-                self.session = _session(str(path), threads)
+                self.session = cpu_session(str(path), threads)
         except load_errors as exc:  # not a model, a graph it cannot run, missing weights
             raise UserError(f"{path}: ONNX Runtime cannot load it ({' '.join(str(exc).split())[:200]})") from None
         check_graph_io(self.session, path, contract)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mobilevlm_export.schema import Precision, QuantAlgorithm, QuantSpec
+from mobilevlm_export.quantize.plan import QuantPlan, QuantResult
+from mobilevlm_export.schema import Precision, QuantAlgorithm
 
 # what torchao calls each algorithm (its intx_choose_qparams_algorithm)
 QPARAMS = {QuantAlgorithm.RTN: "affine", QuantAlgorithm.HQQ: "hqq_scale_only"}
@@ -90,25 +91,27 @@ class QuantizedEmbedding(nn.Module):
             self.weight, self.scales, None, -128, 127, input_ids, dtype=torch.float32)
 
 
-def quantize_graphs(modules: dict[str, nn.Module], spec: dict[str, QuantSpec], default_group: int) -> list[str]:
-    """Quantize the static-KV graphs' modules in place per the recipe's parts; returns the build log's lines.
+def quantize_graphs(modules: dict[str, nn.Module], plan: QuantPlan) -> QuantResult:
+    """Quantize the static-KV graphs' modules in place per ``plan``; returns the build log's lines.
 
     ``modules``: ``image_encoder`` (an ``ImageEncoder``), ``embed_tokens`` (an ``EmbedTokens``) and ``decoder``
-    (a ``StaticKVDecoder``); ``spec``: ``recipe.quant(part)`` for image_encoder, embed_tokens, decoder, lm_head.
-    ``default_group``: the group size of a spec that names none."""
+    (a ``StaticKVDecoder``); ``plan``: the parts image_encoder, embed_tokens, decoder, lm_head, a part's group size
+    ``plan.default_group_size`` where it names none."""
+    default_group = plan.default_group_size
+
     def args(part: str) -> tuple[str, int, str]:
-        q = spec[part]
-        return q.scheme.value, q.group_size or default_group, QPARAMS[q.algorithm]
+        q = plan.part(part)
+        return q.scheme.value, q.group(default_group), QPARAMS[q.algorithm]
 
     dec = modules["decoder"]
     log = quantize_linears(dec, *args("decoder"), "decoder", skip=("lm_head",))
     log += quantize_linears(dec.lm_head, *args("lm_head"), "lm_head")
     log += quantize_linears(modules["image_encoder"], *args("image_encoder"), "image_encoder")
-    emb = spec["embed_tokens"]
+    emb = plan.part("embed_tokens")
     if emb.scheme != Precision.FP32:
         bits = 4 if emb.scheme == Precision.INT4 else 8
-        group = emb.group_size or default_group
+        group = emb.group(default_group)
         module = modules["embed_tokens"]
         module.embedding = QuantizedEmbedding(module.embedding, bits, group, QPARAMS[emb.algorithm])
         log.append(f"embed_tokens: {emb.scheme.value} weight-only" + (f" group {group}" if bits == 4 else " per row"))
-    return log
+    return QuantResult(tuple(log))

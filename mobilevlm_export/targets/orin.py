@@ -3,7 +3,7 @@ TensorRT ONNX parser, proven on the host with ONNX Runtime, and an on-device bun
 
 Graphs: ``image_encoder`` (tower + projector fused), ``embed_tokens`` and the dynamic-KV ``decoder``, fp16
 weights and activations (logits fp32), int32 ``input_ids``/``attention_mask``/``position_ids``. Quantization
-rewrites the exported graphs' weight MatMuls to Q/DQ (``quantize/qdq.py``): int4 weight-only blocked along K
+rewrites the exported graphs' weight MatMuls to Q/DQ (``quantize/onnx_stage.py``): int4 weight-only blocked along K
 (symmetric, zero point 0; AWQ pre-scales optional) or W8A8 with calibrated per-tensor activation scales. No int8
 weight-only: TensorRT's weight-only quantization is INT4 only (its int8 quantizes activations and weights).
 ``graphs/*.onnx`` are the standard form (opset 21) ONNX Runtime runs on the host; when the profile's TensorRT
@@ -18,6 +18,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm_export.backends.tensorrt_qdq import STANDARD_OPSET
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
@@ -25,7 +26,6 @@ from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetB
 
 # int4 block along the input dim when a recipe names none (TensorRT's and ModelOpt's default)
 DEFAULT_BLOCK = 128
-STANDARD_OPSET = 21  # blocked DequantizeLinear with int4 weights
 # Jetson's CPU and GPU share the memory: what the OS, the CUDA context and the runtime's own buffers leave to an
 # engine (a conservative share; JetPack's desktop alone takes 1-2 GB)
 USABLE_MEMORY_FRACTION = 0.75
@@ -140,12 +140,17 @@ class OrinTarget(TargetBase):
 
         from mobilevlm_export.backends.tensorrt import BuildPlan, engine_plan, write_plan
         from mobilevlm_export.backends.tensorrt_lint import lint_file
+        from mobilevlm_export.backends.tensorrt_qdq import write_trt_form
         from mobilevlm_export.graphs.contracts import GraphContract
+        from mobilevlm_export.quantize.onnx_stage import quantize_exported
+        from mobilevlm_export.quantize.plan import QuantPlan
         from mobilevlm_export.targets.onnx import export_graphs
 
         # torch modules and their weights are released graph by graph, before quantization
         record = export_graphs(graphs, ctx, "Exporting graphs to ONNX (fp16)")
-        log = quantize_graphs(ctx.out, record, recipe, ctx)
+        # Q/DQ in the standard form (what ONNX Runtime verifies); the trt form is written from it below
+        plan = QuantPlan.from_recipe(recipe, self.quantize_parts, DEFAULT_BLOCK)
+        log = list(quantize_exported(ctx.out, record, plan, ctx.progress).log)
         trt_version = profile.options.tensorrt
         opset_max = _parser_opset(trt_version)
         advance = ctx.progress(f"TensorRT {trt_version} lint", len(record))
@@ -154,7 +159,7 @@ class OrinTarget(TargetBase):
             engine_input = rec["file"]
             if opset_max < STANDARD_OPSET:  # this parser stops below opset 21: ship the trt-domain form
                 engine_input = f"trt/{name}.onnx"
-                _write_trt_form(onnx.load(str(ctx.out / rec["file"])), ctx.out / engine_input)
+                write_trt_form(onnx.load(str(ctx.out / rec["file"])), ctx.out / engine_input)
             rec["engine_onnx"] = engine_input
             findings += lint_file(ctx.out / engine_input, trt_version, name)  # weights read only where checked
             nodes = onnx.load(str(ctx.out / engine_input), load_external_data=False).graph.node
@@ -233,119 +238,6 @@ def _parser_opset(trt_version: str) -> int:
         raise UserError(f"orin.tensorrt = {trt_version}: {exc}") from None
 
 
-def _write_trt_form(model, path: Path) -> None:
-    """The graph with blocked DQ in the ``trt`` domain at opset 20; checked to differ in nothing else."""
-    from mobilevlm_export.backends.onnx import save_model
-    from mobilevlm_export.quantize.qdq import convert_dq_form
-
-    trt_model = convert_dq_form(model, "trt")
-    back = convert_dq_form(trt_model, "standard")
-    # nodes and opsets (initializers are not touched by the conversion; whole models may exceed 2 GB to serialize)
-    if [n.SerializeToString() for n in back.graph.node] != [n.SerializeToString() for n in model.graph.node] or \
-            list(back.opset_import) != list(model.opset_import):
-        raise CheckFailed(f"{path.name}: the trt-domain form does not convert back to the verified graph")
-    del back
-    save_model(trt_model, path)
-
-
-def quantize_graphs(root: Path, record: dict, recipe, ctx: CompileContext) -> list[str]:
-    """Rewrite the exported graphs in place per the recipe's ``[quantize.PART]`` tables; returns log lines."""
-    import onnx
-
-    from mobilevlm_export.backends.onnx import save_model
-    from mobilevlm_export.memory import release_memory
-    from mobilevlm_export.quantize import qdq
-
-    log = []
-    for name, head in (("decoder", "lm_head"), ("image_encoder", None)):
-        body_q = recipe.quant(name)
-        head_q = recipe.quant(head) if head else None
-        body = _scheme(body_q)
-        head_scheme = _scheme(head_q) if head_q else None
-        if body is None and head_scheme is None:
-            continue
-        path = root / record[name]["file"]
-        block = (body_q.group_size if body == "int4" else None) or (
-            head_q.group_size if head_scheme == "int4" else None) or DEFAULT_BLOCK
-        awq = QuantAlgorithm.AWQ in (body_q.algorithm, head_q.algorithm if head_q else None)
-        calib = feeds = None
-        if body == "w8a8" or head_scheme == "w8a8" or awq:  # (smoothquant implies w8a8)
-            feeds = calibration_feeds(root, record, name)
-            release_memory()  # the feeds' sessions (image encoder, embeddings) are gone: their memory too
-            calib = qdq.calibrate(path, feeds)  # ONNX Runtime reads the weights from the file
-            release_memory()
-        model = onnx.load(str(path))  # the one copy of the float graph, rewritten in place from here on
-        if awq:
-            scales = qdq.awq_scales(model, calib, block_size=block,
-                                    lm_head=bool(head_q and head_q.algorithm == QuantAlgorithm.AWQ))
-            if body_q.algorithm != QuantAlgorithm.AWQ:  # lm_head only
-                scales = {a: s for a, s in scales.items() if any(_is_head(model, w) for w in s.weights)}
-            model = qdq.apply_awq_scales(model, scales, consume=True)
-            gain = [s.error / s.error_rtn for s in scales.values() if s.error_rtn > 0]
-            log.append(f"{name}: AWQ pre-scales on {len(scales)} activations (int4 error x{min(gain, default=1):.3f}"
-                       f"..{max(gain, default=1):.3f} of round-to-nearest on the calibration rows)")
-        if body_q.algorithm == QuantAlgorithm.SMOOTHQUANT:
-            scales = qdq.smoothquant_scales(model, calib)
-            model = qdq.apply_awq_scales(model, scales, consume=True)
-            calib = qdq.calibrate(model, feeds)  # the smoothed activations' ranges
-            log.append(f"{name}: SmoothQuant migration (alpha {qdq.SMOOTHQUANT_ALPHA}) on {len(scales)} activations")
-        select = None if body is not None else (lambda c: c.lm_head)
-        result = qdq.quantize_weights(model, body or head_scheme, block_size=block, lm_head=head_scheme,
-                                      act_amax=calib.amax if calib else None, select=select, consume=True)
-        del model
-        data = path.with_name(path.name + ".data")
-        if data.exists():  # the float weights' external file: replaced by what the quantized graph needs
-            data.unlink()
-        save_model(result.model, path)
-        rep = result.report
-        del result
-        release_memory()
-        log.append(f"{name}: " + ", ".join(f"{n} MatMuls {s}" for s, n in rep.counts.items())
-                   + (f" (int4 block {block})" if "int4" in (body, head_scheme) else "")
-                   + f"; weights {rep.bytes_before / 1e6:.2f} -> {rep.bytes_after / 1e6:.2f} MB")
-        ctx.progress(f"Quantized {name}", 1)()
-    return log
-
-
-def _scheme(q) -> str | None:
-    return None if q is None or q.scheme in (Precision.FP16, Precision.FP32) else q.scheme.value
-
-
-def _is_head(model, weight: str) -> bool:
-    from mobilevlm_export.quantize.qdq import find_weight_matmuls
-
-    return any(c.lm_head and c.weight == weight for c in find_weight_matmuls(model))
-
-
-def calibration_feeds(root: Path, record: dict, graph: str) -> list[dict]:
-    """Inputs of ``graph`` on the build's samples (golden data's end-to-end pairs: images and prompts), computed
-    with the unquantized exported graphs on ONNX Runtime: pixel values for the image encoder, the spliced prompt
-    embeddings (prefill, no past) for the decoder."""
-    import numpy as np
-
-    from mobilevlm_export.graphs.contracts import GraphContract
-    from mobilevlm_export.runtime.generator import VLMGenerator
-    from mobilevlm_export.runtime.golden_reader import load_golden
-    from mobilevlm_export.targets.onnx import OnnxTarget
-
-    arrays, e2e = load_golden(root)
-    pixels = [arrays[f"e2e/{i}/pixel_values"][None] for i in range(len(e2e))]
-    if graph == "image_encoder":
-        return [{"pixel_values": p.astype(np.float16)} for p in pixels]
-    runners = OnnxTarget().open_runners(root, {n: r for n, r in record.items() if n != "decoder"}, None)
-    contract = GraphContract.from_dict(record["decoder"]["contract"])
-    pipe = VLMGenerator(runners, decoder=None, eos_id=-1)  # used to embed and splice only
-    feeds = []
-    for item, px in zip(e2e, pixels, strict=True):
-        embeds = pipe.splice(item["prompt_ids"], pipe.image_embeds(px))
-        n = embeds.shape[1]
-        empty = {t.name: np.zeros(t.shape({"batch": 1, "past": 0}), t.dtype)
-                 for t in contract.inputs if t.name.startswith("past_key_values")}
-        feeds.append({"inputs_embeds": embeds.astype(np.float16), "attention_mask": np.ones((1, n), np.int32),
-                      "position_ids": np.arange(n, dtype=np.int32)[None], **empty})
-    return feeds
-
-
 # The vision tower's attention head width (CLIP ViT-L/14 and every MobileVLM tower: 64), for its activation estimate
 VISION_HEAD_DIM = 64
 
@@ -415,7 +307,7 @@ def fits_on_device(root: Path, record: dict, dims: dict, recipe, profile) -> dic
     """``memory_fit`` of the graphs written under ``root`` (``record``: the manifest's graph records)."""
     import onnx
 
-    from mobilevlm_export.quantize.qdq import initializer_bytes
+    from mobilevlm_export.backends.onnx import initializer_bytes
 
     weights = {name: initializer_bytes(onnx.load(str(root / r["file"]), load_external_data=False).graph)
                for name, r in record.items()}

@@ -95,6 +95,7 @@ class SnapdragonTarget(TargetBase):
         import time
 
         from mobilevlm_export.backends.executorch import export_program
+        from mobilevlm_export.quantize.plan import QuantPlan
         from mobilevlm_export.quantize.torchao import quantize_graphs
 
         opts = recipe.options
@@ -102,7 +103,8 @@ class SnapdragonTarget(TargetBase):
                    for g in graphs}
         modules = {g.name: g.module for g in graphs}
         t0 = time.perf_counter()
-        log = quantize_graphs(modules, {p: recipe.quant(p) for p in self.quantize_parts}, DEFAULT_GROUP_SIZE)
+        plan = QuantPlan.from_recipe(recipe, self.quantize_parts, DEFAULT_GROUP_SIZE)
+        log = list(quantize_graphs(modules, plan).log)
         quant_s = time.perf_counter() - t0
         samples = {_METHODS[g.name]: g.sample_args() for g in graphs}
         dynamic = {_METHODS[g.name]: _dynamic_shapes(g.contract) for g in graphs}
