@@ -167,3 +167,15 @@ def test_the_checker_sees_what_it_must(tmp_path):
     found = {(d, local) for d, _, local in imports("c", src, known)}
     assert found == {("a.b", False), ("a", False), ("c", True), ("a", True)}
     assert layer_of("runtime.artifacts", layers()) != layer_of("runtime.golden_reader", layers())
+
+
+def test_no_private_name_crosses_modules(graph):
+    """A name starting with ``_`` is its module's own: no other module of the package imports it."""
+    known, _ = graph
+    crossing = []
+    for mod, path in known.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE:
+                crossing += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                             for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+    assert not crossing, "private names imported across modules:\n" + "\n".join(crossing)

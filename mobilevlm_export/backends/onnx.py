@@ -70,6 +70,7 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
     model = program.model_proto
     del program
     _drop_rewriter_state()
+    drop_source_locations(model)
     _name_dims(model, c)
     note = "not requested"
     simplified = False
@@ -81,6 +82,31 @@ def export_graph(graph, path: Path, simplify: bool = True) -> ExportInfo:
         data_name = path.name + ".data"
         note = "skipped: weights exceed 2 GB (external data)"
     return ExportInfo(path.name, data_name, simplified, note, round(time.perf_counter() - t0, 3))
+
+
+# node metadata torch.onnx records from the Python stack that made each node: the build machine's file paths and
+# line numbers, which would make a graph's bytes depend on where and from which revision of the code it was built
+SOURCE_LOCATION_KEYS = frozenset({"pkg.torch.onnx.stack_trace"})
+
+
+def drop_source_locations(model) -> None:
+    """Remove ``SOURCE_LOCATION_KEYS`` metadata from every node of ``model`` (its functions' and subgraphs'
+    too), in place: the same computation exported from another checkout is the same file."""
+    def clean(nodes) -> None:
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key not in SOURCE_LOCATION_KEYS]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+            for attr in node.attribute:
+                if attr.g.node:
+                    clean(attr.g.node)
+                for g in attr.graphs:
+                    clean(g.node)
+
+    clean(model.graph.node)
+    for fn in model.functions:
+        clean(fn.node)
 
 
 def _drop_rewriter_state() -> None:
