@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny random-weight checkpoints in the real MobileVLM layout, made once per session."""
+"""Shared fixtures: tiny random-weight checkpoints in the real MobileVLM layout, and the demo checkpoint's builds
+(``demo_builds``), each made once per session."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -96,3 +98,83 @@ sys.argv = ["mvlm-export", *sys.argv[1:]]
 from mobilevlm_export.cli import main
 main()
 """
+
+
+# ------------------------------------------------------------------------------------------------ the demo's builds
+# The demo checkpoint built per target as `make demo` builds it: ``export`` (onnx, its default recipe onnx-fp32),
+# ``build --target orin --no-bench --threads 2`` and ``build --target snapdragon --threads 2`` (with its latency
+# run), all with ``--json``. A build takes from ~20 s (onnx) to ~2 min (snapdragon): each (target, recipe) is built once
+# per session and shared by every module. They are read-only: a test that changes a build copies it first
+# (``copy_build``); the session checks at its end that no file of a shared build changed.
+DEMO_BUILD_ARGS = {
+    "onnx": ["export", "--force"],
+    "orin": ["build", "--target", "orin", "--no-bench", "--threads", "2"],
+    "snapdragon": ["build", "--target", "snapdragon", "--threads", "2"],
+}
+DEMO_DEFAULT_RECIPES = {"onnx": "onnx-fp32", "orin": "orin-int4", "snapdragon": "snapdragon-8da4w"}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``root``."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+class DemoBuilds(dict):
+    """``(target, recipe) -> (DIR, the build's --json result)``, built on first use (a session that runs only the
+    onnx tests builds only onnx). ``recipe`` is a shipped recipe's name or a recipe file's path."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.digests: dict[Path, dict[str, str]] = {}
+
+    def __missing__(self, key: tuple[str, str]):
+        from typer.testing import CliRunner
+
+        from mobilevlm_export.cli import app
+
+        target, recipe = key
+        out = self.root / f"{target}-{len(self)}-{Path(recipe).stem}"
+        recipe_args = [] if recipe == DEMO_DEFAULT_RECIPES[target] else ["--recipe", recipe]
+        res = CliRunner().invoke(app, [*DEMO_BUILD_ARGS[target], *recipe_args, "-o", str(out), "--json"])
+        assert res.exit_code == 0, res.output
+        self[key] = (out, json.loads(res.stdout))
+        self.digests[out] = tree_digest(out)
+        return self[key]
+
+    def default(self, target: str) -> Path:
+        return self[target, DEMO_DEFAULT_RECIPES[target]][0]
+
+
+@pytest.fixture(scope="session")
+def demo_builds(tmp_path_factory):
+    builds = DemoBuilds(tmp_path_factory.mktemp("demo_builds"))
+    yield builds
+    changed = [str(out) for out, before in builds.digests.items() if tree_digest(out) != before]
+    assert not changed, f"a test changed a shared demo build (copy it first: copy_build): {changed}"
+
+
+@pytest.fixture(scope="session")
+def demo_build_onnx(demo_builds) -> Path:
+    """``export -o DIR`` of the demo checkpoint (onnx-fp32). Read-only."""
+    return demo_builds.default("onnx")
+
+
+@pytest.fixture(scope="session")
+def demo_build_orin(demo_builds) -> Path:
+    """``build --target orin --no-bench`` of the demo checkpoint (orin-int4, the target's default). Read-only."""
+    return demo_builds.default("orin")
+
+
+@pytest.fixture(scope="session")
+def demo_build_snapdragon(demo_builds) -> Path:
+    """``build --target snapdragon`` of the demo checkpoint (snapdragon-8da4w, with its latency run). Read-only."""
+    return demo_builds.default("snapdragon")
+
+
+def copy_build(build: Path, dst: Path) -> Path:
+    """A writable copy of a (shared, read-only) build directory at ``dst``."""
+    import shutil
+
+    return Path(shutil.copytree(build, dst))

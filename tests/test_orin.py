@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,34 +24,29 @@ runner = CliRunner()
 SAMPLES = demo_checkpoint_dir().parent / "samples"
 
 
-def _build(out: Path, recipe: str, *extra: str):
-    res = runner.invoke(app, ["build", "--target", "orin", "--recipe", recipe, "-o", str(out), "--no-bench",
-                              "--threads", "2", "--json", *extra])
-    return res
-
-
 class _Builds(dict):
-    """name -> (DIR, the build's JSON), each built on first use (a test of one recipe builds only that one)."""
+    """name -> (DIR, the build's JSON), each built on first use (a test of one recipe builds only that one), by
+    conftest's ``demo_builds``: once per session, shared with test_trt_runner (fp16), test_hardening_artifacts and
+    test_install (int4, the target's default). Read-only: a test that changes a build copies it first."""
 
-    def __init__(self, root: Path, recipes: dict[str, str]) -> None:
+    def __init__(self, builds, recipes: dict[str, str]) -> None:
         super().__init__()
-        self.root, self.recipes = root, recipes
+        self.builds, self.recipes = builds, recipes
 
     def __missing__(self, name: str):
-        res = _build(self.root / name, self.recipes[name])
-        assert res.exit_code == 0, res.output
-        self[name] = (self.root / name, json.loads(res.stdout))
+        self[name] = self.builds["orin", self.recipes[name]]
         return self[name]
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4, each built once per module."""
+def builds(demo_builds, tmp_path_factory):
+    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4 (`build --target orin --recipe R
+    --no-bench --threads 2 --json`)."""
     root = tmp_path_factory.mktemp("orin")
     rtn = root / "orin-int4-rtn.toml"
     rtn.write_text((RECIPES_DIR / "orin-int4.toml").read_text().replace('algorithm = "awq"', 'algorithm = "rtn"')
                    .replace('name = "orin-int4"', 'name = "orin-int4-rtn"'))
-    return _Builds(root, {"fp16": "orin-fp16", "int4": "orin-int4", "int4-rtn": str(rtn), "int8": "orin-int8"})
+    return _Builds(demo_builds, {"fp16": "orin-fp16", "int4": "orin-int4", "int4-rtn": str(rtn), "int8": "orin-int8"})
 
 
 def _logits(result: dict) -> list[dict]:

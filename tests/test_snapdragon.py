@@ -27,20 +27,16 @@ def _build(out: Path, *extra: str):
     return runner.invoke(app, ["build", "--target", "snapdragon", "-o", str(out), "--threads", "2", "--json", *extra])
 
 
+# conftest's builds (`build --target snapdragon [--recipe R] --threads 2 --json`, with the latency run), once per
+# session: the default one is shared with test_hardening_artifacts. Read-only: a test that changes one copies it.
 @pytest.fixture(scope="module")
-def fp32_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sd") / "fp32"
-    res = _build(out, "--recipe", "snapdragon-fp32")
-    assert res.exit_code == 0, res.output
-    return out, json.loads(res.stdout)
+def fp32_build(demo_builds):
+    return demo_builds["snapdragon", "snapdragon-fp32"]
 
 
 @pytest.fixture(scope="module")
-def q4_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sd") / "8da4w"
-    res = _build(out)  # the target's default recipe: snapdragon-8da4w
-    assert res.exit_code == 0, res.output
-    return out, json.loads(res.stdout)
+def q4_build(demo_builds):
+    return demo_builds["snapdragon", "snapdragon-8da4w"]  # the target's default recipe
 
 
 def test_fp32_pte_tokens_identical_to_reference(fp32_build):
