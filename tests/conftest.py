@@ -173,6 +173,22 @@ def demo_build_snapdragon(demo_builds) -> Path:
     return demo_builds.default("snapdragon")
 
 
+@pytest.fixture(scope="session")
+def reference_heldout():
+    """``n -> (accuracy, records)`` of the demo checkpoint's reference model over the first ``n`` (<= 150) held-out
+    pairs: ``heldout_accuracy(n=150)`` run once per session (sample ``i`` does not depend on ``n``, so the first
+    ``n`` records are ``heldout_accuracy(n=n)``'s)."""
+    from mobilevlm_export.demo.evaluate import heldout_accuracy
+
+    _, records = heldout_accuracy(n=150)
+
+    def first(n: int = 150) -> tuple[float, list[dict]]:
+        assert 0 < n <= len(records), n
+        return sum(r["correct"] for r in records[:n]) / n, records[:n]
+
+    return first
+
+
 def copy_build(build: Path, dst: Path) -> Path:
     """A writable copy of a (shared, read-only) build directory at ``dst``."""
     import shutil

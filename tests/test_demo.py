@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-from mobilevlm_export.demo.evaluate import heldout_accuracy, per_kind
+from mobilevlm_export.demo.evaluate import per_kind
 
 
 def test_demo_checkpoint_layout_and_size():
@@ -34,8 +34,9 @@ def test_demo_module_answers_every_question_and_prints_nothing_else():
     assert res.stdout.rstrip().endswith("all answers correct") and res.stderr == "", res.stderr
 
 
-def test_demo_heldout_accuracy():
-    accuracy, records = heldout_accuracy(n=150)
+def test_demo_heldout_accuracy(reference_heldout):
+    accuracy, records = reference_heldout(150)  # heldout_accuracy(n=150), once per session (conftest)
+    assert len(records) == 150
     assert accuracy >= 0.95, (accuracy, per_kind(records))
 
 

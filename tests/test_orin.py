@@ -70,7 +70,7 @@ def test_fp16_tokens_identical_and_bundle_complete(builds):
     assert dec["inputs"][0]["dtype"] == "float16" and dec["outputs"][0]["dims"][1] == 1  # last-position logits
 
 
-def test_int4_accuracy_and_awq_against_round_to_nearest(builds):
+def test_int4_accuracy_and_awq_against_round_to_nearest(builds, reference_heldout):
     """int4 (AWQ) held-out accuracy within 2 points of the reference; AWQ and round-to-nearest side by side."""
     from mobilevlm_export.demo.evaluate import heldout_accuracy
 
@@ -82,7 +82,7 @@ def test_int4_accuracy_and_awq_against_round_to_nearest(builds):
         acc, _ = heldout_accuracy(n=60, artifacts=out)
         rows[name] = {"accuracy": acc, "kl": max(m["kl"] for m in logits), "top1": min(m["top1"] for m in logits),
                       "cosine": min(m["cosine"] for m in logits)}
-    ref_acc, _ = heldout_accuracy(n=60)
+    ref_acc, _ = reference_heldout(60)  # heldout_accuracy(n=60) of the reference (conftest: once per session)
     print(json.dumps({"reference_accuracy": ref_acc, **rows}))
     assert rows["int4"]["accuracy"] >= ref_acc - 0.02 and rows["int4-rtn"]["accuracy"] >= ref_acc - 0.02
     quant = "\n".join(builds["int4"][1]["log"])
