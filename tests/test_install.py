@@ -5,7 +5,8 @@
 - The device side (JetPack 6: Python 3.10, JetPack 7: Python 3.12): a fresh venv of each, the wheel installed with
   the ``ort`` extra only, no torch, transformers or onnx in it; ``verify`` and ``run`` on the demo's onnx and orin
   builds exit 0 and answer as this (host) venv does. Interpreters are looked up through pyenv, PATH and the usual
-  prefixes; a version that is not found is skipped with the reason.
+  prefixes; a version that is not found is skipped with the reason. The 3.12 venv is ``slow`` (a second install of
+  the same wheel: the default run checks 3.10).
 - The host toolchain from the wheel (``[build,onnx]``, non-editable, Python 3.11 with the local torch wheel) builds
   the demo for ``onnx`` with the shipped recipes (``slow``: about 2 minutes, most of it installing).
 
@@ -160,7 +161,10 @@ def host_answers(demo_builds) -> _DemoBuilds:
 
 
 # ------------------------------------------------------------------------------------------- the device's install
-@pytest.fixture(scope="module", params=DEVICE_PYTHONS, ids=lambda v: f"py{v}")
+# JetPack 6's 3.10 (where schema.StrEnum is the package's own) in the default run; 3.12, the same checks in a second
+# fresh venv with a second install (about a minute), in `make test-slow`.
+@pytest.fixture(scope="module", params=[DEVICE_PYTHONS[0], pytest.param(DEVICE_PYTHONS[1], marks=pytest.mark.slow)],
+                ids=lambda v: f"py{v}")
 def device_venv(request, wheel, tmp_path_factory) -> Path:
     """A fresh venv of the device's Python with the wheel installed as README's device lines do (``[ort]``: the
     device runs the ONNX graphs on its CPU here, having no TensorRT); its bin/ folder."""
