@@ -40,7 +40,7 @@ def test_demo_heldout_accuracy(reference_heldout):
     assert accuracy >= 0.95, (accuracy, per_kind(records))
 
 
-def test_demo_onnx_pipeline_matches_reference_on_every_shipped_question(demo_builds, tmp_path):
+def test_demo_onnx_pipeline_matches_reference_on_every_shipped_question(demo_build_onnx, demo_builds, tmp_path):
     """`export` (the alias; conftest's, built once per session) and `build --target onnx` on the demo:
     byte-identical graphs, every shipped question's greedy tokens identical to the reference."""
     from typer.testing import CliRunner

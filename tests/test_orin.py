@@ -53,6 +53,7 @@ def _logits(result: dict) -> list[dict]:
     return [m for m in result["verification"]["metrics"] if m["output"] == "logits"]
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_fp16_tokens_identical_and_bundle_complete(builds):
     out, result = builds["fp16"]
     v = result["verification"]
@@ -70,6 +71,7 @@ def test_fp16_tokens_identical_and_bundle_complete(builds):
     assert dec["inputs"][0]["dtype"] == "float16" and dec["outputs"][0]["dims"][1] == 1  # last-position logits
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_int4_accuracy_and_awq_against_round_to_nearest(builds, reference_heldout):
     """int4 (AWQ) held-out accuracy within 2 points of the reference; AWQ and round-to-nearest side by side."""
     from mobilevlm_export.demo.evaluate import heldout_accuracy
@@ -90,6 +92,7 @@ def test_int4_accuracy_and_awq_against_round_to_nearest(builds, reference_heldou
     assert "AWQ" not in "\n".join(builds["int4-rtn"][1]["log"])
 
 
+@pytest.mark.usefixtures("demo_build_orin_int8")  # (conftest: built ahead, in the background)
 def test_int8_w8a8_has_calibrated_activation_qdq(builds):
     out, result = builds["int8"]
     assert result["verification"]["passed"]
@@ -99,6 +102,7 @@ def test_int8_w8a8_has_calibrated_activation_qdq(builds):
     assert "w8a8" in "\n".join(result["log"])
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_trt_form_differs_only_in_domain_and_opset(builds):
     from mobilevlm_export.quantize.qdq import convert_dq_form
 
@@ -115,6 +119,7 @@ def test_trt_form_differs_only_in_domain_and_opset(builds):
     assert convert_dq_form(trt, "standard").SerializeToString() == std.SerializeToString()
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
     """The plan matches the graphs' contracts and ONNX files; build_engines.sh passes trtexec 10.3's option
     grammar (tests/trtexec_grammar.py) and carries the plan's engines, flags, workspace and profiles."""
@@ -161,6 +166,7 @@ def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
     assert decode["attention_mask"]["max"][1] == recipe.max_context
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_device_side_without_torch(builds, tmp_path):
     """`verify` and `run` on an orin bundle where importing torch or transformers fails (ONNX Runtime runner)."""
     out = str(builds["int4"][0])
@@ -173,6 +179,7 @@ def test_device_side_without_torch(builds, tmp_path):
     assert json.loads(res.stdout)["text"] == "purple"
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
     try:
         import tensorrt  # noqa: F401
@@ -199,6 +206,7 @@ def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
     assert res.exit_code == 2 and "not an orin bundle" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     """Engines `build_engines.sh` wrote are not run unchecked: verify refuses them until `trt-build --record-only`
     records their sha256; a missing engine cannot be recorded. (Here the "engines" are placeholder bytes and
@@ -234,6 +242,7 @@ def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     assert res.exit_code == 2 and "sha256" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_engines_rebuilt_by_the_script_are_recorded_again(builds, tmp_path):
     """build_engines.sh run again (new engines and timing cache over recorded ones): `trt-build --record-only`
     records them, and `trt-build` gets past the bundle check (to "no TensorRT here" where it is absent); every
@@ -261,6 +270,7 @@ def test_engines_rebuilt_by_the_script_are_recorded_again(builds, tmp_path):
     assert res.exit_code == 2 and "build_engines.sh: corrupt artifact" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_tensorrt_engines(builds, tmp_path):
     """Where TensorRT and a GPU exist: trt-build builds the engines from the plan, verify runs on them."""
     pytest.importorskip("tensorrt", reason="TensorRT cannot be installed here: its wheels fetch from NVIDIA's own "
@@ -314,6 +324,7 @@ def test_context_beyond_the_model_and_block_not_dividing(tmp_path):
         OrinTarget().check(load_recipe("orin-int4"), load_profile("orin-nano-8gb"), dims)
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_fits_on_device_refuses_with_the_numbers(builds, tmp_path):
     from mobilevlm_export.profiles import PROFILES_DIR, load_profile
     from mobilevlm_export.targets.orin import fits_on_device

@@ -30,12 +30,12 @@ def _build(out: Path, *extra: str):
 # conftest's builds (`build --target snapdragon [--recipe R] --threads 2 --json`, with the latency run), once per
 # session: the default one is shared with test_hardening_artifacts. Read-only: a test that changes one copies it.
 @pytest.fixture(scope="module")
-def fp32_build(demo_builds):
+def fp32_build(demo_build_snapdragon_fp32, demo_builds):
     return demo_builds["snapdragon", "snapdragon-fp32"]
 
 
 @pytest.fixture(scope="module")
-def q4_build(demo_builds):
+def q4_build(demo_build_snapdragon, demo_builds):
     return demo_builds["snapdragon", "snapdragon-8da4w"]  # the target's default recipe
 
 

@@ -28,10 +28,10 @@ IMAGE = sorted((demo_checkpoint_dir().parent / "samples").glob("*.png"))[0]
 
 
 @pytest.fixture(scope="module")
-def bundle(demo_builds) -> Path:
+def bundle(demo_build_orin_fp16) -> Path:
     """`build --target orin --recipe orin-fp16 --no-bench` of the demo (conftest's, shared with test_orin; read-only:
     the cases copy it)."""
-    return demo_builds["orin", "orin-fp16"][0]
+    return demo_build_orin_fp16
 
 
 @pytest.fixture()
