@@ -224,8 +224,12 @@ class DemoBuilds(dict):
             self._queue.clear()
             child = self._child
         if child is not None and child.poll() is None:
-            child.terminate()
-            child.wait(timeout=60)
+            child.terminate()  # (the CLI removes its staging directory on SIGTERM, between two native calls)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 _DEMO_BUILDS: DemoBuilds | None = None  # the session's (made when collection ends)
