@@ -173,7 +173,7 @@ def test_no_private_name_crosses_modules(graph):
     """A name starting with ``_`` is its module's own: no other module of the package imports it."""
     known, _ = graph
     crossing = []
-    for mod, path in known.items():
+    for path in known.values():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == PACKAGE:
                 crossing += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"

@@ -47,12 +47,11 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A built demo (onnx), the demo checkpoint's copy, an image, a text file, a directory and a scratch folder."""
+def world(demo_build_onnx, tmp_path_factory):
+    """A built demo (onnx: a copy of conftest's `export`, built once per session), the demo checkpoint's copy, an
+    image, a text file, a directory and a scratch folder."""
     root = tmp_path_factory.mktemp("prop")
-    build = root / "build"
-    res = subprocess.run([CLI, "export", "-o", str(build), "--force"], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    shutil.copytree(demo_build_onnx, root / "build")
     shutil.copytree(demo_checkpoint_dir(), root / "ckpt")
     image = root / "img.png"
     shutil.copy(sorted((demo_checkpoint_dir().parent / "samples").glob("*.png"))[0], image)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-from mobilevlm_export.demo.evaluate import heldout_accuracy, per_kind
+from mobilevlm_export.demo.evaluate import per_kind
 
 
 def test_demo_checkpoint_layout_and_size():
@@ -34,29 +34,29 @@ def test_demo_module_answers_every_question_and_prints_nothing_else():
     assert res.stdout.rstrip().endswith("all answers correct") and res.stderr == "", res.stderr
 
 
-def test_demo_heldout_accuracy():
-    accuracy, records = heldout_accuracy(n=150)
+def test_demo_heldout_accuracy(reference_heldout):
+    accuracy, records = reference_heldout(150)  # heldout_accuracy(n=150), once per session (conftest)
+    assert len(records) == 150
     assert accuracy >= 0.95, (accuracy, per_kind(records))
 
 
-def test_demo_onnx_pipeline_matches_reference_on_every_shipped_question(tmp_path):
-    """`export` (the alias) and `build --target onnx` on the demo: byte-identical graphs, every shipped question's
-    greedy tokens identical to the reference."""
+def test_demo_onnx_pipeline_matches_reference_on_every_shipped_question(demo_build_onnx, demo_builds, tmp_path):
+    """`export` (the alias; conftest's, built once per session) and `build --target onnx` on the demo:
+    byte-identical graphs, every shipped question's greedy tokens identical to the reference."""
     from typer.testing import CliRunner
 
     from mobilevlm_export.cli import app
 
     res = CliRunner().invoke(app, ["build", "--target", "onnx", "--no-bench", "-o", str(tmp_path / "built")])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "demo"), "--json"])
-    assert res.exit_code == 0, res.output
+    demo, exported = demo_builds["onnx", "onnx-fp32"]  # `export -o DIR --json`
 
     def graphs(d):
         arts = json.loads((d / "manifest.json").read_text())["artifacts"]
         return {a["path"]: a["sha256"] for a in arts if a["path"].startswith("graphs/")}
 
-    assert graphs(tmp_path / "built") == graphs(tmp_path / "demo") and len(graphs(tmp_path / "demo")) == 4
-    v = json.loads(res.stdout)["verification"]
+    assert graphs(tmp_path / "built") == graphs(demo) and len(graphs(demo)) == 4
+    v = exported["verification"]
     assert v["token_agreement"] == 1.0 and all(r["match"] for r in v["e2e"])
     assert len(v["e2e"]) == len(json.loads((demo_checkpoint_dir().parent / "samples" / "questions.json").read_text()))
     for m in v["metrics"]:

@@ -3,8 +3,9 @@ a graph, engine or program whose inputs/outputs differ from the manifest's contr
 model's vocabulary, token ids outside it, and a ``.pte`` whose bytes crash ExecuTorch are each exit 2 with one
 stderr line naming the file; no signal, nothing in the build changed, and no native log line beside the error.
 
-Each CLI case runs in a subprocess (a crash would be a negative return code there). The three demo builds are made
-once per module; every case edits a copy and re-signs its manifest (``update_manifest``), as a user could."""
+Each CLI case runs in a subprocess (a crash would be a negative return code there). The three demo builds are
+conftest's, made once per session; every case edits a copy and re-signs its manifest (``update_manifest``), as a
+user could."""
 
 from __future__ import annotations
 
@@ -18,43 +19,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-from mobilevlm_export.cli import app
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.graphs.contracts import DimRange, FoundSpec, GraphContract, TensorSpec, io_mismatch
 from mobilevlm_export.manifest import MANIFEST, sha256, update_manifest
 
-runner = CliRunner()
 IMAGE = sorted((demo_checkpoint_dir().parent / "samples").glob("*.png"))[0]
 RUN = ["--image", str(IMAGE), "--prompt", "What color is the shape?", "--max-new-tokens", "2"]
 BENCH = ["--runs", "1", "--warmup", "0", "--decode-tokens", "2"]
 
 
-def _build(out: Path, *args: str) -> Path:
-    res = runner.invoke(app, [*args, "-o", str(out), "--threads", "2"])
-    assert res.exit_code == 0, res.output
-    return out
+@pytest.fixture(scope="module")
+def onnx_build(demo_build_onnx) -> Path:
+    return demo_build_onnx  # (conftest: shared by the session, read-only; every case below edits a _copy)
 
 
 @pytest.fixture(scope="module")
-def onnx_build(tmp_path_factory) -> Path:
-    out = tmp_path_factory.getbasetemp() / "demo_onnx_export"  # (shared with test_manifest_schema and others)
-    if not (out / MANIFEST).exists():
-        res = runner.invoke(app, ["export", "-o", str(out), "--force"])
-        assert res.exit_code == 0, res.output
-    return out
+def orin_build(demo_build_orin) -> Path:
+    return demo_build_orin
 
 
 @pytest.fixture(scope="module")
-def orin_build(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("hard") / "orin", "build", "--target", "orin", "--no-bench")
-
-
-@pytest.fixture(scope="module")
-def pte_build(tmp_path_factory) -> Path:
-    return _build(tmp_path_factory.mktemp("hard") / "sd", "build", "--target", "snapdragon", "--no-bench")
+def pte_build(demo_build_snapdragon) -> Path:
+    return demo_build_snapdragon
 
 
 def _copy(build: Path, tmp_path: Path) -> Path:

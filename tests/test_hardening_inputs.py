@@ -233,18 +233,11 @@ def test_orin_recipe_limits_that_cannot_run_are_refused(tiny_ckpt, samples, tmp_
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_ckpt, samples, tmp_path_factory):
-    """One build per target of the tiny checkpoint (no latency run, no onnxsim)."""
-    from mobilevlm_export.pipeline import BuildConfig, build
-
-    root = tmp_path_factory.mktemp("bundles")
-    out = {}
-    # float recipes: the tiny random model has no int4 blocks of 128 (orin) and its 8da4w build misses parity
-    for target, recipe in (("onnx", None), ("orin", "orin-fp16"), ("snapdragon", "snapdragon-fp32")):
-        out[target] = root / target
-        build(BuildConfig(ckpt=tiny_ckpt, out=out[target], target=target, recipe=recipe, bench=False, simplify=False,
-                          samples=samples))
-    return out
+def bundles(demo_build_onnx, demo_build_orin_fp16, demo_build_snapdragon_fp32):
+    """One build per target with float recipes (onnx-fp32, orin-fp16, snapdragon-fp32): conftest's builds of the
+    demo checkpoint, made once per session (read-only: cases copy one before changing it). The limits checked are
+    the recipes' and the model's (the demo's: 512 positions, 144 image tokens), read from each manifest."""
+    return {"onnx": demo_build_onnx, "orin": demo_build_orin_fp16, "snapdragon": demo_build_snapdragon_fp32}
 
 
 def _limits(d: Path) -> tuple[dict, dict]:
@@ -295,9 +288,9 @@ def test_run_answer_past_capacity(bundles, target, image_file):
 
 
 @pytest.mark.parametrize("target,words,needle", [
-    ("orin", 260, "tensorrt.max_prompt"),  # ~434 positions: in the 512 context, past the 384-position prefill
-    ("onnx", 2100, "capacity"),            # past the model's 2048 positions (onnx: no context of its own)
-    ("snapdragon", 400, "capacity"),       # ~574 positions: past the 512-position cache
+    ("orin", 260, "tensorrt.max_prompt"),  # 442 positions: in the 512 context, past the 384-position prefill
+    ("onnx", 2100, "capacity"),            # past the model's 512 positions (onnx: no context of its own)
+    ("snapdragon", 400, "capacity"),       # 582 positions: past the 512-position cache
     ("orin", 400, "capacity"),
 ])
 def test_run_prompt_past_the_built_limits(bundles, image_file, target, words, needle):

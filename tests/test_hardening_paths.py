@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_build
 from typer.testing import CliRunner
 
 from mobilevlm_export import outdir
@@ -37,12 +38,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    """The demo built once for the module (`export -o DIR --force`)."""
-    out = tmp_path_factory.mktemp("built") / "demo"
-    proc = subprocess.run([*CLI, "export", "-o", str(out), "--force"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def built(demo_build_onnx, tmp_path_factory) -> Path:
+    """The demo's `export -o DIR` (conftest's, built once per session), copied for the module: cases put links
+    and files beside it."""
+    return copy_build(demo_build_onnx, tmp_path_factory.mktemp("built") / "demo")
 
 
 def _cli(*args, timeout: int = LIMIT_S, **kwargs) -> subprocess.CompletedProcess:

@@ -5,7 +5,8 @@
 - The device side (JetPack 6: Python 3.10, JetPack 7: Python 3.12): a fresh venv of each, the wheel installed with
   the ``ort`` extra only, no torch, transformers or onnx in it; ``verify`` and ``run`` on the demo's onnx and orin
   builds exit 0 and answer as this (host) venv does. Interpreters are looked up through pyenv, PATH and the usual
-  prefixes; a version that is not found is skipped with the reason.
+  prefixes; a version that is not found is skipped with the reason. The 3.12 venv is ``slow`` (a second install of
+  the same wheel: the default run checks 3.10).
 - The host toolchain from the wheel (``[build,onnx]``, non-editable, Python 3.11 with the local torch wheel) builds
   the demo for ``onnx`` with the shipped recipes (``slow``: about 2 minutes, most of it installing).
 
@@ -136,19 +137,16 @@ def test_wheel_ships_recipes_profiles_and_every_module(wheel):
 
 # ---------------------------------------------------------------------------------------------- demo builds (host)
 class _DemoBuilds(dict):
-    """name -> (DIR, this venv's `run --json` and `verify --json` on it), built on first use as `make demo` builds
-    the demo: `export` (onnx) and `build --target orin` (its default recipe)."""
+    """name -> (DIR, this venv's `run --json` and `verify --json` on it), on first use: the demo built as `make demo`
+    builds it, `export` (onnx) and `build --target orin` (its default recipe): conftest's builds, made once per
+    session (read-only: nothing here writes into them)."""
 
-    ARGS = {"onnx": ["export"], "orin": ["build", "--target", "orin", "--no-bench", "--threads", "2"]}
-
-    def __init__(self, root: Path) -> None:
+    def __init__(self, builds) -> None:
         super().__init__()
-        self.root = root
+        self.builds = builds
 
     def __missing__(self, name: str):
-        out = self.root / name
-        res = runner.invoke(app, [*self.ARGS[name], "-o", str(out)])
-        assert res.exit_code == 0, res.output
+        out = self.builds.default(name)
         run = runner.invoke(app, ["run", str(out), "--image", str(QUESTION[0]), "--prompt", QUESTION[1], "--json"])
         assert run.exit_code == 0, run.output
         ver = runner.invoke(app, ["verify", str(out), "--json"])
@@ -158,12 +156,15 @@ class _DemoBuilds(dict):
 
 
 @pytest.fixture(scope="module")
-def demo_builds(tmp_path_factory) -> _DemoBuilds:
-    return _DemoBuilds(tmp_path_factory.mktemp("demo_builds"))
+def host_answers(demo_builds) -> _DemoBuilds:
+    return _DemoBuilds(demo_builds)
 
 
 # ------------------------------------------------------------------------------------------- the device's install
-@pytest.fixture(scope="module", params=DEVICE_PYTHONS, ids=lambda v: f"py{v}")
+# JetPack 6's 3.10 (where schema.StrEnum is the package's own) in the default run; 3.12, the same checks in a second
+# fresh venv with a second install (about a minute), in `make test-slow`.
+@pytest.fixture(scope="module", params=[DEVICE_PYTHONS[0], pytest.param(DEVICE_PYTHONS[1], marks=pytest.mark.slow)],
+                ids=lambda v: f"py{v}")
 def device_venv(request, wheel, tmp_path_factory) -> Path:
     """A fresh venv of the device's Python with the wheel installed as README's device lines do (``[ort]``: the
     device runs the ONNX graphs on its CPU here, having no TensorRT); its bin/ folder."""
@@ -210,8 +211,8 @@ def test_device_str_enums_behave_as_on_the_host(device_venv, tmp_path):
 
 
 @pytest.mark.parametrize("build", ["onnx", "orin"])
-def test_device_verify_and_run_answer_as_the_host(device_venv, build, demo_builds, tmp_path):
-    cli, (out, host) = device_venv / "mvlm-export", demo_builds[build]
+def test_device_verify_and_run_answer_as_the_host(device_venv, build, host_answers, tmp_path):
+    cli, (out, host) = device_venv / "mvlm-export", host_answers[build]
     res = _ok(_run([cli, "verify", out, "--json"], timeout=300, cwd=tmp_path), f"verify {build}")
     ver, host_ver = json.loads(res.stdout)["verification"], host["verify"]["verification"]
     assert ver["passed"] and ver["token_agreement"] == host_ver["token_agreement"]
@@ -245,7 +246,7 @@ def _local_torch_wheel(pin: str) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_with_build_extra_builds_the_demo_with_the_shipped_recipes(wheel, demo_builds, tmp_path):
+def test_wheel_with_build_extra_builds_the_demo_with_the_shipped_recipes(wheel, host_answers, tmp_path):
     """A non-editable install of the wheel with ``[build,onnx]`` in a fresh venv of this Python (no system
     site-packages): ``build --target onnx`` on the demo with the wheel's recipe, as this checkout builds it."""
     from mobilevlm_export.schema import tomllib
@@ -269,7 +270,7 @@ def test_wheel_with_build_extra_builds_the_demo_with_the_shipped_recipes(wheel, 
               "build --target onnx")
     verification = json.loads(res.stdout)["verification"]
     assert verification["passed"] and verification["token_agreement"] == 1.0
-    ref_dir, host = demo_builds["onnx"]
+    ref_dir, host = host_answers["onnx"]
     manifest, reference = (json.loads((d / "manifest.json").read_text()) for d in (out, ref_dir))
     assert manifest["recipe"] == reference["recipe"] and manifest["recipe"]["recipe"]["name"] == "onnx-fp32"
     res = _ok(_run([cli, "run", out, "--image", QUESTION[0], "--prompt", QUESTION[1], "--json"], timeout=300,

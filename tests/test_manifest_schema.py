@@ -36,13 +36,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    """The demo checkpoint exported to ONNX, built once per session (shared with test_qdq/test_tensorrt_lint)."""
-    out = tmp_path_factory.getbasetemp() / "demo_onnx_export"
-    if not (out / MANIFEST).exists():
-        res = runner.invoke(app, ["export", "-o", str(out), "--force"])
-        assert res.exit_code == 0, res.output
-    return out
+def demo(demo_build_onnx) -> Path:
+    """The demo checkpoint exported to ONNX (conftest's, built once per session; read-only: cases copy it)."""
+    return demo_build_onnx
 
 
 @pytest.fixture(scope="module")

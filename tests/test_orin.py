@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,40 +24,36 @@ runner = CliRunner()
 SAMPLES = demo_checkpoint_dir().parent / "samples"
 
 
-def _build(out: Path, recipe: str, *extra: str):
-    res = runner.invoke(app, ["build", "--target", "orin", "--recipe", recipe, "-o", str(out), "--no-bench",
-                              "--threads", "2", "--json", *extra])
-    return res
-
-
 class _Builds(dict):
-    """name -> (DIR, the build's JSON), each built on first use (a test of one recipe builds only that one)."""
+    """name -> (DIR, the build's JSON), each built on first use (a test of one recipe builds only that one), by
+    conftest's ``demo_builds``: once per session, shared with test_trt_runner (fp16), test_hardening_artifacts and
+    test_install (int4, the target's default). Read-only: a test that changes a build copies it first."""
 
-    def __init__(self, root: Path, recipes: dict[str, str]) -> None:
+    def __init__(self, builds, recipes: dict[str, str]) -> None:
         super().__init__()
-        self.root, self.recipes = root, recipes
+        self.builds, self.recipes = builds, recipes
 
     def __missing__(self, name: str):
-        res = _build(self.root / name, self.recipes[name])
-        assert res.exit_code == 0, res.output
-        self[name] = (self.root / name, json.loads(res.stdout))
+        self[name] = self.builds["orin", self.recipes[name]]
         return self[name]
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4, each built once per module."""
+def builds(demo_builds, tmp_path_factory):
+    """The shipped orin recipes and an int4 round-to-nearest variant of orin-int4 (`build --target orin --recipe R
+    --no-bench --threads 2 --json`)."""
     root = tmp_path_factory.mktemp("orin")
     rtn = root / "orin-int4-rtn.toml"
     rtn.write_text((RECIPES_DIR / "orin-int4.toml").read_text().replace('algorithm = "awq"', 'algorithm = "rtn"')
                    .replace('name = "orin-int4"', 'name = "orin-int4-rtn"'))
-    return _Builds(root, {"fp16": "orin-fp16", "int4": "orin-int4", "int4-rtn": str(rtn), "int8": "orin-int8"})
+    return _Builds(demo_builds, {"fp16": "orin-fp16", "int4": "orin-int4", "int4-rtn": str(rtn), "int8": "orin-int8"})
 
 
 def _logits(result: dict) -> list[dict]:
     return [m for m in result["verification"]["metrics"] if m["output"] == "logits"]
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_fp16_tokens_identical_and_bundle_complete(builds):
     out, result = builds["fp16"]
     v = result["verification"]
@@ -76,7 +71,8 @@ def test_fp16_tokens_identical_and_bundle_complete(builds):
     assert dec["inputs"][0]["dtype"] == "float16" and dec["outputs"][0]["dims"][1] == 1  # last-position logits
 
 
-def test_int4_accuracy_and_awq_against_round_to_nearest(builds):
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
+def test_int4_accuracy_and_awq_against_round_to_nearest(builds, reference_heldout):
     """int4 (AWQ) held-out accuracy within 2 points of the reference; AWQ and round-to-nearest side by side."""
     from mobilevlm_export.demo.evaluate import heldout_accuracy
 
@@ -88,7 +84,7 @@ def test_int4_accuracy_and_awq_against_round_to_nearest(builds):
         acc, _ = heldout_accuracy(n=60, artifacts=out)
         rows[name] = {"accuracy": acc, "kl": max(m["kl"] for m in logits), "top1": min(m["top1"] for m in logits),
                       "cosine": min(m["cosine"] for m in logits)}
-    ref_acc, _ = heldout_accuracy(n=60)
+    ref_acc, _ = reference_heldout(60)  # heldout_accuracy(n=60) of the reference (conftest: once per session)
     print(json.dumps({"reference_accuracy": ref_acc, **rows}))
     assert rows["int4"]["accuracy"] >= ref_acc - 0.02 and rows["int4-rtn"]["accuracy"] >= ref_acc - 0.02
     quant = "\n".join(builds["int4"][1]["log"])
@@ -96,6 +92,7 @@ def test_int4_accuracy_and_awq_against_round_to_nearest(builds):
     assert "AWQ" not in "\n".join(builds["int4-rtn"][1]["log"])
 
 
+@pytest.mark.usefixtures("demo_build_orin_int8")  # (conftest: built ahead, in the background)
 def test_int8_w8a8_has_calibrated_activation_qdq(builds):
     out, result = builds["int8"]
     assert result["verification"]["passed"]
@@ -105,6 +102,7 @@ def test_int8_w8a8_has_calibrated_activation_qdq(builds):
     assert "w8a8" in "\n".join(result["log"])
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_trt_form_differs_only_in_domain_and_opset(builds):
     from mobilevlm_export.backends.tensorrt_qdq import convert_dq_form
 
@@ -121,6 +119,7 @@ def test_trt_form_differs_only_in_domain_and_opset(builds):
     assert convert_dq_form(trt, "standard").SerializeToString() == std.SerializeToString()
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
     """The plan matches the graphs' contracts and ONNX files; build_engines.sh passes trtexec 10.3's option
     grammar (tests/trtexec_grammar.py) and carries the plan's engines, flags, workspace and profiles."""
@@ -167,6 +166,7 @@ def test_build_plan_and_trtexec_script_agree_with_the_contracts(builds):
     assert decode["attention_mask"]["max"][1] == recipe.max_context
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_device_side_without_torch(builds, tmp_path):
     """`verify` and `run` on an orin bundle where importing torch or transformers fails (ONNX Runtime runner)."""
     out = str(builds["int4"][0])
@@ -179,6 +179,7 @@ def test_device_side_without_torch(builds, tmp_path):
     assert json.loads(res.stdout)["text"] == "purple"
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
     try:
         import tensorrt  # noqa: F401
@@ -205,6 +206,7 @@ def test_trt_build_refuses_what_it_cannot_build(builds, tmp_path):
     assert res.exit_code == 2 and "not an orin bundle" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     """Engines `build_engines.sh` wrote are not run unchecked: verify refuses them until `trt-build --record-only`
     records their sha256; a missing engine cannot be recorded. (Here the "engines" are placeholder bytes and
@@ -240,6 +242,7 @@ def test_engines_from_the_script_are_used_only_once_recorded(builds, tmp_path):
     assert res.exit_code == 2 and "sha256" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_engines_rebuilt_by_the_script_are_recorded_again(builds, tmp_path):
     """build_engines.sh run again (new engines and timing cache over recorded ones): `trt-build --record-only`
     records them, and `trt-build` gets past the bundle check (to "no TensorRT here" where it is absent); every
@@ -267,6 +270,7 @@ def test_engines_rebuilt_by_the_script_are_recorded_again(builds, tmp_path):
     assert res.exit_code == 2 and "build_engines.sh: corrupt artifact" in res.stderr, res.output
 
 
+@pytest.mark.usefixtures("demo_build_orin_fp16")  # (conftest: built ahead, in the background)
 def test_tensorrt_engines(builds, tmp_path):
     """Where TensorRT and a GPU exist: trt-build builds the engines from the plan, verify runs on them."""
     pytest.importorskip("tensorrt", reason="TensorRT cannot be installed here: its wheels fetch from NVIDIA's own "
@@ -320,6 +324,7 @@ def test_context_beyond_the_model_and_block_not_dividing(tmp_path):
         OrinTarget().limits(load_recipe("orin-int4"), load_profile("orin-nano-8gb"), dims)
 
 
+@pytest.mark.usefixtures("demo_build_orin")  # (conftest: built ahead, in the background)
 def test_fits_on_device_refuses_with_the_numbers(builds, tmp_path):
     from mobilevlm_export.profiles import PROFILES_DIR, load_profile
     from mobilevlm_export.targets.orin import fits_on_device

@@ -7,11 +7,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
 from mobilevlm_export.backends.onnx import ort_session
 from mobilevlm_export.backends.tensorrt_qdq import DqFormError, convert_dq_form
-from mobilevlm_export.cli import app
 from mobilevlm_export.quantize.calibrate import calibrate
 from mobilevlm_export.quantize.graph import QdqError
 from mobilevlm_export.quantize.prescale import AwqScales, apply_awq_scales, awq_scales, awq_search, smoothquant_scales
@@ -491,15 +489,9 @@ SIZES = {"batch": 1, "seq": 6, "past": 3}
 
 
 @pytest.fixture(scope="module")
-def decoder(tmp_path_factory) -> onnx.ModelProto:
-    """The demo checkpoint's decoder graph, exported through the CLI. The export directory sits in the session's
-    base temp dir, so test_tensorrt_lint.py (same fixture) reuses it when both run in one session."""
-    out = tmp_path_factory.getbasetemp() / "demo_onnx_export"
-    path = out / "graphs" / "decoder.onnx"
-    if not path.exists():
-        res = CliRunner().invoke(app, ["export", "-o", str(out), "--force"])
-        assert res.exit_code == 0, res.output
-    return onnx.load(str(path))
+def decoder(demo_build_onnx) -> onnx.ModelProto:
+    """The demo checkpoint's decoder graph, exported through the CLI (conftest's export, shared by the session)."""
+    return onnx.load(str(demo_build_onnx / "graphs" / "decoder.onnx"))
 
 
 def _feeds(model: onnx.ModelProto, seed: int, sizes: dict[str, int] = SIZES) -> dict[str, np.ndarray]:

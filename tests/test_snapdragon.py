@@ -27,20 +27,16 @@ def _build(out: Path, *extra: str):
     return runner.invoke(app, ["build", "--target", "snapdragon", "-o", str(out), "--threads", "2", "--json", *extra])
 
 
+# conftest's builds (`build --target snapdragon [--recipe R] --threads 2 --json`, with the latency run), once per
+# session: the default one is shared with test_hardening_artifacts. Read-only: a test that changes one copies it.
 @pytest.fixture(scope="module")
-def fp32_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sd") / "fp32"
-    res = _build(out, "--recipe", "snapdragon-fp32")
-    assert res.exit_code == 0, res.output
-    return out, json.loads(res.stdout)
+def fp32_build(demo_build_snapdragon_fp32, demo_builds):
+    return demo_builds["snapdragon", "snapdragon-fp32"]
 
 
 @pytest.fixture(scope="module")
-def q4_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sd") / "8da4w"
-    res = _build(out)  # the target's default recipe: snapdragon-8da4w
-    assert res.exit_code == 0, res.output
-    return out, json.loads(res.stdout)
+def q4_build(demo_build_snapdragon, demo_builds):
+    return demo_builds["snapdragon", "snapdragon-8da4w"]  # the target's default recipe
 
 
 def test_fp32_pte_tokens_identical_to_reference(fp32_build):
@@ -152,7 +148,7 @@ def test_fresh_bench_process_runs_one_openmp_thread(fp32_build):
     assert [n for n in out["host"]["notes"] if "PyTorch has 2 OpenMP threads" in n]
 
 
-def test_8da4w_accuracy_and_per_step_metrics(q4_build):
+def test_8da4w_accuracy_and_per_step_metrics(q4_build, reference_heldout):
     from mobilevlm_export.demo.evaluate import heldout_accuracy
 
     out, result = q4_build
@@ -166,7 +162,7 @@ def test_8da4w_accuracy_and_per_step_metrics(q4_build):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compile"]["constant_methods"]["use_sdpa_with_kv_cache"] is True
     # held-out accuracy of the quantized program vs the reference (100% on this split, measured)
-    ref_acc, _ = heldout_accuracy(n=60)
+    ref_acc, _ = reference_heldout(60)  # heldout_accuracy(n=60) of the reference (conftest: once per session)
     acc, _ = heldout_accuracy(n=60, artifacts=out)
     assert acc >= ref_acc - 0.02, (acc, ref_acc)
 

@@ -10,11 +10,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
 from mobilevlm_export.backends import tensorrt_lint as tl
 from mobilevlm_export.backends.tensorrt_qdq import convert_dq_form
-from mobilevlm_export.cli import app
 from mobilevlm_export.quantize.qdq_rewrite import quantize_weights
 from mobilevlm_export.quantize.scales import int4_tensor
 from mobilevlm_export.quantize.select import find_weight_matmuls
@@ -219,15 +217,10 @@ def test_constant_inputs_and_op_types():
 
 
 @pytest.fixture(scope="module")
-def decoder_path(tmp_path_factory):
-    """The demo checkpoint's decoder graph file, exported through the CLI. The export directory sits in the
-    session's base temp dir, so test_qdq.py (same fixture) reuses it when both run in one session."""
-    out = tmp_path_factory.getbasetemp() / "demo_onnx_export"
-    path = out / "graphs" / "decoder.onnx"
-    if not path.exists():
-        res = CliRunner().invoke(app, ["export", "-o", str(out), "--force"])
-        assert res.exit_code == 0, res.output
-    return path
+def decoder_path(demo_build_onnx):
+    """The demo checkpoint's decoder graph file, exported through the CLI (conftest's export, shared by the
+    session; read-only)."""
+    return demo_build_onnx / "graphs" / "decoder.onnx"
 
 
 def _relabel(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:

@@ -28,12 +28,10 @@ IMAGE = sorted((demo_checkpoint_dir().parent / "samples").glob("*.png"))[0]
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trt") / "orin"
-    res = runner.invoke(app, ["build", "--target", "orin", "--recipe", "orin-fp16", "-o", str(out), "--no-bench",
-                              "--threads", "2", "--json"])
-    assert res.exit_code == 0, res.output
-    return out
+def bundle(demo_build_orin_fp16) -> Path:
+    """`build --target orin --recipe orin-fp16 --no-bench` of the demo (conftest's, shared with test_orin; read-only:
+    the cases copy it)."""
+    return demo_build_orin_fp16
 
 
 @pytest.fixture()
