@@ -32,7 +32,7 @@ demo: setup
 		--prompt "What color is the shape?"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow -s

@@ -1,7 +1,7 @@
 """A target defined outside the package (tests/plugin/mvlm_edgebox.py) and registered the way an installed
 distribution registers one: a ``.dist-info`` with an ``entry_points.txt`` in the ``mobilevlm_export.targets``
-group, on ``sys.path`` (what ``pip install`` leaves in site-packages). Through the CLI, in fresh processes, it
-builds the demo, verifies it and answers from it; no file of the package knows it."""
+group, on ``sys.path`` (what ``pip install`` leaves in site-packages). A fresh process lists it; through the CLI
+it builds the demo, verifies it and answers from it; no file of the package knows it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from mobilevlm_export.cli import app
+from mobilevlm_export.targets import registry
 
 PLUGIN = Path(__file__).parent / "plugin"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "mobilevlm_export"
@@ -44,16 +48,29 @@ def test_the_plugin_lives_outside_the_package():
     assert not any("edgebox" in p.read_text() for p in PACKAGE_DIR.rglob("*.py"))
 
 
-def test_a_plugin_target_builds_verifies_and_runs(installed, tmp_path, image_file):
+@pytest.fixture
+def plugin_on_path(installed, monkeypatch):
+    """The plugin importable and its distribution found, in this process (the registry read afresh)."""
+    monkeypatch.syspath_prepend(str(PLUGIN))
+    monkeypatch.syspath_prepend(str(installed))
+    registry.cache_clear()
+    yield
+    registry.cache_clear()
+
+
+def test_a_fresh_process_lists_the_plugin(installed):
     res = cli("targets", "--json", site=installed)
     assert res.returncode == 0, res.stderr
     listed = {t["name"]: t for t in json.loads(res.stdout)["targets"]}
     assert {"onnx", "orin", "snapdragon", "edgebox"} <= listed.keys()
     assert listed["edgebox"]["module"] == "mvlm_edgebox" and listed["edgebox"]["default_recipe"] == "edgebox-fp32"
 
+
+def test_a_plugin_target_builds_verifies_and_runs(plugin_on_path, tmp_path, image_file, monkeypatch):
+    runner = CliRunner()
     out = tmp_path / "edgebox"
-    res = cli("build", "--target", "edgebox", "-o", str(out), "--no-bench", "--json", site=installed)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = runner.invoke(app, ["build", "--target", "edgebox", "-o", str(out), "--no-bench", "--json"])
+    assert res.exit_code == 0, res.output[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == "edgebox" and manifest["recipe"]["edgebox"] == {"max_context": 256,
                                                                                  "intra_op_threads": 1}
@@ -62,25 +79,25 @@ def test_a_plugin_target_builds_verifies_and_runs(installed, tmp_path, image_fil
     assert set(manifest["graphs"]) == {"image_encoder", "embed_tokens", "decoder"}
     assert manifest["verification"]["passed"] is True
 
-    res = cli("verify", str(out), "--json", site=installed)
-    assert res.returncode == 0, res.stderr
+    res = runner.invoke(app, ["verify", str(out), "--json"])
+    assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["verification"]
     assert report["passed"] and report["token_agreement"] == 1.0 and report["backend"] == "onnxruntime"
 
-    res = cli("run", str(out), "--image", str(image_file), "--prompt", "What color is the shape?", "--json",
-              site=installed)
-    assert res.returncode == 0, res.stderr
+    res = runner.invoke(app, ["run", str(out), "--image", str(image_file), "--prompt", "What color is the shape?",
+                              "--json"])
+    assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["backend"] == "onnxruntime"
 
-    # without the plugin installed, its builds are refused in one line naming the manifest's target
+    # without the plugin installed (a fresh process without its distribution), its builds are refused in one line
     res = cli("verify", str(out))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "manifest.json: target must be a registered target" in res.stderr and '"edgebox"' in res.stderr
 
     # the file the target's runtime reads is checked like every artifact: listed, with its sha256
     (out / "edgebox.json").write_text("{}")
-    res = cli("verify", str(out), site=installed)
-    assert res.returncode == 2 and "edgebox.json: corrupt artifact" in res.stderr, res.stderr
+    res = runner.invoke(app, ["verify", str(out)])
+    assert res.exit_code == 2 and "edgebox.json: corrupt artifact" in res.stderr, res.output
 
 
 def test_a_broken_plugin_is_named(installed, tmp_path):
