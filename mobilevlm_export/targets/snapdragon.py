@@ -117,11 +117,16 @@ class SnapdragonTarget(TargetBase):
                   "subgraphs": m.delegated_subgraphs} for m in info.methods]
         return CompileRecord(records, {**info.to_dict(), "quantize_seconds": round(quant_s, 2)}, log, table)
 
-    def partitioners(self) -> list:
-        """XNNPACK's partitioners, dynamic-quant linears first (per op), then everything else it takes."""
+    def partitioners(self, method: str | None = None) -> list:
+        """XNNPACK's partitioners for ``method``. The vision encoder: one partitioner taking dynamic-quant linears
+        and fp32 ops alike, so that a layer is one delegate (its graph is written in ops XNNPACK takes,
+        ``graphs.vision.DelegableVisionEncoder``). Other methods: dynamic-quant linears first (per op), then
+        everything else it takes."""
         from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
+        if method == _METHODS["image_encoder"]:
+            return [XnnpackPartitioner(config_precisions=[ConfigPrecisionType.DYNAMIC_QUANT, ConfigPrecisionType.FP32])]
         return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
                 XnnpackPartitioner()]
 
