@@ -118,17 +118,17 @@ class SnapdragonTarget(TargetBase):
         return CompileRecord(records, {**info.to_dict(), "quantize_seconds": round(quant_s, 2)}, log, table)
 
     def partitioners(self, method: str | None = None) -> list:
-        """XNNPACK's partitioners for ``method``. The vision encoder: one partitioner taking dynamic-quant linears
-        and fp32 ops alike, so that a layer is one delegate (its graph is written in ops XNNPACK takes,
-        ``graphs.vision.DelegableVisionEncoder``). Other methods: dynamic-quant linears first (per op), then
-        everything else it takes."""
+        """XNNPACK's partitioners for ``method``: one partitioner taking dynamic-quant linears and fp32 ops alike,
+        so that linears and the ops between them share delegates (the vision encoder's graph is written in ops
+        XNNPACK takes, ``graphs.vision.DelegableVisionEncoder``, so it is one). ``token_embedding`` gets none: its
+        quantized embedding is no op XNNPACK takes, and each partitioner costs ExecuTorch three decompositions of
+        the method (``to_edge_transform_and_lower``)."""
         from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-        if method == _METHODS["image_encoder"]:
-            return [XnnpackPartitioner(config_precisions=[ConfigPrecisionType.DYNAMIC_QUANT, ConfigPrecisionType.FP32])]
-        return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
-                XnnpackPartitioner()]
+        if method == _METHODS["embed_tokens"]:
+            return []
+        return [XnnpackPartitioner(config_precisions=[ConfigPrecisionType.DYNAMIC_QUANT, ConfigPrecisionType.FP32])]
 
     def prepare_process(self) -> None:
         from mobilevlm_export.backends.executorch import prepare_runtime_process
