@@ -254,8 +254,9 @@ def test_xnnpack_friendly_norm_and_last_logits(tiny_ckpt):
     torch.testing.assert_close(got, want[:, -1:], rtol=1e-5, atol=1e-5)
 
 
-# what may stay on portable kernels in the vision encoder method: nothing (no compute node, no view or copy)
-VISION_PORTABLE_ALLOWED: dict[str, str] = {}
+# what may stay outside XNNPACK in the vision encoder method: no compute node, no view or copy; only the delegate's
+# output selection (get_delegation_info counts it as a non-delegated node)
+VISION_PORTABLE_ALLOWED = {"getitem": "a delegate's outputs"}
 
 
 def _vision_layers() -> int:
@@ -276,6 +277,34 @@ def test_vision_encoder_is_delegated_whole(fp32_build, q4_build):
         vision = next(m for m in manifest["compile"]["methods"] if m["method"] == "vision_encoder")
         assert set(vision["portable_ops"]) <= set(VISION_PORTABLE_ALLOWED), vision["portable_ops"]
         assert 1 <= vision["delegated_subgraphs"] <= 3 * layers, vision
+
+
+# what the text decoder leaves on portable kernels (manifest op names), and why XNNPACK does not take it
+DECODER_PORTABLE_ALLOWED = {
+    "llama_custom_sdpa_default": "ExecuTorch's LLM attention kernel (reads only the cache positions written)",
+    "auto_functionalized_v2": "llama.update_cache, the in-place KV-cache write",
+    "aten_slice_copy_tensor": "rotate_half's halves and the last position's row: XNNPACK slices static shapes only "
+                              "(the prompt length is dynamic)",
+    "aten_unsqueeze_copy_default": "input_pos and RoPE's cos/sin given a leading axis (XNNPACK: trailing only)",
+    "aten_select_copy_int": "input_pos[0], the cache's start position",
+    "dim_order_ops__to_dim_order_copy_default": "input_pos int64 -> float for RoPE's angles",
+    "_local_scalar_dense": "start position as a scalar (.item())",
+    "sym_size": "scalar shape bookkeeping", "_assert_scalar": "scalar bookkeeping", "add": "scalar bookkeeping",
+    "le": "scalar bookkeeping", "ge": "scalar bookkeeping", "getitem": "a delegate's outputs",
+}
+
+
+def test_text_decoder_leaves_only_named_nodes_on_portable(fp32_build, q4_build):
+    """The text decoder's portable nodes are the named ones (custom attention and cache ops, dynamic-shape slices,
+    scalar bookkeeping): norms, views, projections and MLPs run in XNNPACK, at most 3 subgraphs a layer."""
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+
+    layers = load_checkpoint(demo_checkpoint_dir()).model.language_model.config.num_hidden_layers
+    for out, _ in (fp32_build, q4_build):
+        manifest = json.loads((out / "manifest.json").read_text())
+        decoder = next(m for m in manifest["compile"]["methods"] if m["method"] == "text_decoder")
+        assert set(decoder["portable_ops"]) <= set(DECODER_PORTABLE_ALLOWED), decoder["portable_ops"]
+        assert decoder["delegated_subgraphs"] <= 3 * layers, decoder
 
 
 def test_delegable_vision_encoder_is_the_checkpoints_math(tiny_loaded):

@@ -121,14 +121,13 @@ class SnapdragonTarget(TargetBase):
         """XNNPACK's partitioners for ``method``: one partitioner taking dynamic-quant linears and fp32 ops alike,
         so that linears and the ops between them share delegates (the vision encoder's graph is written in ops
         XNNPACK takes, ``graphs.vision.DelegableVisionEncoder``, so it is one). ``token_embedding`` gets none: its
-        quantized embedding is no op XNNPACK takes, and each partitioner costs ExecuTorch three decompositions of
-        the method (``to_edge_transform_and_lower``)."""
+        quantized embedding is no op XNNPACK takes, and each partitioner costs ExecuTorch decompositions of the
+        method (``to_edge_transform_and_lower``). See ``_partitioner_class`` for what it keeps undecomposed."""
         from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         if method == _METHODS["embed_tokens"]:
             return []
-        return [XnnpackPartitioner(config_precisions=[ConfigPrecisionType.DYNAMIC_QUANT, ConfigPrecisionType.FP32])]
+        return [_partitioner_class()(config_precisions=[ConfigPrecisionType.DYNAMIC_QUANT, ConfigPrecisionType.FP32])]
 
     def prepare_process(self) -> None:
         from mobilevlm_export.backends.executorch import prepare_runtime_process
@@ -169,6 +168,29 @@ class SnapdragonTarget(TargetBase):
             runners[name] = ExecuTorchRunner(programs[g["file"]], path, GraphContract.from_dict(g["contract"]),
                                              g["method"])
         return runners
+
+
+_PARTITIONER = None
+
+
+def _partitioner_class():
+    """ExecuTorch's ``XnnpackPartitioner`` whose ops kept from decomposition (``ops_to_not_decompose``: aten.linear
+    and the few others XNNPACK lowers whole) come without their per-node check. With the check, ExecuTorch's
+    ``to_edge_transform_and_lower`` decomposes a method three times per partitioner (to tag the nodes that pass it,
+    then again); without, once or twice, and it then fails the build if a kept op was not delegated (its
+    ``_sanity_check_graph_for_non_decomp_ops``), as the matmul check here would for a linear. Measured on the
+    demo: see benchmarks/results (run_decompositions calls and seconds)."""
+    global _PARTITIONER
+    if _PARTITIONER is None:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        class Partitioner(XnnpackPartitioner):
+            def ops_to_not_decompose(self, ep):
+                ops, _check = super().ops_to_not_decompose(ep)
+                return ops, None
+
+        _PARTITIONER = Partitioner
+    return _PARTITIONER
 
 
 def _dynamic_shapes(contract) -> tuple | None:
