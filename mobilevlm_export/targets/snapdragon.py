@@ -176,10 +176,10 @@ _PARTITIONER = None
 def _partitioner_class():
     """ExecuTorch's ``XnnpackPartitioner`` whose ops kept from decomposition (``ops_to_not_decompose``: aten.linear
     and the few others XNNPACK lowers whole) come without their per-node check. With the check, ExecuTorch's
-    ``to_edge_transform_and_lower`` decomposes a method three times per partitioner (to tag the nodes that pass it,
-    then again); without, once or twice, and it then fails the build if a kept op was not delegated (its
-    ``_sanity_check_graph_for_non_decomp_ops``), as the matmul check here would for a linear. Measured on the
-    demo: see benchmarks/results (run_decompositions calls and seconds)."""
+    ``to_edge_transform_and_lower`` decomposes a method once, then twice more per partitioner (to tag the nodes
+    that pass it, then again); without, once, then at most once per partitioner, and it fails the build if a kept
+    op was not delegated (its ``_sanity_check_graph_for_non_decomp_ops``), as the matmul check here would for a
+    linear. Same .pte bytes on the demo, run_decompositions 8 -> 6 calls (benchmarks/results)."""
     global _PARTITIONER
     if _PARTITIONER is None:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
