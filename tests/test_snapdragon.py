@@ -250,6 +250,76 @@ def test_xnnpack_friendly_norm_and_last_logits(tiny_ckpt):
     torch.testing.assert_close(got, want[:, -1:], rtol=1e-5, atol=1e-5)
 
 
+# what may stay outside XNNPACK in the vision encoder method: no compute node, no view or copy; only the delegate's
+# output selection (get_delegation_info counts it as a non-delegated node)
+VISION_PORTABLE_ALLOWED = {"getitem": "a delegate's outputs"}
+
+
+def _vision_layers() -> int:
+    """The CLIP layers the demo's vision encoder runs (up to ``mm_vision_select_layer``)."""
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+
+    model = load_checkpoint(demo_checkpoint_dir()).model
+    return model.select_layer % (len(model.vision_tower.encoder.layers) + 1)
+
+
+def test_vision_encoder_is_delegated_whole(fp32_build, q4_build):
+    """The vision encoder method (tower + projector) runs in XNNPACK: no portable node but the named views/copies
+    (none today), at most 3 XNNPACK subgraphs per transformer layer, fp32 and 8da4w alike."""
+    layers = _vision_layers()
+    assert layers >= 1
+    for out, _ in (fp32_build, q4_build):
+        manifest = json.loads((out / "manifest.json").read_text())
+        vision = next(m for m in manifest["compile"]["methods"] if m["method"] == "vision_encoder")
+        assert set(vision["portable_ops"]) <= set(VISION_PORTABLE_ALLOWED), vision["portable_ops"]
+        assert 1 <= vision["delegated_subgraphs"] <= 3 * layers, vision
+
+
+# what the text decoder leaves on portable kernels (manifest op names), and why XNNPACK does not take it
+DECODER_PORTABLE_ALLOWED = {
+    "llama_custom_sdpa_default": "ExecuTorch's LLM attention kernel (reads only the cache positions written)",
+    "auto_functionalized_v2": "llama.update_cache, the in-place KV-cache write",
+    "aten_slice_copy_tensor": "rotate_half's halves and the last position's row: XNNPACK slices static shapes only "
+                              "(the prompt length is dynamic)",
+    "aten_unsqueeze_copy_default": "input_pos and RoPE's cos/sin given a leading axis (XNNPACK: trailing only)",
+    "aten_select_copy_int": "input_pos[0], the cache's start position",
+    "dim_order_ops__to_dim_order_copy_default": "input_pos int64 -> float for RoPE's angles",
+    "_local_scalar_dense": "start position as a scalar (.item())",
+    "sym_size": "scalar shape bookkeeping", "_assert_scalar": "scalar bookkeeping", "add": "scalar bookkeeping",
+    "le": "scalar bookkeeping", "ge": "scalar bookkeeping", "getitem": "a delegate's outputs",
+}
+
+
+def test_text_decoder_leaves_only_named_nodes_on_portable(q4_build):
+    """With ExecuTorch's LLM attention ops (attention = "custom_sdpa", the default recipe's), the text decoder's
+    portable nodes are the named ones (those ops, dynamic-shape slices, scalar bookkeeping): norms, views,
+    projections and MLPs run in XNNPACK, at most 3 subgraphs a layer. (attention = "portable", as in
+    snapdragon-fp32, keeps its index_put cache writes and masked softmax on portable kernels by design.)"""
+    from mobilevlm_export.checkpoint.model import load_checkpoint
+
+    layers = load_checkpoint(demo_checkpoint_dir()).model.language_model.config.num_hidden_layers
+    for out, _ in (q4_build,):
+        manifest = json.loads((out / "manifest.json").read_text())
+        decoder = next(m for m in manifest["compile"]["methods"] if m["method"] == "text_decoder")
+        assert set(decoder["portable_ops"]) <= set(DECODER_PORTABLE_ALLOWED), decoder["portable_ops"]
+        assert decoder["delegated_subgraphs"] <= 3 * layers, decoder
+
+
+def test_delegable_vision_encoder_is_the_checkpoints_math(tiny_loaded):
+    """The image encoder as ExecuTorch lowers it (``split_static``: LayerNorm over a 4-D view, constant class row
+    and positions, 3-D bmm attention, LDPv2's pool as avg_pool2d) computes what the checkpoint's modules do."""
+    from mobilevlm_export.graphs.contracts import Limits
+    from mobilevlm_export.graphs.split import split, split_static
+
+    ref = next(g for g in split(tiny_loaded, fused_image_encoder=True) if g.name == "image_encoder")
+    new = next(g for g in split_static(tiny_loaded, Limits(1, 32, 32), False) if g.name == "image_encoder")
+    assert type(new.module.vision).__name__ == "DelegableVisionEncoder"
+    assert type(new.module.projector.projector).__name__ == "DelegableLDPNetV2"
+    x = torch.randn(1, 3, ref.contract.inputs[0].dims[2], ref.contract.inputs[0].dims[3])
+    with torch.no_grad():
+        torch.testing.assert_close(new.module(x), ref.module(x), rtol=1e-5, atol=1e-5)
+
+
 def test_rebuilt_program_at_the_same_path_is_loaded_anew(fp32_build, q4_build, tmp_path):
     """Opening a DIR loads its program; a .pte replaced at the same path in the same process is not served from a
     cache of the old one."""

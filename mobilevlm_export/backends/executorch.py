@@ -69,7 +69,7 @@ def _check_matmuls(report: MethodReport) -> None:
 def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, object], path: Path,
                    constant_methods: dict, mutable_buffers_init: bool, partitioners, progress=None) -> ProgramInfo:
     """Export ``modules`` (keyed by method name) with their sample inputs and dynamic shapes, lower them in one
-    call with the target's ``partitioners()`` (a fresh list per method, in the order they take nodes, as
+    call with the target's ``partitioners(method)`` (a fresh list per method, in the order they take nodes, as
     ExecuTorch's ``partitioner_lib`` gives them) and write the program to ``path``.
 
     Consumes ``modules``: each is popped once exported, so this function holds no module reference of its own
@@ -92,7 +92,7 @@ def export_program(modules: dict, samples: dict[str, tuple], dynamic: dict[str, 
     t1 = time.perf_counter()
 
     edge = to_edge_transform_and_lower(
-        programs, partitioner={m: partitioners() for m in programs}, constant_methods=constant_methods,
+        programs, partitioner={m: partitioners(m) for m in programs}, constant_methods=constant_methods,
         compile_config=EdgeCompileConfig(_check_ir_validity=False))
     del programs
     reports = [_delegation(m, edge.exported_program(m).graph_module) for m in names]

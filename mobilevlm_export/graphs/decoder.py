@@ -48,7 +48,9 @@ class Rope(nn.Module):
 class RMSNorm(nn.Module):
     """A checkpoint's LLaMA RMSNorm (same weight, same eps) with the mean of squares taken over the last two axes
     of a [..., H, 1] view: XNNPACK's mean reduces the last two axes of a 4-D tensor (it has no mean over the last
-    axis of a 3-D one), so the norm stays in the delegate."""
+    axis of a 3-D one), so the norm stays in the delegate. The mean's [..., 1, 1] goes back to [..., 1] by a view
+    whose one dynamic size is inferred (-1): XNNPACK takes that view, not a ``squeeze_copy`` nor a view of a
+    symbolic size."""
 
     def __init__(self, norm: nn.Module) -> None:
         super().__init__()
@@ -57,7 +59,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        var = (x32 * x32).unsqueeze(-1).mean((-2, -1), keepdim=True).squeeze(-1)
+        var = (x32 * x32).unsqueeze(-1).mean((-2, -1), keepdim=True).view(*x.shape[:-2], -1, 1)
         return self.weight * (x32 * torch.rsqrt(var + self.eps)).to(x.dtype)
 
 
@@ -68,9 +70,11 @@ class _Attention(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.scale = head_dim ** -0.5
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """New q, k (rotated) and v: [B, heads|kv_heads, S, D]."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, infer_seq: bool = False):
+        """New q, k (rotated) and v: [B, heads|kv_heads, S, D]. ``infer_seq``: the heads' views infer the
+        sequence length (-1), views XNNPACK takes where S is dynamic (ExecuTorch), rather than name it."""
         b, s, _ = x.shape
+        s = -1 if infer_seq else s
         q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -186,7 +190,7 @@ class StaticKVDecoder(_Layers):
             visible = torch.arange(self.max_cache, device=h.device)[None, :] <= input_pos[:, None]
         for i in range(self.num_layers):
             attn = self.attns[i]
-            q, k, v = attn.project(self.input_norms[i](h), cos, sin)
+            q, k, v = attn.project(self.input_norms[i](h), cos, sin, infer_seq=True)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [1, T, heads, D]
             k_cache, v_cache = getattr(self, f"k_cache_{i}"), getattr(self, f"v_cache_{i}")
             if self.custom_ops:
@@ -197,7 +201,7 @@ class StaticKVDecoder(_Layers):
                 k_cache.index_copy_(1, input_pos, k)
                 v_cache.index_copy_(1, input_pos, v)
                 out = self._masked_attention(attn, q, k_cache, v_cache, visible)
-            h = h + attn.o_proj(out.reshape(1, s, attn.heads * attn.head_dim))
+            h = h + attn.o_proj(out.reshape(1, -1, attn.heads * attn.head_dim))  # (-1: a view XNNPACK takes)
             h = h + self.mlps[i](self.post_norms[i](h))
         if self.last_logits:  # what generation reads: no lm_head over the whole prompt
             h = h[:, -1:]

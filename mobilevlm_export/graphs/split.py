@@ -12,7 +12,14 @@ from mobilevlm_export.checkpoint.model import LoadedCheckpoint
 from mobilevlm_export.checkpoint.records import model_dims
 from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract, KVCache, Limits, graph_contracts
 from mobilevlm_export.graphs.decoder import DynamicKVDecoder, StaticKVDecoder
-from mobilevlm_export.graphs.vision import EmbedTokens, ImageEncoder, Projector, VisionEncoder
+from mobilevlm_export.graphs.vision import (
+    DelegableVisionEncoder,
+    EmbedTokens,
+    ImageEncoder,
+    Projector,
+    VisionEncoder,
+    delegable_projector,
+)
 from mobilevlm_export.schema import Precision
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
@@ -68,12 +75,14 @@ def split(ckpt: LoadedCheckpoint, precision: Precision = Precision.FP32, fused_i
 def split_static(ckpt: LoadedCheckpoint, limits: Limits, custom_ops: bool, last_logits: bool = False) -> list[Graph]:
     """The static-KV graphs (ExecuTorch) of ``ckpt``, fp32: ``image_encoder`` (vision + projector fused),
     ``embed_tokens`` and ``decoder`` with its cache as buffers of ``limits.max_context`` positions. The modules
-    share the model's weights (quantization in place quantizes the model too)."""
+    share the model's weights (quantization in place quantizes the model too). The image encoder is written in ops
+    XNNPACK takes (``DelegableVisionEncoder``, ``delegable_projector``): the same computation as ``split``'s."""
     max_cache = limits.max_context
     model = ckpt.model
-    vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
+    vision = DelegableVisionEncoder(VisionEncoder(model.vision_tower, model.select_layer, model.select_feature))
+    patches = model_dims(ckpt).patches
     modules: dict[str, nn.Module] = {
-        "image_encoder": ImageEncoder(vision, Projector(model.projector)),
+        "image_encoder": ImageEncoder(vision, Projector(delegable_projector(model.projector, patches))),
         "embed_tokens": EmbedTokens(model.language_model.get_input_embeddings()),
         "decoder": StaticKVDecoder(model.language_model, max_cache, custom_ops, last_logits),
     }
