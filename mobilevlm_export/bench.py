@@ -128,7 +128,9 @@ def one_run(pipe, w: Workload) -> dict[str, float]:
 
 def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tokens: int = 32, runs: int = 10,
             warmup: int = 2, text_only: bool = False) -> dict:
-    """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``). The ``host`` record: the
+    """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``); ``art`` has ``manifest``,
+    ``runners(threads)``, ``generator(runners)`` and ``bench_notes()`` (``runtime.artifacts.ArtifactSet``, or the
+    suite's peer programs). The ``host`` record: the
     ``threads`` the runtime ran on (``threads_used``; ``threads_requested``: the flag's, None for the default), each
     metric's p50 under its historical key (``decode_ms_per_token`` only in ``stats``), ``stats`` (metric ->
     ``stats``), ``samples`` (metric -> every timed run's value, in order, for pooling over rounds), ``notes``
@@ -154,7 +156,7 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             "prefill_tokens_per_s": p50["prefill_tokens_per_s"], "ttft_ms": p50["ttft_ms"],
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
-            "samples": samples, "notes": noisy(table) + art.target.bench_notes(art.manifest)}
+            "samples": samples, "notes": noisy(table) + art.bench_notes()}
 
 
 def threads_used(backend: str, threads: int | None) -> int | None:

@@ -376,13 +376,13 @@ def test_verify_path_too_long_or_looping_is_exit_2(tmp_path, case):
 def test_full_disk_during_a_build_is_exit_2_naming_the_output(tiny_ckpt, samples, tmp_path, monkeypatch):
     """ENOSPC while the build writes (simulated at the manifest's write): exit 2, one line naming -o (not exit 3
     with no path); no staging directory or lock left."""
-    from mobilevlm_export import outdir as od
+    from mobilevlm_export import manifest
 
     def full(path, data):
         raise OSError(28, "No space left on device")
 
     out = tmp_path / "out"
-    monkeypatch.setattr(od, "write_file_atomic", full)
+    monkeypatch.setattr(manifest, "write_file_atomic", full)
     res = runner.invoke(app, ["build", str(tiny_ckpt), "--target", "onnx", "-o", str(out), "--samples", str(samples),
                               "--no-bench", "--no-simplify"])
     _one_line(res.exit_code, res.stderr, 2, f"-o {out}", "No space left on device")

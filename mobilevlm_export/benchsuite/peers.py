@@ -150,6 +150,9 @@ class ExportLlmProgram:
         self.manifest = {"model": {"dims": dims}}
         self._loaded: dict | None = None
 
+    def bench_notes(self) -> list[str]:
+        return []  # a peer's program has no target of ours, so no target notes
+
     def runners(self, threads: int | None = None) -> dict:
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (llama.* kernels for the runtime)
         from executorch.runtime import Runtime, Verification
@@ -209,6 +212,9 @@ class EagerModel:
         self.loaded = load_checkpoint(ckpt)
         self.dims = model_dims(self.loaded)
         self.manifest = {"model": {"dims": dict(self.dims.__dict__)}}
+
+    def bench_notes(self) -> list[str]:
+        return []  # a peer's program has no target of ours, so no target notes
 
     def runners(self, threads: int | None = None) -> dict:
         import torch

@@ -35,6 +35,9 @@ class _Loaded:
     def generator(self, runners):
         return self.prog.generator(runners)
 
+    def bench_notes(self) -> list[str]:
+        return self.prog.bench_notes()
+
 
 def open_program(kind: str, path: str, dims: dict | None = None):
     """What ``bench.measure`` runs for a row of ``kind``: a built directory, the eager reference on a

@@ -63,6 +63,10 @@ class ArtifactSet:
             self._tokenizer = tokenizer
         return self._tokenizer
 
+    def bench_notes(self) -> list[str]:
+        """The target's notes on how far a measurement of this build in this process can be trusted."""
+        return self.target.bench_notes(self.manifest)
+
     def runners(self, threads: int | None = None) -> dict:
         return self.target.open_runners(self.root, self.manifest["graphs"], threads, self.backend)
 
