@@ -4,14 +4,8 @@ transformers 5 has no SentencePiece tokenizer for LLaMA any more: ``AutoTokenize
 returns the ``tokenizers`` BPE that it builds from ``tokenizer.model`` (the pieces give the vocabulary and the merges;
 SentencePiece's normalizer, dummy prefix, ``split_digits`` and whitespace splitting play no part). SentencePiece's own
 encoder therefore gives other ids (``" Hi"``: one "▁" there, two in SentencePiece), so this module runs that BPE in
-Python, with ``sentencepiece`` only to read ``tokenizer.model``. ``runtime.tokenizer_files`` reads the files:
-
-* a directory written by ``save_pretrained`` (no ``config.json``): ``tokenizer.json`` as saved, which is the build
-  side's tokenizer as it was (its ``tokenizer_config.json`` has lost ``legacy``; the saved pre-tokenizer has not);
-* a checkpoint directory (``config.json``): what ``from_pretrained`` builds from it. The vocabulary and merges come
-  from ``tokenizer.json`` or else ``tokenizer.model``; ``legacy``, ``add_prefix_space``, ``add_bos_token`` and the
-  special tokens from ``tokenizer_config.json`` / ``special_tokens_map.json``; then the ``<im_patch>`` /
-  ``<im_start>`` / ``<im_end>`` tokens that ``config.json`` asks for, as ``checkpoint.model`` adds them.
+Python, with ``sentencepiece`` only to read ``tokenizer.model``. ``runtime.tokenizer_files`` reads the files (a ``save_pretrained``
+directory or a checkpoint's).
 """
 
 from __future__ import annotations
