@@ -4,8 +4,8 @@ transformers 5 has no SentencePiece tokenizer for LLaMA any more: ``AutoTokenize
 returns the ``tokenizers`` BPE that it builds from ``tokenizer.model`` (the pieces give the vocabulary and the merges;
 SentencePiece's normalizer, dummy prefix, ``split_digits`` and whitespace splitting play no part). SentencePiece's own
 encoder therefore gives other ids (``" Hi"``: one "▁" there, two in SentencePiece), so this module runs that BPE in
-Python, with ``sentencepiece`` only to read ``tokenizer.model``. ``runtime.tokenizer_files`` reads the files (a ``save_pretrained``
-directory or a checkpoint's).
+Python, with ``sentencepiece`` only to read ``tokenizer.model``. ``runtime.tokenizer_files`` reads the files (a
+``save_pretrained`` directory or a checkpoint's).
 """
 
 from __future__ import annotations
