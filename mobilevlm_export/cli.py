@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,10 @@ from typer.core import TyperGroup
 
 try:  # typer >= 0.2x carries its own click
     from typer._click import exceptions as clickx
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older typer on click
     from click import exceptions as clickx
+    from click import get_current_context
 
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
@@ -59,7 +62,31 @@ class _OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deployment toolchain for MobileVLM: inspect, generate, build (export), run, verify, bench.")
-_state = {"debug": os.environ.get(DEBUG_ENV, "") not in ("", "0")}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one command knows beyond its own flags: whether an internal error shows its traceback (``--debug``,
+    or ``MVLM_EXPORT_DEBUG`` set). The app's callback makes it for each invocation and hands it down through
+    click's context (``ctx.obj``), so nothing carries over to the next command run in the same process."""
+
+    debug: bool = False
+
+
+def _invocation() -> Invocation:
+    """This command's ``Invocation`` (outside a command: the environment's)."""
+    ctx = get_current_context(silent=True)
+    found = ctx.find_object(Invocation) if ctx is not None else None
+    return found or Invocation(debug=_debug_env())
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+# this process's stdout once its reader went away or it could not be written: (why, the stream), a fact of the
+# process's stream, not of one command (a test runner's next stream is not lost)
+_stdout_lost: dict[str, tuple[str, object]] = {}
 
 CkptArg = Annotated[Path | None, typer.Argument(
     help="MobileVLM checkpoint directory (HF layout). Omitted: the bundled demo checkpoint.", show_default=False)]
@@ -100,7 +127,7 @@ def _fail(message: str, code: int, as_json: bool) -> int:
         typer.echo(f"error: {message}", err=True)
     except (OSError, ValueError):  # (stderr closed or full: the exit code still tells)
         pass
-    lost = _state.get("stdout_lost")
+    lost = _stdout_lost.get("stdout")
     if as_json and not (lost and lost[1] is sys.stdout):
         try:
             typer.echo(json.dumps({"error": message, "exit_code": code}))
@@ -137,7 +164,7 @@ def _exit_codes(as_json: bool = False):
         if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from "):
             raise typer.Exit(_fail(f"{str(exc)[len('Symlink loop from '):]}: a symbolic link loop",
                                    UserError.exit_code, as_json)) from None
-        if _state["debug"]:
+        if _invocation().debug:
             raise
         where = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise typer.Exit(_fail(f"internal error: {where} (run `mvlm-export --debug ...` or set {DEBUG_ENV}=1 for "
@@ -148,8 +175,8 @@ def _broken_pipe(lost: str = "pipe") -> int:
     """Stop writing to stdout, whose reader is gone (``lost`` "pipe"; "unwritable": full, closed, an I/O error):
     point it at /dev/null, so that no flush (Python's at exit included) raises again or prints "Exception
     ignored", and the JSON error object is not tried; the exit code to end with (``BROKEN_PIPE``)."""
-    if not (_state.get("stdout_lost") and _state["stdout_lost"][1] is sys.stdout):  # (per stream: a test runner's
-        _state["stdout_lost"] = (lost, sys.stdout)                                    # next one is not lost)
+    if not (_stdout_lost.get("stdout") and _stdout_lost["stdout"][1] is sys.stdout):  # (per stream: a test runner's
+        _stdout_lost["stdout"] = (lost, sys.stdout)                                    # next one is not lost)
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -184,12 +211,12 @@ def _load(ckpt: Path | None, vision_tower: Path | None, quiet: bool):
 
 
 @app.callback()
-def _quiet_libraries(debug: Annotated[bool, typer.Option(
+def _quiet_libraries(ctx: typer.Context, debug: Annotated[bool, typer.Option(
         "--debug", help=f"Show the traceback of an internal error (exit 3); also {DEBUG_ENV}=1.")] = False) -> None:
     """Library warnings stay out of the CLI's output (``quiet.quiet_libraries``), unless ``--debug``."""
     from mobilevlm_export.quiet import quiet_libraries, show_native_logs
 
-    _state["debug"] = _state["debug"] or debug
+    ctx.obj = Invocation(debug=debug or _debug_env())
     show_native_logs(True if debug else None)  # this command's: the native runtimes' log lines too
     quiet_libraries(True if debug else None)  # --debug: the libraries' notes too
 
@@ -610,7 +637,7 @@ def main() -> None:
     except StdoutUnwritable as exc:  # (outside a command: click's help, a usage error's JSON)
         sys.exit(_fail(exc.strerror, UserError.exit_code, False))
     except SystemExit as exc:  # click ends with 1 where its own output (the help) met a reader that is gone
-        if (_state.get("stdout_lost") or ("",))[0] == "pipe" and exc.code in (None, 0, 1):
+        if (_stdout_lost.get("stdout") or ("",))[0] == "pipe" and exc.code in (None, 0, 1):
             sys.exit(BROKEN_PIPE)
         raise
 
