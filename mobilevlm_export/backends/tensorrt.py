@@ -20,6 +20,7 @@ torch.
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -195,3 +196,41 @@ def build_engine(e: EnginePlan, root: Path, workspace_bytes: int, log=print) -> 
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"graph": e.graph, "file": e.engine, "bytes": out.stat().st_size,
             "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def build_bundle_engines(root: Path, log=print, record_only: bool = False) -> list[dict]:
+    """On the device (or any machine with the bundle's TensorRT and a GPU): build every engine of a bundle from
+    its ``build_plan.json`` with the TensorRT API (an orin build's on-device step, ``OrinTarget.device_build``), and
+    record them in the manifest (sha256 included), so ``verify``, ``run`` and ``bench`` use them. ``record_only``:
+    build nothing; record the engines ``build_engines.sh`` (trtexec) built, each of which must exist. Torch-free.
+    ``UserError`` for a corrupt bundle, no TensorRT/GPU here (when building), or a missing engine (when recording).
+    Every recorded file is checked against its sha256 but the plan's engines and the timing cache, which the
+    engine builders rewrite and this call (re)records: after ``build_engines.sh`` is run again, the engines an
+    earlier call recorded differ, and that is no corruption."""
+    from mobilevlm_export.backends.tensorrt_runtime import import_tensorrt, tensorrt_available
+    from mobilevlm_export.manifest import check_artifacts, read_manifest, update_manifest
+
+    manifest = read_manifest(root, check=False)
+    artifacts = manifest["artifacts"]
+    check_artifacts(root, [a for a in artifacts if a["path"] == PLAN])  # the plan first: it names the engines
+    plan = read_plan(root)
+    rewritten = {posixpath.normpath(e.engine) for e in plan.engines} | {TIMING_CACHE}
+    check_artifacts(root, [a for a in artifacts if a["path"] not in rewritten])
+    if record_only:
+        missing = [e.engine for e in plan.engines if not (Path(root) / e.engine).is_file()]
+        if missing:
+            raise UserError(f"{root}: {missing[0]} does not exist: run build_engines.sh first (or trt-build without "
+                            "--record-only to build with the TensorRT API)")
+        built = [{"graph": e.graph, "file": e.engine, "bytes": (Path(root) / e.engine).stat().st_size,
+                  "seconds": None, "builder": "build_engines.sh"} for e in plan.engines]
+    else:
+        import_tensorrt()
+        why = tensorrt_available()
+        if why:
+            raise UserError(f"{root}: cannot build engines here: {why}")
+        built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
+    graphs = manifest["graphs"]
+    for e in built:
+        graphs[e["graph"]]["engine"] = e["file"]
+    update_manifest(Path(root), graphs=graphs, compile={**manifest["compile"], "engines": built})
+    return built

@@ -14,7 +14,6 @@ parses opsets below 21 (JetPack 6: TensorRT 10.3), ``trt/*.onnx`` hold the same 
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,8 +185,11 @@ class OrinTarget(TargetBase):
         return CompileRecord(record, info, log, table)
 
     def device_build(self, root: Path, log=print, record_only: bool = False) -> list[dict]:
-        """The CLI's ``trt-build``: the bundle's engines built (or recorded) on the device (``trt_build``)."""
-        return trt_build(root, log, record_only)
+        """The CLI's ``trt-build``: the bundle's engines built (or recorded) on the device
+        (``backends.tensorrt.build_bundle_engines``)."""
+        from mobilevlm_export.backends.tensorrt import build_bundle_engines
+
+        return build_bundle_engines(root, log, record_only)
 
     def open_runners(self, root: Path, graphs: dict[str, dict], threads: int | None,
                      backend: str | None = None) -> dict:
@@ -333,44 +335,3 @@ def _engines_at_build(plan, ctx: CompileContext) -> str | list:
     if why:
         return f"not built: {why}"
     return [build_engine(e, ctx.out, plan.workspace_bytes) for e in plan.engines]
-
-
-def trt_build(root: Path, log=print, record_only: bool = False) -> list[dict]:
-    """On the device (or any machine with the bundle's TensorRT and a GPU): build every engine of an orin bundle
-    from its ``build_plan.json`` with the TensorRT API, and record them in the manifest (sha256 included), so
-    ``verify``, ``run`` and ``bench`` use them. ``record_only``: build nothing; record the engines
-    ``build_engines.sh`` (trtexec) built, each of which must exist. Torch-free. ``UserError`` for a DIR that is not
-    an orin bundle, a corrupt bundle, no TensorRT/GPU here (when building), or a missing engine (when recording).
-    Every recorded file is checked against its sha256 but the plan's engines and the timing cache, which the
-    engine builders rewrite and this call (re)records: after ``build_engines.sh`` is run again, the engines an
-    earlier call recorded differ, and that is no corruption."""
-    from mobilevlm_export.backends.tensorrt import PLAN, TIMING_CACHE, build_engine, read_plan
-    from mobilevlm_export.backends.tensorrt_runtime import import_tensorrt, tensorrt_available
-    from mobilevlm_export.manifest import check_artifacts, read_manifest, update_manifest
-
-    manifest = read_manifest(root, check=False)
-    if manifest.get("target") != "orin":
-        raise UserError(f"{root}: is a {manifest.get('target')} build, not an orin bundle (build --target orin)")
-    artifacts = manifest["artifacts"]
-    check_artifacts(root, [a for a in artifacts if a["path"] == PLAN])  # the plan first: it names the engines
-    plan = read_plan(root)
-    rewritten = {posixpath.normpath(e.engine) for e in plan.engines} | {TIMING_CACHE}
-    check_artifacts(root, [a for a in artifacts if a["path"] not in rewritten])
-    if record_only:
-        missing = [e.engine for e in plan.engines if not (Path(root) / e.engine).is_file()]
-        if missing:
-            raise UserError(f"{root}: {missing[0]} does not exist: run build_engines.sh first (or trt-build without "
-                            "--record-only to build with the TensorRT API)")
-        built = [{"graph": e.graph, "file": e.engine, "bytes": (Path(root) / e.engine).stat().st_size,
-                  "seconds": None, "builder": "build_engines.sh"} for e in plan.engines]
-    else:
-        import_tensorrt()
-        why = tensorrt_available()
-        if why:
-            raise UserError(f"{root}: cannot build engines here: {why}")
-        built = [build_engine(e, Path(root), plan.workspace_bytes, log) for e in plan.engines]
-    graphs = manifest["graphs"]
-    for e in built:
-        graphs[e["graph"]]["engine"] = e["file"]
-    update_manifest(Path(root), graphs=graphs, compile={**manifest["compile"], "engines": built})
-    return built
