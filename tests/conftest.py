@@ -235,6 +235,12 @@ class DemoBuilds(dict):
 _DEMO_BUILDS: DemoBuilds | None = None  # the session's (made when collection ends)
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The artifact pins (tests/test_artifact_pins.py, which read six shared builds) run last: by then the builds
+    were made alongside the tests that need them first, instead of every other test waiting behind all six."""
+    items.sort(key=lambda item: item.path.name == "test_artifact_pins.py")  # (stable: the rest keep their order)
+
+
 def pytest_collection_finish(session) -> None:
     """Start building, in the background, the demo builds the collected tests will need, first needed first."""
     global _DEMO_BUILDS
