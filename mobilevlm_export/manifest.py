@@ -57,11 +57,15 @@ def versions() -> dict[str, str]:
     return out
 
 
-def artifact_entries(root: Path) -> list[dict]:
-    """Every file under ``root`` but the manifest, with sha256 and size, in a stable order."""
-    return [{"path": p.relative_to(root).as_posix(), "sha256": sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST]
+def artifact_files(root: Path) -> list[Path]:
+    """Every file under ``root`` but the manifest, in a stable order: what the manifest's ``artifacts`` lists."""
+    return [p for p in sorted(Path(root).rglob("*")) if p.is_file() and p.name != MANIFEST]
 
+
+def artifact_entries(root: Path) -> list[dict]:
+    """Every artifact under ``root`` (``artifact_files``) with sha256 and size."""
+    return [{"path": p.relative_to(root).as_posix(), "sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in artifact_files(root)]
 
 
 def write_manifest(root: Path, manifest: dict, artifacts: list[dict] | None = None) -> None:
@@ -111,8 +115,7 @@ def update_manifest(root: Path, rehash: bool = True, **fields) -> dict:
     manifest.pop("format_version", None)
     keep = None
     if not rehash and recorded is not None:
-        now = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(Path(root).rglob("*"))
-               if p.is_file() and p.name != MANIFEST]
+        now = [(p.relative_to(root).as_posix(), p.stat().st_size) for p in artifact_files(root)]
         keep = recorded if now == [(a["path"], a["bytes"]) for a in recorded] else None
     write_manifest(root, manifest, keep)
     return read_manifest(root, check=False)

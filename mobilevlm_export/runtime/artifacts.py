@@ -8,6 +8,7 @@ Layout: ``manifest.json``, the target's artifacts (``graphs/<graph>.onnx``, ``mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from mobilevlm_export.errors import UserError
@@ -30,12 +31,13 @@ class ArtifactSet:
     backend: str | None = None  # the runtime to run on (None: the target's choice, see ``Target.open_runners``)
     _tokenizer: object = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def target(self) -> Target:
         return registered_target(self.manifest, self.root)
 
-    @property
+    @cached_property
     def recipe(self) -> Recipe:
+        """The build's recipe (its manifest's copy), parsed for its target once."""
         return parse_recipe(self.manifest["recipe"], f"{self.root / MANIFEST} (recipe)", self.target)
 
     @property
