@@ -31,8 +31,11 @@ demo: setup
 	$(BIN)/mvlm-export run build/demo-snapdragon --image mobilevlm_export/demo/samples/$(DEMO_IMAGE) \
 		--prompt "What color is the shape?"
 
+# Two pytest-xdist workers (one per core of a 2-core CI box), a test file per worker at a time (its module fixtures
+# made once); the demo builds are shared by both (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow -s

@@ -3,6 +3,7 @@ quiet the libraries (a bad input gets our one line, not transformers' notes abou
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -75,23 +76,28 @@ def native_logs_shown() -> bool:
 
 @contextmanager
 def native_stderr_filtered(drop: tuple[str, ...] = NATIVE_NOISE):
-    """Capture what native code (ExecuTorch, XNNPACK, ONNX Runtime) writes to file descriptor 2 meanwhile. Its log
-    lines ("[method.cpp:62] Missing operator ...", "[E:onnxruntime:...]") repeat in their own words what the one
-    error line says, or say nothing about the user's input: they are dropped, unless ``native_logs_shown()``, and
-    then every line but ``drop``'s is passed on."""
+    """Capture what native code (ExecuTorch, XNNPACK, ONNX Runtime) writes to stderr meanwhile: to file descriptor
+    2, and to Python's ``sys.stderr`` (ExecuTorch's Python bindings print their runtime's log lines there, which is
+    not descriptor 2 where a caller replaced it: a notebook, a test's runner). Its log lines ("[method.cpp:62]
+    Missing operator ...", "[E:onnxruntime:...]", "[cpuinfo_utils.cpp:87] ...") repeat in their own words what the
+    one error line says, or say nothing about the user's input: they are dropped, unless ``native_logs_shown()``,
+    and then every line but ``drop``'s is passed on."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved, saved_stream = os.dup(2), sys.stderr
+    python_side = io.StringIO()
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
+        sys.stderr = python_side
         try:
             yield
         finally:
-            sys.stderr.flush()
+            sys.stderr = saved_stream
             os.dup2(saved, 2)
             os.close(saved)
             if native_logs_shown():
                 captured.seek(0)
-                for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                text = captured.read().decode(errors="replace") + python_side.getvalue()
+                for line in text.splitlines(keepends=True):
                     if not line.startswith(drop):
                         sys.stderr.write(line)
                 sys.stderr.flush()

@@ -107,14 +107,17 @@ main()
 # ------------------------------------------------------------------------------------------------ the demo's builds
 # The demo checkpoint built per target as `make demo` builds it: ``export`` (onnx, its default recipe onnx-fp32),
 # ``build --target orin --no-bench --threads 2`` and ``build --target snapdragon --threads 2`` (with its latency
-# run), all with ``--json``. A build takes from ~20 s (orin) to ~2 min (snapdragon): each (target, recipe) is built
-# once per session and shared by every module. They are read-only: a test that changes a build copies it first
-# (``copy_build``); the session checks at its end that no file of a shared build changed.
+# run), all with ``--json``. A build takes from ~20 s (orin) to ~1.5 min (snapdragon): each (target, recipe) is built
+# once per test run and shared by every module and every pytest-xdist worker (`make test` runs two). They are
+# read-only: a test that changes a build copies it first (``copy_build``); each process checks at its end that no
+# file of a shared build it used changed.
 #
-# The builds that the session's tests need through the fixtures below are started when collection ends, one at a
-# time in a child process (the CLI, as a user runs it), in the order the tests first need them, while the tests run
-# (most of them keep one of the two cores busy): a test waits only for what is not built yet. A build no child has
-# started yet is made in the test's own process.
+# The builds live in one folder of the run (the xdist workers' common temporary root), each guarded by a lock file:
+# whoever holds it builds, or finds the build (its --json result, or its failure) already recorded there. Each
+# process starts building, when collection ends, the builds its collected tests need, first needed first, one at a
+# time in a child process (the CLI, as a user runs it) from a background thread that passes over a build another
+# process is making; a test waits only for a build not made yet, and one nobody has started is made in its own
+# process.
 DEMO_BUILD_ARGS = {
     "onnx": ["export", "--force"],
     "orin": ["build", "--target", "orin", "--no-bench", "--threads", "2"],
@@ -138,18 +141,40 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
+class _BuildLock:
+    """An exclusive lock on ``path`` (``flock``: between processes, and between threads of one process, each
+    holding its own open file), blocking or not; released when the ``with`` block ends."""
+
+    def __init__(self, path: Path, blocking: bool = True) -> None:
+        self.path, self.blocking, self.fd, self.held = path, blocking, -1, False
+
+    def __enter__(self) -> _BuildLock:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.blocking else fcntl.LOCK_NB))
+            self.held = True
+        except BlockingIOError:
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # (closing the file releases the lock)
+
+
 class DemoBuilds(dict):
-    """``(target, recipe) -> (DIR, the build's --json result)``, built on first use or ahead (``prefetch``).
-    ``recipe`` is a shipped recipe's name or a recipe file's path."""
+    """``(target, recipe) -> (DIR, the build's --json result)``, built on first use or ahead (``prefetch``), once
+    per folder ``root`` whichever process of the run asks. ``recipe`` is a shipped recipe's name or a recipe file's
+    path."""
 
     def __init__(self, root: Path) -> None:
         super().__init__()
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.digests: dict[Path, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._queue: list[tuple[str, str]] = []
-        self._started: dict[tuple[str, str], threading.Event] = {}
-        self._finished: dict[tuple[str, str], tuple[int | None, str, str]] = {}
         self._child: subprocess.Popen | None = None
         self._stopped = False
 
@@ -157,13 +182,29 @@ class DemoBuilds(dict):
         target, recipe = key
         return self.root / f"{target}-{Path(recipe).stem}"
 
+    def _record(self, key: tuple[str, str], suffix: str) -> Path:
+        """The build's lock (``.lock``), its --json result once built (``.json``) or its failure (``.failed``)."""
+        return self._out(key).with_name(self._out(key).name + suffix)
+
     def _args(self, key: tuple[str, str]) -> list[str]:
         target, recipe = key
         recipe_args = [] if recipe == DEMO_DEFAULT_RECIPES[target] else ["--recipe", recipe]
         return [*DEMO_BUILD_ARGS[target], *recipe_args, "-o", str(self._out(key)), "--json"]
 
+    def _recorded(self, key: tuple[str, str]) -> bool:
+        return self._record(key, ".json").exists() or self._record(key, ".failed").exists()
+
+    def _save(self, key: tuple[str, str], code: int | None, stdout: str, stderr: str) -> None:
+        """Record a finished build (under its lock): its --json result, or why it failed."""
+        if code == 0:
+            self._record(key, ".json").write_text(stdout)
+        else:
+            self._record(key, ".failed").write_text(
+                f"mvlm-export {' '.join(self._args(key))}: exit {code}\n{stderr[-3000:]}")
+
     def prefetch(self, keys: list[tuple[str, str]]) -> None:
-        """Build ``keys`` in this order, one at a time, each in a child process, from a background thread."""
+        """Build ``keys`` not built yet in this order, one at a time, each in a child process, from a background
+        thread; a build another process holds the lock of is passed over (that process makes it)."""
         self._queue = list(dict.fromkeys(keys))
         env, cwd = dict(os.environ), os.getcwd()
         threading.Thread(target=self._work, args=(env, cwd), name="demo-builds", daemon=True).start()
@@ -174,43 +215,43 @@ class DemoBuilds(dict):
                 if self._stopped or not self._queue:
                     return
                 key = self._queue.pop(0)
-                done = self._started[key] = threading.Event()
-                try:
-                    self._child = _POPEN([_EXECUTABLE, "-m", "mobilevlm_export.cli", *self._args(key)], env=env,
-                                         cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-                except OSError as exc:
-                    self._finished[key] = (None, "", repr(exc))
-                    done.set()
+            with _BuildLock(self._record(key, ".lock"), blocking=False) as lock:
+                if not lock.held or self._recorded(key):
                     continue
-            try:
-                stdout, stderr = self._child.communicate()
-                self._finished[key] = (self._child.returncode, stdout, stderr)
-            except BaseException as exc:  # (reported to the test that needs it)
-                self._finished[key] = (None, "", repr(exc))
-            finally:
-                done.set()
+                with self._lock:
+                    if self._stopped:
+                        return
+                    try:
+                        self._child = _POPEN([_EXECUTABLE, "-m", "mobilevlm_export.cli", *self._args(key)],
+                                             env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)
+                    except OSError as exc:
+                        self._save(key, None, "", repr(exc))
+                        continue
+                try:
+                    stdout, stderr = self._child.communicate()
+                    code = self._child.returncode
+                except BaseException as exc:  # (recorded for the test that needs it)
+                    code, stdout, stderr = None, "", repr(exc)
+                if not self._stopped:  # (a build ended by stop() is no failure to record: nobody waits for it)
+                    self._save(key, code, stdout, stderr)
 
     def __missing__(self, key: tuple[str, str]):
         with self._lock:
-            started = self._started.get(key)
-            if started is None and key in self._queue:
-                self._queue.remove(key)  # not started yet: made here
+            if key in self._queue:
+                self._queue.remove(key)  # not started here yet: made below, unless another process has it
+        with _BuildLock(self._record(key, ".lock")):  # (waits for whoever is building it)
+            if not self._recorded(key):
+                from typer.testing import CliRunner
+
+                from mobilevlm_export.cli import app
+
+                res = CliRunner().invoke(app, self._args(key))
+                self._save(key, res.exit_code, res.stdout, res.output)
+        failed = self._record(key, ".failed")
+        assert not failed.exists(), failed.read_text()
         out = self._out(key)
-        if started is not None:
-            started.wait()
-            code, stdout, stderr = self._finished[key]
-            assert code == 0, f"mvlm-export {' '.join(self._args(key))}: exit {code}\n{stderr[-3000:]}"
-            result = json.loads(stdout)
-        else:
-            from typer.testing import CliRunner
-
-            from mobilevlm_export.cli import app
-
-            res = CliRunner().invoke(app, self._args(key))
-            assert res.exit_code == 0, res.output
-            result = json.loads(res.stdout)
-        self[key] = (out, result)
+        self[key] = (out, json.loads(self._record(key, ".json").read_text()))
         self.digests[out] = tree_digest(out)
         return self[key]
 
@@ -232,7 +273,14 @@ class DemoBuilds(dict):
                 child.wait()
 
 
-_DEMO_BUILDS: DemoBuilds | None = None  # the session's (made when collection ends)
+_DEMO_BUILDS: DemoBuilds | None = None  # this process's (made when collection ends)
+
+
+def _demo_builds_root(config) -> Path:
+    """The run's folder of shared builds: under the temporary root the xdist workers share (a worker's own base
+    folder is ``popen-gwN`` inside it), or this process's base folder when it runs alone."""
+    base = config._tmp_path_factory.getbasetemp()
+    return (base.parent if hasattr(config, "workerinput") else base) / "demo_builds"
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
@@ -249,7 +297,7 @@ def pytest_collection_finish(session) -> None:
     keys = [DEMO_FIXTURES[name] for item in session.items for name in getattr(item, "fixturenames", ())
             if name in DEMO_FIXTURES]
     if keys:
-        _DEMO_BUILDS = DemoBuilds(session.config._tmp_path_factory.mktemp("demo_builds"))
+        _DEMO_BUILDS = DemoBuilds(_demo_builds_root(session.config))
         _DEMO_BUILDS.prefetch(keys)
 
 
@@ -259,8 +307,8 @@ def pytest_sessionfinish(session) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_builds(tmp_path_factory):
-    builds = _DEMO_BUILDS or DemoBuilds(tmp_path_factory.mktemp("demo_builds"))
+def demo_builds(request):
+    builds = _DEMO_BUILDS or DemoBuilds(_demo_builds_root(request.config))
     yield builds
     changed = [str(out) for out, before in builds.digests.items() if tree_digest(out) != before]
     assert not changed, f"a test changed a shared demo build (copy it first: copy_build): {changed}"

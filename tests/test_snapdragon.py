@@ -375,3 +375,28 @@ def test_run_prints_the_answer_only(fp32_build):
     assert res.returncode == 0, res.stderr
     # the answer on stdout; on stderr only the runtime that ran it (no native log lines)
     assert res.stdout.strip() == "purple" and res.stderr == "backend: executorch\n", res.stderr
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_runtime_log_lines_printed_through_python_are_filtered(shown, monkeypatch, capsys):
+    """ExecuTorch's Python bindings print its runtime's log lines ("[threadpool.cpp:66] Resetting threadpool ...",
+    cpuinfo's probe of /sys) to Python's ``sys.stderr``, which is not file descriptor 2 where a caller replaced it
+    (a notebook, CliRunner): ``native_stderr_filtered`` drops them there too, and passes them on with --debug's
+    setting."""
+    import io
+    import sys
+
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+    from mobilevlm_export import quiet
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    quiet.show_native_logs(shown)
+    try:
+        n = int(_threadpool_get_thread_count())
+        with quiet.native_stderr_filtered():
+            _unsafe_reset_threadpool(n)  # (logs its line each time)
+    finally:
+        quiet.show_native_logs(None)
+    said = sys.stderr.getvalue()
+    assert ("threadpool.cpp" in said) == shown, said
