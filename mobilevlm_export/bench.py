@@ -130,8 +130,8 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             warmup: int = 2, text_only: bool = False) -> dict:
     """``warmup`` untimed then ``runs`` timed requests on DIR's runners (``one_run``); ``art`` has ``manifest``,
     ``runners(threads)``, ``generator(runners)`` and ``bench_notes()`` (``runtime.artifacts.ArtifactSet``, or the
-    suite's peer programs). The ``host`` record: the
-    ``threads`` the runtime ran on (``threads_used``; ``threads_requested``: the flag's, None for the default), each
+    suite's peer programs). The ``host`` record: the ``threads`` the runtime ran on (the decoder runner's
+    ``threads_used()``; ``threads_requested``: the flag's, None for the default), each
     metric's p50 under its historical key (``decode_ms_per_token`` only in ``stats``), ``stats`` (metric ->
     ``stats``), ``samples`` (metric -> every timed run's value, in order, for pooling over rounds), ``notes``
     (``noisy``), ``runs``, ``warmup``, the workload and the process's peak RSS.
@@ -148,8 +148,8 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
     table = {m: stats([r[m] for r in timed]) for m in METRICS}  # from the raw values; the record rounded
     samples = {m: [_sig(r[m]) for r in timed] for m in METRICS}
     p50 = {m: s["p50"] for m, s in table.items()}
-    backend = runners["decoder"].backend if "decoder" in runners else pipe.backend  # (the suite's peers: no runners)
-    return {"backend": backend, "threads": threads_used(backend, threads), "threads_requested": threads,
+    runtime = runners.get("decoder", pipe)  # (the suite's peers: no runners, their generator knows)
+    return {"backend": runtime.backend, "threads": runtime.threads_used(), "threads_requested": threads,
             "vision_ms": p50["vision_ms"],
             "prompt_tokens": prompt_tokens,
             "image_in_prompt": not text_only, "prefill_positions": w.positions, "prefill_ms": p50["prefill_ms"],
@@ -157,24 +157,6 @@ def measure(art, threads: int | None = None, prompt_tokens: int = 64, decode_tok
             "decode_tokens": decode_tokens, "decode_tokens_per_s": p50["decode_tokens_per_s"],
             "peak_rss_mb": round(peak_rss_mb(), 1), "runs": runs, "warmup": warmup, "stats": table,
             "samples": samples, "notes": noisy(table) + art.bench_notes()}
-
-
-def threads_used(backend: str, threads: int | None) -> int | None:
-    """The CPU threads ``backend`` ran on: ``threads`` where asked for, else the runtime's own default (ONNX
-    Runtime: ``cores.onnx_default_threads``; ExecuTorch: its threadpool's size); None for TensorRT (the GPU)."""
-    if backend == "onnxruntime":
-        from mobilevlm_export.cores import onnx_default_threads
-
-        return threads or onnx_default_threads()
-    if backend == "executorch":
-        try:
-            from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
-
-            return int(_threadpool_get_thread_count())
-        except (ImportError, AttributeError):
-            return threads
-    return threads
-
 
 
 def _git(cwd: Path, *args: str) -> str | None:

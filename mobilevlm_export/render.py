@@ -17,6 +17,8 @@ import errno
 import math
 from collections.abc import Iterable
 
+from mobilevlm_export.backends import Backend
+
 # output name -> kind, for the parity summary: the decoder's KV cache tensors (present.N.key/value), its logits,
 # and everything else a graph hands on (image features and embeddings, token embeddings)
 KV_PREFIXES = ("present", "past")
@@ -283,7 +285,7 @@ def _threads(host: dict) -> str:
     """The threads a measurement ran on: the count, "(the runtime's default)" where none was asked for; the GPU
     for TensorRT."""
     threads = host.get("threads")
-    if threads is None and host.get("backend") == "tensorrt":
+    if threads is None and host.get("backend") == Backend.TENSORRT:
         return "the GPU (TensorRT)"
     asked = host.get("threads_requested", threads)
     return num(threads) + ("" if asked else " (the runtime's default)")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.files import sha256
 from mobilevlm_export.graphs.contracts import GraphContract
@@ -180,18 +181,22 @@ def openmp_contention(threads_of_pytorch: int | None) -> str | None:
             "products contend (a build's own measurement): `mvlm-export bench DIR` measures without them")
 
 
+def threadpool_size() -> int:
+    """The threads of the runtime's CPU threadpool (process-wide: every method of every program runs on it)."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    return int(_threadpool_get_thread_count())
+
+
 def set_threads(threads: int | None) -> None:
     """Size the runtime's CPU threadpool (XNNPACK and the LLM custom ops, process-wide) to ``threads`` when it
     differs; None leaves it. Only while no program is loaded: XNNPACK delegates keep the pool they were initialized
     with, and resizing it under them crashed the process (seen with 1 thread), so a different size while a
     ``LoadedProgram`` is alive is a ``UserError``."""
     if threads:
-        from executorch.extension.pybindings.portable_lib import (
-            _threadpool_get_thread_count,
-            _unsafe_reset_threadpool,
-        )
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-        current = _threadpool_get_thread_count()
+        current = threadpool_size()
         if current == int(threads):
             return
         if LoadedProgram.live:
@@ -421,7 +426,7 @@ class ExecuTorchRunner:
     """Runs one method of a loaded program (``load_program``, which sized the threadpool): feeds in contract order,
     outputs named after the contract."""
 
-    backend = "executorch"
+    backend = Backend.EXECUTORCH
 
     def __init__(self, program: LoadedProgram, path: Path, contract: GraphContract, method: str) -> None:
         self.contract = contract
@@ -434,6 +439,9 @@ class ExecuTorchRunner:
                 self.method = program.load_method(method)
         except RuntimeError as exc:
             raise UserError(f"{path}: cannot load method '{method}' ({exc})") from None
+
+    def threads_used(self) -> int:
+        return threadpool_size()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

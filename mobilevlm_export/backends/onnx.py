@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.graphs.contracts import SAMPLE_SIZES, GraphContract
 
 OPSET = 21
@@ -300,7 +301,7 @@ class OnnxRunner:
     of ``runtime.sessions.BoundKVSession`` (ONNX Runtime's IO binding over host buffers the session allocates
     once): outputs are written straight into the buffer the next call reads, nothing is copied between calls."""
 
-    backend = "onnxruntime"
+    backend = Backend.ONNXRUNTIME
 
     def __init__(self, path: Path, contract: GraphContract, threads: int | None = None) -> None:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
@@ -308,6 +309,7 @@ class OnnxRunner:
         from mobilevlm_export.errors import UserError
 
         self.contract = contract
+        self._threads = threads
         load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                        ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented, RuntimeError)
         from mobilevlm_export.quiet import native_stderr_filtered
@@ -322,6 +324,11 @@ class OnnxRunner:
         self._dtypes = {t.name: np.dtype(t.dtype) for t in (*contract.inputs, *contract.outputs)}
         self._buffers: dict[int, np.ndarray] = {}  # address -> the host buffer there
         self._binding = None
+
+    def threads_used(self) -> int:
+        from mobilevlm_export.cores import onnx_default_threads
+
+        return self._threads or onnx_default_threads()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in self.contract.inputs}

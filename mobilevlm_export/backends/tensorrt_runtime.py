@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import GraphContract
 
@@ -100,7 +101,7 @@ class TensorRTRunner:
     Each call selects the first optimization profile whose ranges take every input's shape (the decoder's
     prefill profile for a prompt, its decode profile for one token over a cache)."""
 
-    backend = "tensorrt"
+    backend = Backend.TENSORRT
 
     def __init__(self, engine_path: Path, contract: GraphContract, trt=None, cudart=None) -> None:
         self._trt = trt or import_tensorrt()
@@ -126,6 +127,9 @@ class TensorRTRunner:
         self._dtypes = {n: np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self._owned: dict[int, int] = {}  # device pointer -> bytes, every buffer this runner allocated
         self._io: dict[str, int] = {}     # run(): tensor name -> its buffer (allocated on first use, at max shape)
+
+    def threads_used(self) -> None:
+        return None  # (the GPU)
 
     def _check_io(self, contract: GraphContract) -> None:
         """``UserError`` naming the engine, the tensor and both specs when a tensor's dtype, rank or static dims

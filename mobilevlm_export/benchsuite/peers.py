@@ -30,6 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.runtime.prompt import IMAGE_TOKEN_INDEX
 
@@ -179,13 +180,18 @@ class ExportLlmGenerator:
         self.method, self.meta, self.pos = method, meta, 0
         capacity = int(meta.get("get_max_context_len", EXPORT_LLM_MAX_SEQ))
         self.decoder = SimpleNamespace(capacity=capacity, max_prompt=capacity)
-        self.backend = "executorch"
+        self.backend = Backend.EXECUTORCH
 
     def _forward(self, tokens: list[int], pos: int) -> Any:
         import torch
 
         return last_logits(self.method.execute([torch.tensor([tokens], dtype=torch.int64),
                                                 torch.tensor([pos], dtype=torch.int64)])[0])
+
+    def threads_used(self) -> int:
+        from mobilevlm_export.backends.executorch import threadpool_size
+
+        return threadpool_size()
 
     def image_embeds(self, pixel_values: Any) -> None:
         return None
@@ -237,8 +243,13 @@ class EagerGenerator:
         self.ref = Reference(loaded)
         self.llm = loaded.model.language_model
         self.decoder = SimpleNamespace(capacity=capacity, max_prompt=capacity)
-        self.backend = "pytorch"
+        self.backend = Backend.PYTORCH
         self.past = None
+
+    def threads_used(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
 
     def image_embeds(self, pixel_values: Any) -> Any:
         return self.ref.image_embeds(pixel_values)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.graphs.contracts import KVCache
 from mobilevlm_export.schema import Precision, QuantAlgorithm, shipped_dir
@@ -48,7 +49,7 @@ class CompileContext:
 
 class Target(Protocol):
     name: str                 # "onnx", "snapdragon", ...
-    backend: str              # the runtime that runs the artifacts ("onnxruntime", "executorch")
+    backend: Backend          # the runtime that runs the artifacts
     kv: KVCache               # the decoder's KV contract: dynamic (cache in/out) or static (in place)
     default_recipe: str       # a recipe name in ``recipes_dir``, or a path
     default_profile: str | None  # a device profile name in ``profiles_dir``, or a path; None: no devices of its own
@@ -132,7 +133,7 @@ def check_target(target: object, where: str) -> None:
         raise UserError(f"{where}: kv must be one of {', '.join(KVCache)} (is {target.kv!r})")
 
 
-def check_backend(target: str, backends: tuple[str, ...], backend: str | None) -> None:
+def check_backend(target: str, backends: tuple[Backend, ...], backend: str | None) -> None:
     """``UserError`` for a ``--backend`` that does not run a ``target`` build."""
     if backend is not None and backend not in backends:
         raise UserError(f"--backend {backend}: {target} builds run on {' or '.join(backends)}")

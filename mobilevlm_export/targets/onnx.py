@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm
 from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
@@ -18,7 +19,7 @@ HOST_MAX_BATCH = 8
 
 class OnnxTarget(TargetBase):
     name = "onnx"
-    backend = "onnxruntime"
+    backend = Backend.ONNXRUNTIME
     kv = KVCache.DYNAMIC
     default_recipe = "onnx-fp32"
     default_profile = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.backends.tensorrt_qdq import STANDARD_OPSET
 from mobilevlm_export.errors import CheckFailed, UserError
 from mobilevlm_export.graphs.contracts import KVCache, Limits
@@ -67,7 +68,7 @@ class OrinDevice:
 
 class OrinTarget(TargetBase):
     name = "orin"
-    backend = "tensorrt"
+    backend = Backend.TENSORRT
     kv = KVCache.DYNAMIC
     default_recipe = "orin-int4"
     default_profile = "orin-agx-64gb"
@@ -204,8 +205,8 @@ class OrinTarget(TargetBase):
         from mobilevlm_export.graphs.contracts import GraphContract
         from mobilevlm_export.manifest import MANIFEST
 
-        check_backend(self.name, ("tensorrt", "onnxruntime"), backend)
-        planned = read_plan(root).engines if (root / PLAN).is_file() and backend != "onnxruntime" else ()
+        check_backend(self.name, (Backend.TENSORRT, Backend.ONNXRUNTIME), backend)
+        planned = read_plan(root).engines if (root / PLAN).is_file() and backend != Backend.ONNXRUNTIME else ()
         for e in planned:
             if "engine" not in graphs.get(e.graph, {}) and (root / e.engine).exists():
                 raise UserError(f"{root / e.engine}: built but not recorded in {root / MANIFEST} (no sha256); "
@@ -213,7 +214,7 @@ class OrinTarget(TargetBase):
                                 f"built (`mvlm-export trt-build {root}` builds and records them with the TensorRT "
                                 "API)")
         recorded = [name for name, g in graphs.items() if "engine" in g]
-        if backend == "onnxruntime" or (backend is None and not recorded):
+        if backend == Backend.ONNXRUNTIME or (backend is None and not recorded):
             from mobilevlm_export.targets.onnx import OnnxTarget
 
             return OnnxTarget().open_runners(root, graphs, threads)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.graphs.contracts import KVCache, Limits
 from mobilevlm_export.schema import Precision, QuantAlgorithm, StrEnum, bounded
 from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
@@ -49,7 +50,7 @@ class ExecuTorchOptions:
 
 class SnapdragonTarget(TargetBase):
     name = "snapdragon"
-    backend = "executorch"
+    backend = Backend.EXECUTORCH
     kv = KVCache.STATIC
     default_recipe = "snapdragon-8da4w"
     default_profile = "snapdragon-8-gen-3"

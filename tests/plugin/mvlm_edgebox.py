@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilevlm_export.backends import Backend
 from mobilevlm_export.graphs.contracts import GraphContract, KVCache, Limits
 from mobilevlm_export.schema import Precision, bounded
 from mobilevlm_export.targets.base import CompileContext, CompileRecord, TargetBase, check_backend
@@ -30,7 +31,7 @@ class EdgeBoxOptions:
 
 class EdgeBoxTarget(TargetBase):
     name = "edgebox"
-    backend = "onnxruntime"
+    backend = Backend.ONNXRUNTIME
     kv = KVCache.DYNAMIC
     default_recipe = "edgebox-fp32"
     precisions = (Precision.FP32, Precision.FP16)
