@@ -13,7 +13,7 @@ import re
 import pytest
 
 from mobilevlm_export import bench
-from mobilevlm_export.benchsuite import cache, predict, rows, suite
+from mobilevlm_export.benchsuite import cache, predict, prepare, rows, suite, timing
 from mobilevlm_export.benchsuite.__main__ import main as suite_main
 from mobilevlm_export.errors import UserError
 
@@ -139,18 +139,18 @@ def test_executorch_processes_get_one_openmp_thread(tmp_path, monkeypatch):
             f.write("{}")
         return type("Done", (), {"returncode": 0, "stderr": ""})()
 
-    monkeypatch.setattr(suite.subprocess, "run", fake_run)
+    monkeypatch.setattr(timing.subprocess, "run", fake_run)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     (tmp_path / "pte").mkdir()
     (tmp_path / "pte" / "model.pte").write_bytes(b"")
     (tmp_path / "onnx").mkdir()
     for task in ({"task": "ab"}, {"task": "time", "kind": "ours", "path": str(tmp_path / "pte")},
                  {"task": "time", "kind": rows.EXPORT_LLM, "path": str(tmp_path / "x.pte")}):
-        assert suite.worker(task) == {}
+        assert timing.worker(task) == {}
         assert seen.pop()["OMP_NUM_THREADS"] == "1"
     for task in ({"task": "time", "kind": "ours", "path": str(tmp_path / "onnx")},
                  {"task": "time", "kind": rows.EAGER, "path": str(tmp_path)}, {"task": "accuracy"}):
-        suite.worker(task)
+        timing.worker(task)
         assert seen.pop() is None  # (inherits OMP_NUM_THREADS=7)
 
 
@@ -356,7 +356,7 @@ def test_failed_compile_check_is_not_cached(tmp_path, monkeypatch):
 
     monkeypatch.setattr(peers, "run_measured", fake)
     with pytest.raises(RuntimeError, match="exit 1, nothing built"):
-        suite._build_ours(rows.BY_NAME["onnx-fp32"], demo_checkpoint_dir(), "demo", tmp_path, 1, lambda _: None)
+        prepare.build_ours(rows.BY_NAME["onnx-fp32"], demo_checkpoint_dir(), "demo", tmp_path, 1, lambda _: None)
     assert not [p for p in (tmp_path / "builds" / "demo").iterdir() if not p.name.endswith((".lock", ".partial"))]
 
 
@@ -377,16 +377,16 @@ def test_calibration_fit_against_published_figures():
 
 
 def test_round_arithmetic():
-    m = suite.metric([10.0, 12.0, 11.0], [0.1, 0.3, 0.2])
+    m = timing.metric([10.0, 12.0, 11.0], [0.1, 0.3, 0.2])
     assert m["p50"] == 11 and m["spread_runs"] == 0.2 and m["rounds"] == [10.0, 12.0, 11.0]
     assert m["spread_rounds"] == pytest.approx(bench.stats([10, 12, 11])["spread"])
-    assert suite.metric([5.0], [0.0])["spread_rounds"] is None
+    assert timing.metric([5.0], [0.0])["spread_rounds"] is None
     # every run of every round pooled: the median of 6 runs, not the median of the 2 rounds' p50s
-    pooled = suite.metric([10.0, 20.0], [0.1, 0.1], [9.0, 10.0, 11.0, 12.0, 19.0, 21.0])
+    pooled = timing.metric([10.0, 20.0], [0.1, 0.1], [9.0, 10.0, 11.0, 12.0, 19.0, 21.0])
     assert pooled["p50"] == 11.5 and pooled["runs"] == 6 and pooled["rounds"] == [10.0, 20.0]
-    sample = {"stats": {m: {"p50": 1.0, "spread": 0.0} for m in suite.TEXT_METRICS}}
-    row = suite.summarize_row("a", [{"rows": {"a": {"peak_rss_mb": 1, "text": {**sample, "samples": {
-        m: [1.0, 2.0, 3.0] for m in suite.TEXT_METRICS}}, "image": None}}}] * 2)
+    sample = {"stats": {m: {"p50": 1.0, "spread": 0.0} for m in timing.TEXT_METRICS}}
+    row = timing.summarize_row("a", [{"rows": {"a": {"peak_rss_mb": 1, "text": {**sample, "samples": {
+        m: [1.0, 2.0, 3.0] for m in timing.TEXT_METRICS}}, "image": None}}}] * 2)
     assert row["decode_tokens_per_s"]["p50"] == 2.0 and row["decode_tokens_per_s"]["runs"] == 6
     assert row["ttft_ms"] is None and row["vision_share"] is None
 
@@ -394,7 +394,7 @@ def test_round_arithmetic():
         return {"text": {"stats": {"decode_tokens_per_s": {"p50": decode}, "prefill_tokens_per_s": {"p50": prefill}}}}
 
     rounds = [{"rows": {"a": rec(11, 20), "b": rec(10, 25)}}, {"rows": {"a": rec(9, 30), "b": rec(10, 25)}}]
-    r = suite.ratios("a", "b", rounds)
+    r = timing.ratios("a", "b", rounds)
     assert r["decode"] == {"median_ratio": 1.0, "rounds_ours_at_least_as_fast": 1, "rounds": 2, "ratios": [1.1, 0.9]}
     assert r["prefill"]["ratios"] == [0.8, 1.2]
 

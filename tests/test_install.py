@@ -111,7 +111,7 @@ def wheel(tmp_path_factory) -> Path:
         shutil.copytree(REPO / name, src / name, ignore=junk)
     out = tmp_path_factory.mktemp("wheel")
     args = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", out, src]
-    if int(metadata.version("setuptools").split(".")[0]) >= 68:  # pyproject's build-system requires: use it as is
+    if int(metadata.version("setuptools").split(".")[0]) >= 77:  # pyproject's build-system requires: use it as is
         args.insert(5, "--no-build-isolation")  # (else pip's isolated build environment downloads one)
     _ok(_run(args, timeout=600), "pip wheel")
     (built,) = out.glob("mobilevlm_export-*.whl")

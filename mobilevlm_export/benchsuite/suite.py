@@ -1,13 +1,9 @@
-"""One suite run: build (or reuse) every row at one shape, measure accuracy on the demo, time in interleaved
-rounds, summarize, write the results JSON and BENCHMARKS.md.
+"""One suite run: build (or reuse) every row at one shape and measure its accuracy on the demo (``prepare``),
+time in interleaved rounds and summarize (``timing``), write the results JSON and BENCHMARKS.md (``report``).
 
-Timing: each row in a fresh process per round (``worker``), the rows' order reversed every other round (the
-host's speed drifts by more than the differences measured, so a row is never always first or last); within a
-process ``bench.measure`` takes ``warmup`` untimed then ``runs`` timed requests. A row's figure is the median of
-all its timed runs over all rounds (``rounds`` x ``runs``). Decode and prefill come from a text-only request (a
-``prompt_tokens``-token prompt, ``decode_tokens`` greedy steps), as the decoder-only peers are measured; the time
-to first token from the image + ``prompt_tokens`` request (vision encoder + prefill of the image tokens and the
-text).
+Decode and prefill come from a text-only request (a ``prompt_tokens``-token prompt, ``decode_tokens`` greedy
+steps), as the decoder-only peers are measured; the time to first token from the image + ``prompt_tokens`` request
+(vision encoder + prefill of the image tokens and the text).
 
 ``results-<shape>.json`` (``SCHEMA``): ``shape`` {name, title, checkpoint, checkpoint_build}; ``environment``
 (``bench.environment``: commit, dirty, versions, CPU, ...); ``package`` (``cache.identity``: version,
@@ -30,38 +26,19 @@ export_llm, interleaved {prefill, decode: {median_ratio, rounds_ours_at_least_as
 from __future__ import annotations
 
 import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mobilevlm_export.backends.executorch import RUNTIME_PROCESS_ENV
 from mobilevlm_export.benchsuite import cache
-from mobilevlm_export.benchsuite.rows import (
-    BY_NAME,
-    DEFAULTS,
-    EAGER,
-    EXPORT_LLM,
-    ORT_INT4,
-    OURS,
-    SCHEMA,
-    STAND_INS,
-    Row,
-    recipe_text,
-    schemes,
-    select,
-    timing_order,
-)
+from mobilevlm_export.benchsuite.prepare import checkpoint, measure_accuracy, prepare
+from mobilevlm_export.benchsuite.rows import BY_NAME, DEFAULTS, SCHEMA, STAND_INS, Row, schemes, select
+from mobilevlm_export.benchsuite.timing import interleaved_rounds, ratios, summarize_row, worker
 from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
 
 SHAPE_TITLES = {"demo": "the bundled demo checkpoint (trained, tiny)", "tiny": "tiny dims, random weights",
                 "1.7b": "MobileVLM_V2-1.7B dims, random weights"}
-TEXT_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")
-IMAGE_METRICS = ("ttft_ms", "vision_ms", "prefill_ms")
 
 
 @dataclass
@@ -106,240 +83,6 @@ def default_threads() -> int:
     """The runtime threads when ``--threads`` is not given: the usable cores, at most 4."""
     return min(4, usable_cores())
 
-
-def worker(task: dict, timeout: float | None = None) -> dict:
-    """Run one ``worker`` task in a fresh process (``backends.executorch.RUNTIME_PROCESS_ENV`` added to the
-    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``RuntimeError`` with
-    the stderr tail when it fails."""
-    from mobilevlm_export.benchsuite.worker import uses_executorch
-
-    env = {**os.environ, **RUNTIME_PROCESS_ENV} if uses_executorch(task) else None
-    with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
-        spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
-        spec.write_text(json.dumps({**task, "result": str(result)}, default=str))
-        res = subprocess.run([sys.executable, "-m", "mobilevlm_export.benchsuite.worker", str(spec)],
-                             capture_output=True, text=True, timeout=timeout, env=env)
-        if res.returncode != 0 or not result.is_file():
-            raise RuntimeError(f"suite task {task['task']} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-        return json.loads(result.read_text())
-
-
-# --- building ---------------------------------------------------------------------------------------------------
-
-def checkpoint(shape: str, out: Path, log) -> tuple[Path, dict]:
-    """The checkpoint of ``shape``: the bundled demo, or a synthetic one written once into the cache."""
-    from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
-
-    if shape == "demo":
-        return demo_checkpoint_dir(), {"cached": True, "bundled": True}
-    record = cache.shape_record(shape)
-
-    def make(d: Path) -> dict:
-        return worker({"task": "checkpoint", "out": str(d / "ckpt"), "shape": shape})
-
-    entry, info = cache.entry(out / "checkpoints", shape, record, make, log)
-    return entry / "ckpt", info
-
-
-def artifact_bytes(root: Path, manifest: dict) -> int:
-    """Bytes of the files the host's runtime loads: each graph record's file (once) and its external data."""
-    files = {g["file"] for g in manifest["graphs"].values()}
-    total = 0
-    for rel in files:
-        for p in (root / rel, root / (rel + ".data")):
-            if p.is_file():
-                total += p.stat().st_size
-    return total
-
-
-def _build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) -> tuple[Path, dict]:
-    from mobilevlm_export.benchsuite.peers import run_measured
-    from mobilevlm_export.schema import tomllib
-
-    text, path = recipe_text(row, out)
-    # keyed by the recipe's values, not its text: a comment (the justification of a default, say) changes no build
-    record = {"kind": OURS, "target": row.target, "recipe": tomllib.loads(text),
-              "checkpoint": cache.shape_record(shape), "package": cache.identity()}
-
-    def make(d: Path) -> dict:
-        cmd = [sys.executable, "-m", "mobilevlm_export.cli", "build", str(ckpt), "--target", row.target, "--recipe",
-               str(path), "-o", str(d / "artifacts"), "--no-bench", "--threads", str(min(threads, usable_cores())),
-               "--json"]
-        rc, wall, rss = run_measured(cmd, d, d / "build.log")
-        # 1: a check failed. Parity below the recipe's bounds (random weights at full size) still leaves a build
-        # to time; a failed compile check (lint, an operator fallback) leaves nothing and must not be cached
-        manifest = d / "artifacts" / "manifest.json"
-        built = manifest.is_file() and bool(json.loads(manifest.read_text()).get("verification"))
-        if rc not in (0, 1) or not built:
-            tail = (d / "build.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"build {row.recipe} failed (exit {rc}{'' if built else ', nothing built'}):\n{tail}")
-        return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1), "rc": rc, "parity_passed": rc == 0,
-                "command": " ".join(cmd[1:])}
-
-    entry, info = cache.entry(out / "builds" / shape, row.recipe, record, make, log)
-    return entry / "artifacts", info
-
-
-def _build_export_llm(row: Row, ckpt: Path, shape: str, out: Path, log) -> tuple[Path, dict]:
-    from importlib.metadata import version
-
-    from mobilevlm_export.benchsuite.peers import EXPORT_LLM_MAX_SEQ, LlamaShape, export_llm, export_llm_command
-
-    llama = LlamaShape.from_config(json.loads((ckpt / "config.json").read_text()))
-    max_seq = min(EXPORT_LLM_MAX_SEQ, llama.context)
-    record = {"kind": EXPORT_LLM, "shape": asdict(llama), "group_size": row.group_size, "max_seq_len": max_seq,
-              "executorch": version("executorch"), "torchao": version("torchao"),
-              # (the command without the interpreter and the paths, which depend on where the suite runs)
-              "command": [a for a in export_llm_command(Path("P"), Path("O"), "N", row.group_size, max_seq)[1:]
-                          if not a.startswith(("base.params=", "export.output_dir="))],
-              "builder": cache.suite_digest("peers")}
-
-    def make(d: Path) -> dict:
-        return export_llm(d, llama, row.group_size, max_seq)
-
-    entry, info = cache.entry(out / "builds" / shape, row.name, record, make, log)
-    return entry / info["pte"], info
-
-
-def _build_ort_int4(fp32: Path, fp32_info: dict, shape: str, out: Path, log) -> tuple[Path, dict]:
-    from importlib.metadata import version
-
-    from mobilevlm_export.benchsuite.peers import ORT_INT4
-
-    record = {"kind": ORT_INT4, "config": ORT_INT4, "onnxruntime": version("onnxruntime"),
-              "fp32_build": fp32_info["key"], "package": cache.identity(), "builder": cache.suite_digest("peers")}
-
-    def make(d: Path) -> dict:
-        return worker({"task": "ort_int4", "fp32_dir": str(fp32), "out": str(d / "artifacts")})
-
-    entry, info = cache.entry(out / "builds" / shape, "ort-int4-b32", record, make, log)
-    return entry / "artifacts", info
-
-
-def prepare(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log, done: dict) -> dict:
-    """Build (or find in the cache) ``row``'s program on ``ckpt`` (of ``shape``): ``{"path", "build",
-    "artifact_bytes", "decoder_bytes_per_token", "costs", "target"}``. ``done``: rows prepared so far."""
-    key = (row.name, shape)
-    if key in done:
-        return done[key]
-    config = json.loads((ckpt / "config.json").read_text())
-    if row.kind == EAGER:
-        from mobilevlm_export.benchsuite.predict import decoder_linear_weights
-
-        weights = decoder_linear_weights(config["hidden_size"], config["intermediate_size"],
-                                         config["num_hidden_layers"], config["num_attention_heads"],
-                                         config.get("num_key_value_heads") or config["num_attention_heads"],
-                                         config["vocab_size"])
-        prep = {"path": str(ckpt), "build": None, "artifact_bytes": None, "decoder_bytes_per_token": 4.0 * weights,
-                "costs": None, "target": None}
-    elif row.kind == OURS:
-        path, info = _build_ours(row, ckpt, shape, out, threads, log)
-        manifest = json.loads((path / "manifest.json").read_text())
-        prep = {"path": str(path), "build": info, "artifact_bytes": artifact_bytes(path, manifest),
-                "decoder_bytes_per_token": manifest["costs"]["decoder_bytes_per_token"], "costs": manifest["costs"],
-                "target": row.target}
-    elif row.kind == EXPORT_LLM:
-        path, info = _build_export_llm(row, ckpt, shape, out, log)
-        embedding = config["vocab_size"] * config["hidden_size"] * 4  # fp32, read one row per token
-        prep = {"path": str(path), "build": info, "artifact_bytes": info["bytes"],
-                "decoder_bytes_per_token": info["bytes"] - embedding, "costs": None, "target": None}
-    elif row.kind == ORT_INT4:
-        fp32 = prepare(BY_NAME["onnx-fp32"], ckpt, shape, out, threads, log, done)
-        path, info = _build_ort_int4(Path(fp32["path"]), fp32["build"], shape, out, log)
-        manifest = json.loads((path / "manifest.json").read_text())
-        prep = {"path": str(path), "build": info, "artifact_bytes": artifact_bytes(path, manifest),
-                "decoder_bytes_per_token": info["decoder_bytes"], "costs": None, "target": None}
-    else:
-        raise ValueError(row.kind)
-    done[key] = prep
-    return prep
-
-
-# --- accuracy ---------------------------------------------------------------------------------------------------
-
-def measure_accuracy(row: Row, demo: Path, out: Path, threads: int, samples: int, log, done: dict) -> dict | None:
-    """Held-out accuracy and logits KL / top-1 vs fp32 of ``row``'s recipe built on the trained demo checkpoint
-    (cached). None for export_llm (its programs are exported from random weights by its own model class)."""
-    if row.kind == EXPORT_LLM or samples == 0:
-        return None
-    prep = prepare(row, demo, "demo", out, threads, log, done)
-    record = {"kind": "accuracy", "row": row.name, "of": (prep["build"] or {}).get("key") or
-              cache.shape_record("demo"), "samples": samples, "package": cache.identity(),
-              "measurer": cache.suite_digest("worker")}
-
-    def make(d: Path) -> dict:
-        return worker({"task": "accuracy", "kind": row.kind, "path": prep["path"], "samples": samples,
-                       "threads": threads, "reverify": row.kind == ORT_INT4})
-
-    _, info = cache.entry(out / "accuracy", row.name, record, make, log, "measuring the accuracy of")
-    return {k: v for k, v in info.items() if k != "key"}
-
-
-# --- timing -----------------------------------------------------------------------------------------------------
-
-def timing_task(row: Row, prep: dict, cfg: SuiteConfig, threads: int, dims: dict) -> dict:
-    return {"task": "time", "kind": row.kind, "path": prep["path"], "threads": threads,
-            "prompt_tokens": cfg.prompt_tokens, "decode_tokens": cfg.decode_tokens, "runs": cfg.runs,
-            "warmup": cfg.warmup, "ttft": not row.decoder_only, "ttft_decode_tokens": cfg.ttft_decode_tokens,
-            "dims": dims}
-
-
-def interleaved_rounds(rows: list[Row], prepared: dict, cfg: SuiteConfig, threads: int, dims: dict, log) -> list:
-    """``cfg.rounds`` rounds, each row in a fresh process, in ``rows.timing_order`` (ours / export_llm pairs back
-    to back), the order reversed every other round (so with an even number of rounds every row, and each side of a
-    pair, is timed first as often as last)."""
-    rounds, base = [], timing_order(rows)
-    for i in range(cfg.rounds):
-        order = base if i % 2 == 0 else base[::-1]
-        result = {}
-        for row in order:
-            result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims))
-            text = result[row.name]["text"]
-            log(f"round {i + 1}/{cfg.rounds} {row.name}: decode {text['decode_tokens_per_s']:.4g} tok/s, prefill "
-                f"{text['prefill_tokens_per_s']:.4g} tok/s")
-        rounds.append({"round": i, "order": [r.name for r in order], "rows": result})
-    return rounds
-
-
-def metric(values: list[float], run_spreads: list[float], pooled: list[float] | None = None) -> dict:
-    """A row's figure over rounds: the median of every timed run of every round (``pooled``; without it, of the
-    rounds' p50s), the spread of the rounds' p50s ((p90 - p10) / p50, None for one round), the median within-round
-    spread, how many runs the median is over, and each round's p50."""
-    from mobilevlm_export.bench import stats
-
-    return {"p50": float(f"{statistics.median(pooled or values):.4g}"),
-            "spread_rounds": stats(values)["spread"] if len(values) > 1 else None,
-            "spread_runs": float(f"{statistics.median(run_spreads):.4g}"),
-            "runs": len(pooled) if pooled else len(values), "rounds": values}
-
-
-def summarize_row(name: str, rounds: list[dict]) -> dict:
-    out = {}
-    for part, names in (("text", TEXT_METRICS), ("image", IMAGE_METRICS)):
-        records = [r["rows"][name][part] for r in rounds if r["rows"][name].get(part)]
-        for m in names:
-            pooled = ([x for rec in records for x in rec["samples"][m]]
-                      if records and all("samples" in rec for rec in records) else None)
-            out[m] = metric([rec["stats"][m]["p50"] for rec in records],
-                            [rec["stats"][m]["spread"] for rec in records], pooled) if records else None
-    out["vision_share"] = (round(out["vision_ms"]["p50"] / out["ttft_ms"]["p50"], 3)
-                           if out["ttft_ms"] and out["ttft_ms"]["p50"] else None)
-    out["peak_rss_mb"] = max(r["rows"][name]["peak_rss_mb"] for r in rounds)
-    return out
-
-
-def ratios(ours: str, peer: str, rounds: list[dict]) -> dict:
-    """Per round, ours / peer tokens/s (text-only prefill and decode): the median ratio, in how many rounds ours
-    was at least as fast, each round's ratio."""
-    out = {}
-    for kind, m in (("prefill", "prefill_tokens_per_s"), ("decode", "decode_tokens_per_s")):
-        rs = [r["rows"][ours]["text"]["stats"][m]["p50"] / r["rows"][peer]["text"]["stats"][m]["p50"] for r in rounds]
-        out[kind] = {"median_ratio": round(statistics.median(rs), 3), "rounds_ours_at_least_as_fast":
-                     sum(x >= 1 for x in rs), "rounds": len(rs), "ratios": [round(x, 3) for x in rs]}
-    return out
-
-
-# --- the run ----------------------------------------------------------------------------------------------------
 
 def pair_accuracy(ours: Row, peer: Row, accuracy: dict) -> dict:
     """The accuracies beside an ours / export_llm ratio: ours, measured on the demo; export_llm's own program
