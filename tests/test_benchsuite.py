@@ -18,18 +18,19 @@ from mobilevlm_export.benchsuite.__main__ import main as suite_main
 from mobilevlm_export.errors import UserError
 
 FAST_ROWS = ["eager-fp32", "onnx-fp32", "ort-int4-b32"]
-RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "settings", "rows", "versus_export_llm",
-               "rounds", "frontier", "predictions", "notes"}
+RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "compute_roof", "settings", "rows",
+               "versus_export_llm", "rounds", "frontier", "predictions", "notes"}
 ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_size", "decoder_only", "versus",
             "frontier", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
             "host_limit_decode_tokens_per_s", "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s",
-            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "peak_rss_mb", "accuracy", "schemes"}
+            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "vision_roof", "peak_rss_mb", "accuracy", "schemes"}
 METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
                  "e2e_kl_mean", "e2e_kl_max", "e2e_top1", "e2e_positions", "e2e_pairs", "note", "cached", "wall_s",
                  "provenance"}
 ARGS = ["--shape", "demo", "--rounds", "1", "--runs", "1", "--warmup", "0", "--threads", "1",
-        "--prompt-tokens", "8", "--decode-tokens", "4", "--accuracy-samples", "3", "--bandwidth-mb", "16"]
+        "--prompt-tokens", "8", "--decode-tokens", "4", "--accuracy-samples", "3", "--bandwidth-mb", "16",
+        "--roof-repeats", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def two_runs(tmp_path_factory):
     logs = []
     first = suite.run_suite(suite.SuiteConfig(shape="demo", only=FAST_ROWS, rounds=1, runs=1, warmup=0, threads=1,
                                               out=out, prompt_tokens=8, decode_tokens=4, accuracy_samples=3,
-                                              bandwidth_mb=16), log=logs.append)
+                                              bandwidth_mb=16, roof_repeats=3), log=logs.append)
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("builds/demo/*/artifacts/manifest.json")}
     assert suite_main([*ARGS, "--only", ",".join(FAST_ROWS), "--out", str(out)]) == 0
     second = json.loads((out / "results-demo.json").read_text())
@@ -52,6 +53,9 @@ def test_results_schema_and_figures(two_runs):
     assert results["shape"]["name"] == "demo"
     assert set(results["environment"]) >= {"commit", "cpu_model", "cpu_flags", "logical_cores", "versions", "date"}
     assert results["bandwidth"]["gbps"] > 0 and len(results["bandwidth"]["samples_gbps"]) == 5
+    roof = results["compute_roof"]
+    assert roof["gops"] >= roof["gops_median"] > 0 and len(roof["samples_ms"]) == 3 and roof["threads"] == 1
+    assert roof["shape"] == {"m": 577, "k": 1024, "n": 4096} and roof["scheme"] == "8da8w"
     assert results["settings"]["executorch_process_env"] == {"OMP_NUM_THREADS": "1"}
     assert [r["name"] for r in results["rows"]] == FAST_ROWS
     for row in results["rows"]:
@@ -69,6 +73,12 @@ def test_results_schema_and_figures(two_runs):
             assert row["ttft_ms"] is None and row["vision_share"] is None
         else:
             assert row["ttft_ms"]["p50"] >= row["vision_ms"]["p50"] > 0 and 0 < row["vision_share"] < 1
+        if row["costs"] and row["vision_ms"]:  # the vision encoder's GEMM rate against the roof
+            gops = row["costs"]["vision_ops"] / (row["vision_ms"]["p50"] / 1e3) / 1e9
+            assert row["vision_roof"]["gops"] == pytest.approx(gops, rel=1e-3)
+            assert row["vision_roof"]["fraction"] == pytest.approx(gops / roof["gops"], abs=1e-3)
+        else:
+            assert row["vision_roof"] is None
     by = {r["name"]: r for r in results["rows"]}
     assert by["eager-fp32"]["accuracy"]["kl_max"] == 0 and by["eager-fp32"]["build"] is None
     assert by["onnx-fp32"]["accuracy"]["kl_max"] < 1e-6 and by["onnx-fp32"]["accuracy"]["top1_min"] == 1
@@ -117,7 +127,8 @@ def test_benchmarks_md_sections_and_plot(two_runs):
     text = (out / "BENCHMARKS.md").read_text()
     for needle in ("# Benchmarks", "## the bundled demo checkpoint (trained, tiny) (`--shape demo`)", "- Machine: ",
                    "- Memory bandwidth, measured: **", "- Versions: ", "- Run: ", "| row | backend | recipe | "
-                   "decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | artifact bytes |",
+                   "decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | "
+                   "vision GEMM GOPS (of int8 roof) | artifact bytes |", "int8 GEMM roof, measured: **",
                    "| `onnx-fp32` | ONNX Runtime | onnx-fp32 |", "| `ort-int4-b32` |", "decoder only",
                    "## Device profiles: predicted vs published", "| orin-agx-64gb | decode tok/s |", "Builds (cached",
                    "Processes that run ExecuTorch programs (ours and export_llm's) have `OMP_NUM_THREADS=1`"):
@@ -460,3 +471,14 @@ def test_frontier_points_and_report(tmp_path):
     text = "\n".join(lines)
     assert "| `et-8da4w` (default) | 8da4w g64 / fp32 |" in text and "| no / no |" in text
     assert text.count("\n| `") == 4 and "frontier-" not in text and "(benchmarks/plots/f.png)" in text
+
+
+def test_vision_fraction_and_roof_arguments():
+    from mobilevlm_export.benchsuite.roof import gemm_roof, vision_fraction
+
+    roof = {"gops": 800.0}
+    assert vision_fraction(2e11, 1000.0, roof) == {"gops": 200.0, "fraction": 0.25}  # 200 GOP in 1 s
+    assert vision_fraction(None, 1000.0, roof) is None and vision_fraction(2e11, None, roof) is None
+    assert vision_fraction(2e11, 1000.0, None) is None
+    with pytest.raises(UserError, match="gemm roof"):
+        gemm_roof(0)

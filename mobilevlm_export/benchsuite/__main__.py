@@ -38,6 +38,8 @@ def parser() -> argparse.ArgumentParser:
                     help="held-out demo pairs per row (0: no accuracy; default %(default)s)")
     ap.add_argument("--bandwidth-mb", type=int, default=d.bandwidth_mb,
                     help="array size of the bandwidth copy (default %(default)s)")
+    ap.add_argument("--roof-repeats", type=int, default=d.roof_repeats,
+                    help="timed calls of the int8 GEMM roof (default %(default)s)")
     ap.add_argument("--no-plot", action="store_true", help="write no plot image")
     ap.add_argument("--build-only", action="store_true",
                     help="build what is missing (and measure accuracy), time nothing: run several with different "
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                       runs=args.runs, warmup=args.warmup, threads=args.threads, out=args.out,
                       prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, ab=args.ab,
                       ab_pairs=args.ab_pairs, profile_ops=args.profile_ops, accuracy_samples=args.accuracy_samples,
-                      bandwidth_mb=args.bandwidth_mb, plot=not args.no_plot,
+                      bandwidth_mb=args.bandwidth_mb, roof_repeats=args.roof_repeats, plot=not args.no_plot,
                       build_only=args.build_only)
     try:
         run_suite(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))

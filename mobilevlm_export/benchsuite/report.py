@@ -106,7 +106,7 @@ def _machine(r: dict) -> list[str]:
         f"- Machine: {env['cpu_model']} ({env['machine']}), {env['logical_cores']} logical cores, ISA: "
         f"{', '.join(env['cpu_flags']) or 'none of interest'}; {env['os']}.",
         f"- Memory bandwidth, measured: **{bw['gbps']:g} GB/s** ({bw['method']}; {bw['array_mb']} MB, "
-        f"{bw['repeats']} repeats, {_threads(bw['threads'])}).",
+        f"{bw['repeats']} repeats, {_threads(bw['threads'])})." + _roof(r.get("compute_roof")),
         f"- Versions: {versions}.",
         f"- Settings: {_threads(s['threads'])}; interleaved rounds: {s['rounds']}, each of {s['warmup']} warm-up + "
         f"{s['runs']} timed requests per row; text-only prompt {s['prompt_tokens']} tokens + "
@@ -116,6 +116,20 @@ def _machine(r: dict) -> list[str]:
                       f"{len(s['only'])} selected with `--only {','.join(s['only'])}`; the suite's other rows "
                       f"({', '.join(f'`{n}`' for n in BY_NAME if n not in s['only'])}) were not run."),
     ]
+
+
+def _roof(roof: dict | None) -> str:
+    if not roof:
+        return ""
+    shape = roof["shape"]
+    return (f" int8 GEMM roof, measured: **{roof['gops']:g} GOPS** (median {roof['gops_median']:g}; one "
+            f"[{shape['m']}, {shape['k']}] x [{shape['k']}, {shape['n']}] {roof['scheme']} linear in XNNPACK, best of "
+            f"{roof['repeats']} calls, {_threads(roof['threads'])}).")
+
+
+def _vision_gops(row: dict) -> str:
+    v = row.get("vision_roof")
+    return f"{_num(v['gops'])} ({_pct(v['fraction'])})" if v else "–"
 
 
 def _process_env(env: dict | None) -> str:
@@ -129,8 +143,9 @@ def _process_env(env: dict | None) -> str:
 
 def _results_table(r: dict) -> list[str]:
     lines = ["| row | backend | recipe | decode tok/s | of host limit | prefill tok/s | TTFT ms (vision share) | "
-             "artifact bytes | spread decode (runs / rounds) | held-out accuracy | e2e next-token KL vs fp32 (mean) "
-             "| decoder-case KL vs fp32 (max) | decoder-case top-1 (min) |", "|" + "---|" * 13]
+             "vision GEMM GOPS (of int8 roof) | artifact bytes | spread decode (runs / rounds) | held-out accuracy | "
+             "e2e next-token KL vs fp32 (mean) | decoder-case KL vs fp32 (max) | decoder-case top-1 (min) |",
+             "|" + "---|" * 14]
     for row in r["rows"]:
         ttft = "decoder only" if row["decoder_only"] or not row["ttft_ms"] else (
             f"{_metric(row['ttft_ms'])} ({_pct(row['vision_share'])})")
@@ -143,7 +158,8 @@ def _results_table(r: dict) -> list[str]:
         lines.append(f"| `{row['name']}` | {row['backend']} | {row['recipe']} | "
                      f"{_metric(row['decode_tokens_per_s'])} | {_pct(row['bandwidth_fraction'])} of "
                      f"{_num(row['host_limit_decode_tokens_per_s'])} tok/s | {_metric(row['prefill_tokens_per_s'])} | "
-                     f"{ttft} | {_num(row['artifact_bytes'])} | {_spread(row['decode_tokens_per_s'])} | "
+                     f"{ttft} | {_vision_gops(row)} | {_num(row['artifact_bytes'])} | "
+                     f"{_spread(row['decode_tokens_per_s'])} | "
                      f"{accuracy} | {e2e} | {kl} | {top1} |")
     return lines
 
@@ -300,7 +316,9 @@ process per round, ours / export_llm pairs back to back, the order reversed ever
 tok/s as a fraction of this host's bandwidth roof = measured memory bandwidth / bytes of weights read per token (the
 build's
 `costs.decoder_bytes_per_token`; export_llm: its .pte less the fp32 embedding table; ONNX Runtime's int4: its
-decoder graph's bytes; eager: the fp32 linears). *Artifact bytes*: the files the host's runtime loads.
+decoder graph's bytes; eager: the fp32 linears). *Vision GEMM GOPS*: the vision encoder's linear operations per
+image (the build's `costs.vision_ops`) / its time, and their fraction of this host's int8 GEMM roof (one 8da8w
+linear of a ViT-L/14 MLP in XNNPACK, `benchsuite/roof.py`). *Artifact bytes*: the files the host's runtime loads.
 Accuracy is measured on the trained demo checkpoint built with the same recipe: held-out exact-match accuracy
 (`demo/evaluate.py`); the whole program's next-token KL against the fp32 reference over the same held-out pairs
 (the reference's answer teacher-forced through both; every quantized part in the loop); and the decoder alone on

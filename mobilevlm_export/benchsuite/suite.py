@@ -6,21 +6,22 @@ steps), as the decoder-only peers are measured; the time to first token from the
 (vision encoder + prefill of the image tokens and the text).
 
 ``results-<shape>.json`` (``SCHEMA``): ``shape`` {name, title, checkpoint, checkpoint_build}; ``environment``
-(``bench.environment``: commit, dirty, versions, CPU, ...); ``package`` (``cache.identity``: version,
-source_sha256, libraries); ``bandwidth``
-(``bench.memory_bandwidth``); ``settings`` (the ``SuiteConfig``, threads resolved); ``rows``: per row the
-``rows.Row`` fields, ``path``, ``build`` (wall_s, peak_rss_mb, rc, ..., cached, key; None for eager),
-``artifact_bytes``, ``decoder_bytes_per_token``, ``costs`` (ours), ``host_limit_decode_tokens_per_s`` (bandwidth /
-bytes per token), ``bandwidth_fraction``, the metrics ``decode_tokens_per_s``, ``prefill_tokens_per_s`` (text-only
-request), ``ttft_ms``, ``vision_ms``, ``prefill_ms`` (image request; None for decoder-only peers), each {p50,
-spread_runs, spread_rounds, runs, rounds}, ``vision_share``, ``peak_rss_mb`` (of the timing processes), ``accuracy``
-{heldout_accuracy, heldout_correct, heldout_n, kl_max, kl_mean, top1_min, logits_cases, note, cached, wall_s,
-provenance} or None, ``schemes`` (ours: part -> "8da4w g64", ...; None for the peers); ``versus_export_llm``:
-"g32"/"g128" (equal group sizes) and "defaults" (``rows.DEFAULTS``) -> {group_size, export_llm_group_size, ours,
-export_llm, interleaved {prefill, decode: {median_ratio, rounds_ours_at_least_as_fast, rounds, ratios}}, ab
-(``ab.paired_ab``) or None, profile_ops (``opprofile.profile_ops``) or None, accuracy (``pair_accuracy``)};
-``rounds``: [{round, order, rows: name -> the worker's ``time_row``}]; ``frontier`` (``frontier.frontier``);
-``predictions`` {rows: ``predict.predictions``, calibration: ``predict.calibration_fit``}; ``notes``.
+(``bench.environment``: commit, dirty, versions, CPU, ...); ``package`` (``cache.identity``: version, source_sha256,
+libraries); ``bandwidth`` (``bench.memory_bandwidth``); ``compute_roof`` (``roof.gemm_roof``); ``settings`` (the
+``SuiteConfig``, threads resolved); ``rows``: per row the ``rows.Row`` fields, ``path``, ``build`` (wall_s, peak_rss_mb,
+rc, ..., cached, key; None for eager), ``artifact_bytes``, ``decoder_bytes_per_token``, ``costs`` (ours),
+``host_limit_decode_tokens_per_s`` (bandwidth / bytes per token), ``bandwidth_fraction``, the metrics
+``decode_tokens_per_s``, ``prefill_tokens_per_s`` (text-only request), ``ttft_ms``, ``vision_ms``, ``prefill_ms`` (image
+request; None for decoder-only peers), each {p50, spread_runs, spread_rounds, runs, rounds}, ``vision_share``,
+``vision_roof`` (``roof.vision_fraction``: the vision encoder's GEMM GOPS and their fraction of ``compute_roof``; None
+without a vision time or costs), ``peak_rss_mb`` (of the timing processes), ``accuracy`` {heldout_accuracy,
+heldout_correct, heldout_n, kl_max, kl_mean, top1_min, logits_cases, note, cached, wall_s, provenance} or None,
+``schemes`` (ours: part -> "8da4w g64", ...; None for the peers); ``versus_export_llm``: "g32"/"g128" (equal group
+sizes) and "defaults" (``rows.DEFAULTS``) -> {group_size, export_llm_group_size, ours, export_llm, interleaved {prefill,
+decode: {median_ratio, rounds_ours_at_least_as_fast, rounds, ratios}}, ab (``ab.paired_ab``) or None, profile_ops
+(``opprofile.profile_ops``) or None, accuracy (``pair_accuracy``)}; ``rounds``: [{round, order, rows: name -> the
+worker's ``time_row``}]; ``frontier`` (``frontier.frontier``); ``predictions`` {rows: ``predict.predictions``,
+calibration: ``predict.calibration_fit``}; ``notes``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from mobilevlm_export.backends.executorch import RUNTIME_PROCESS_ENV
 from mobilevlm_export.benchsuite import cache
 from mobilevlm_export.benchsuite.prepare import checkpoint, measure_accuracy, prepare
+from mobilevlm_export.benchsuite.roof import vision_fraction
 from mobilevlm_export.benchsuite.rows import BY_NAME, DEFAULTS, SCHEMA, STAND_INS, Row, schemes, select
 from mobilevlm_export.benchsuite.timing import interleaved_rounds, ratios, summarize_row, worker
 from mobilevlm_export.cores import usable_cores
@@ -61,6 +63,7 @@ class SuiteConfig:
     accuracy_samples: int = 150
     bandwidth_mb: int = 512
     bandwidth_repeats: int = 5
+    roof_repeats: int = 20  # timed calls of the int8 GEMM roof (roof.gemm_roof)
     plot: bool = True
     build_only: bool = False  # build (and measure accuracy), time nothing: builds can run beside other work
     notes: list[str] = field(default_factory=list)
@@ -72,7 +75,7 @@ class SuiteConfig:
                                  ("--prompt-tokens", self.prompt_tokens, 1),
                                  ("--decode-tokens", self.decode_tokens, 1), ("--ab-pairs", self.ab_pairs, 1),
                                  ("--accuracy-samples", self.accuracy_samples, 0),
-                                 ("--bandwidth-mb", self.bandwidth_mb, 1)):
+                                 ("--bandwidth-mb", self.bandwidth_mb, 1), ("--roof-repeats", self.roof_repeats, 1)):
             if value < low:
                 raise UserError(f"{flag} {value}: must be at least {low}")
         if self.threads is not None and self.threads < 1:
@@ -124,6 +127,8 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
     env = environment(threads)  # (builds may take hours: the environment and bandwidth of the timings)
     log(f"measuring the host's memory bandwidth ({cfg.bandwidth_mb} MB copy, threads: {threads}) ...")
     bandwidth = memory_bandwidth(cfg.bandwidth_mb, cfg.bandwidth_repeats, threads)
+    log(f"measuring the host's int8 GEMM roof (XNNPACK 8da8w, threads: {threads}) ...")
+    roof = worker({"task": "gemm_roof", "threads": threads, "repeats": cfg.roof_repeats})
     config = json.loads((ckpt / "config.json").read_text())
     dims = {"vocab": config["vocab_size"], "image_tokens": 0, "image_size": 1}  # text-only peers' workload
     rounds = interleaved_rounds(rows, prepared, cfg, threads, dims, log)
@@ -161,12 +166,15 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
                       "artifact_bytes": prep["artifact_bytes"],
                       "decoder_bytes_per_token": prep["decoder_bytes_per_token"], "costs": prep["costs"],
                       "host_limit_decode_tokens_per_s": float(f"{limit:.4g}"),
-                      "bandwidth_fraction": round(decode / limit, 3), **summary, "accuracy": accuracy[r.name],
+                      "bandwidth_fraction": round(decode / limit, 3), **summary,
+                      "vision_roof": vision_fraction((prep["costs"] or {}).get("vision_ops"),
+                                                     (summary["vision_ms"] or {}).get("p50"), roof),
+                      "accuracy": accuracy[r.name],
                       "schemes": schemes(r, out)})
     results = {
         "schema": SCHEMA, "shape": {"name": cfg.shape, "title": SHAPE_TITLES[cfg.shape], "checkpoint": str(ckpt),
                                     "checkpoint_build": ckpt_info},
-        "environment": env, "package": cache.identity(), "bandwidth": bandwidth,
+        "environment": env, "package": cache.identity(), "bandwidth": bandwidth, "compute_roof": roof,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "notes"}
         | {"threads": threads, "executorch_process_env": RUNTIME_PROCESS_ENV},
         "rows": table, "versus_export_llm": versus, "rounds": rounds, "frontier": frontier(table),

@@ -6,8 +6,8 @@ TASK.json: ``{"task": ..., "result": PATH, ...}``; the result is written to PATH
 libraries). Tasks: ``time`` (one row's timings: ``bench.measure`` on a text-only request, and on the image + text
 request for the time to first token), ``ab`` (``ab.paired_ab``), ``profile_ops`` (``opprofile.profile_ops``),
 ``accuracy`` (held-out accuracy and logits KL / top-1 against fp32), ``checkpoint`` (a synthetic checkpoint),
-``ort_int4`` (``peers.ort_int4``). Each timing process measures one program alone, so no other program's memory,
-threads or allocator state is in it.
+``ort_int4`` (``peers.ort_int4``), ``gemm_roof`` (``roof.gemm_roof``: the host's int8 GEMM throughput). Each timing
+process measures one program alone, so no other program's memory, threads or allocator state is in it.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def checkpoint(out: str, shape: str) -> dict:
 
 
 def uses_executorch(task: dict) -> bool:
-    if task["task"] in ("ab", "profile_ops"):
+    if task["task"] in ("ab", "profile_ops", "gemm_roof"):
         return True
     if task["task"] != "time":
         return False
@@ -198,6 +198,10 @@ def run_task(task: dict) -> dict:
         return accuracy(task["kind"], task["path"], task["samples"], task["threads"], task["reverify"])
     if kind == "checkpoint":
         return checkpoint(task["out"], task["shape"])
+    if kind == "gemm_roof":
+        from mobilevlm_export.benchsuite.roof import gemm_roof
+
+        return gemm_roof(task["threads"], task["repeats"])
     if kind == "ort_int4":
         from mobilevlm_export.bench import peak_rss_mb
         from mobilevlm_export.benchsuite.peers import ort_int4
