@@ -14,7 +14,7 @@ from mobilevlm_export.quantize.calibrate import calibrate
 from mobilevlm_export.quantize.graph import QdqError
 from mobilevlm_export.quantize.prescale import AwqScales, apply_awq_scales, awq_scales, awq_search, smoothquant_scales
 from mobilevlm_export.quantize.qdq_rewrite import QdqResult, quantize_weights
-from mobilevlm_export.quantize.scales import dequantize_int4_blocked
+from mobilevlm_export.quantize.scales import dequantize_int4_blocked, int4_blocked_roundtrip, quantize_int4_blocked
 from mobilevlm_export.quantize.select import find_weight_matmuls
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -617,3 +617,18 @@ def test_decoder_smoothquant_w8a8(decoder):
     assert _nrel(_logits(res.model, feeds), ref) < 0.06
     with pytest.raises(QdqError, match="alpha"):
         smoothquant_scales(decoder, cal, alpha=1.5)
+
+
+def test_int4_roundtrip_in_place_is_quantize_then_dequantize_bit_for_bit():
+    """AWQ's inner loop (``int4_blocked_roundtrip``) gives exactly what quantizing and dequantizing give: an
+    all-zero block, tiny and large values, and a reused buffer."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((256, 96)) * rng.uniform(1e-6, 10, (256, 1))).astype(np.float32)
+    w[128:, :5] = 0.0
+    w[:128, 7] = 1e-30
+    buf = np.full_like(w, np.nan)
+    for block in (32, 128):
+        q, scale = quantize_int4_blocked(w, block)
+        want = dequantize_int4_blocked(q, scale, block)
+        assert np.array_equal(int4_blocked_roundtrip(w, block), want)
+        assert np.array_equal(int4_blocked_roundtrip(w, block, out=buf), want) and np.array_equal(buf, want)

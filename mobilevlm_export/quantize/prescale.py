@@ -23,7 +23,7 @@ from mobilevlm_export.quantize.graph import (
     referenced,
     unique_name,
 )
-from mobilevlm_export.quantize.scales import dequantize_int4_blocked, quantize_int4_blocked
+from mobilevlm_export.quantize.scales import int4_blocked_roundtrip
 from mobilevlm_export.quantize.select import WeightMatMul, find_weight_matmuls
 
 
@@ -56,13 +56,18 @@ def awq_search(weight: np.ndarray, x: np.ndarray, channel_mean: np.ndarray | Non
     mean = np.maximum(mean, 1e-8)
     best = (np.ones(w.shape[0], np.float32), 0.0, math.inf)
     rtn = math.inf
+    scaled, w_hat, diff = np.empty_like(w), np.empty_like(w), np.empty_like(ref)  # (reused per grid point)
     for i in range(grid):
         alpha = i / grid
         s = mean ** alpha
         s = s / math.sqrt(float(s.max() * s.min()))
-        q, scale = quantize_int4_blocked(w * s[:, None], block_size)
-        w_hat = dequantize_int4_blocked(q, scale, block_size) / s[:, None]
-        err = float(np.mean((ref - x @ w_hat) ** 2))
+        np.multiply(w, s[:, None], out=scaled)
+        int4_blocked_roundtrip(scaled, block_size, out=w_hat)
+        np.divide(w_hat, s[:, None], out=w_hat)
+        np.matmul(x, w_hat, out=diff)
+        np.subtract(ref, diff, out=diff)
+        np.square(diff, out=diff)
+        err = float(np.mean(diff))
         if i == 0:
             rtn = err
         if err < best[2]:

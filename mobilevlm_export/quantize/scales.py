@@ -26,6 +26,24 @@ def quantize_int4_blocked(w: np.ndarray, block_size: int = 128) -> tuple[np.ndar
     return q.reshape(k, n), scale
 
 
+def int4_blocked_roundtrip(w: np.ndarray, block_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``dequantize_int4_blocked(*quantize_int4_blocked(w, block_size), block_size)`` for an fp32 ``w [K, N]``, the
+    same values bit for bit, computed in place in one fp32 buffer (``out``: reused, else a new one) without the int8
+    array and the repeated scales: the inner loop of ``prescale.awq_search``, which runs it per grid point over
+    every weight of a layer."""
+    k, n = w.shape
+    if k % block_size:
+        raise QdqError(f"block size {block_size} does not divide K={k}")
+    blocks = w.reshape(k // block_size, block_size, n)
+    scale = _scale(np.abs(blocks).max(axis=1) / np.float32(7.0), np.float32)[:, None, :]
+    buf = (np.empty_like(w) if out is None else out).reshape(blocks.shape)
+    np.divide(blocks, scale, out=buf)
+    np.rint(buf, out=buf)
+    np.clip(buf, -8, 7, out=buf)  # (integers in [-8, 7]: what q holds, exactly, in fp32)
+    np.multiply(buf, scale, out=buf)
+    return buf.reshape(k, n)
+
+
 def quantize_int8_per_channel(w: np.ndarray, axis: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 of ``w`` per slice along ``axis`` (the output channel, 1 for a ``[K, N]`` MatMul weight):
     ``(q int8 in [-127, 127], scale [w.shape[axis]] in w's dtype)``."""
