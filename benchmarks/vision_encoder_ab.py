@@ -9,10 +9,11 @@ after it was written to stay in the XNNPACK delegate, timed as a paired A/B in o
 
 Both from one synthetic checkpoint (random fp16 weights, vision dims of MobileVLM_V2-1.7B, the decoder cut to one
 layer: it is not in this method), the image encoder's linears quantized as the default recipe snapdragon-8da4w
-quantizes them (8da4w, group 64; the two forms share the quantized modules). Each pair times one image through both
-programs, who goes first alternating; the result is the per-pair ratio after / before (median, its 95 % CI by
-``benchsuite.ab.median_ci95``), each side's median ms and its GEMM GOPS against the host's int8 GEMM roof
-(``benchsuite.roof``), the delegation of each method and its build seconds. Writes JSON to OUT.
+quantizes them (8da4w, group 64), or as ``--variants`` says (other forms and schemes: 8da8w, fp32; each variant its
+own copy of the weights). Each pair times one image through every program, the order rotating; the result is each
+variant's per-pair ratio to the first (median, its 95 % CI by ``benchsuite.ab.median_ci95``), each one's median ms,
+its GEMM GOPS against the host's int8 GEMM roof (``benchsuite.roof``), its output's cosine to the first's, its
+delegation and its build seconds. Writes JSON to OUT.
 
     PYTHONPATH=$PWD python benchmarks/vision_encoder_ab.py OUT.json [--vision-layers 24] [--pairs 20] [--threads 2]
 """
@@ -36,6 +37,9 @@ def main() -> None:
     ap.add_argument("--vision-layers", type=int, default=24)
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default="before=checkpoint:8da4w,after=delegable:8da4w",
+                    help="NAME=FORM:SCHEME,... (FORM: checkpoint or delegable; SCHEME: 8da4w (group 64), 8da8w, "
+                         "fp32); ratios are to the first")
     ap.add_argument("--work", default=None, help="folder for the checkpoint and programs (default: a temporary one)")
     args = ap.parse_args()
 
@@ -72,19 +76,17 @@ def main() -> None:
     checkpoint_s = time.perf_counter() - t0
     model = ckpt.model
     patches = model_dims(ckpt).patches
-    vision = VisionEncoder(model.vision_tower, model.select_layer, model.select_feature)
-    forms = {
-        "before": ImageEncoder(vision, Projector(model.projector)).eval(),
-        "after": ImageEncoder(DelegableVisionEncoder(vision), Projector(delegable_projector(model.projector,
-                                                                                            patches))).eval(),
-    }
-    linears = [m for m in forms["after"].modules() if isinstance(m, torch.nn.Linear)]
-    vision_ops = 2.0 * sum(m.weight.numel() for m in linears) * patches
-    log = quantize_linears(forms["after"], "8da4w", 64, "affine", "image_encoder")  # (shared with "before")
     pixels = torch.randn(1, 3, 336, 336)
-    with torch.no_grad():
-        same = torch.nn.functional.cosine_similarity(forms["before"](pixels).flatten(),
-                                                     forms["after"](pixels).flatten(), dim=0).item()
+
+    def form(kind: str) -> torch.nn.Module:
+        """A fresh copy of the tower and projector (fp32) in the ``kind`` form."""
+        import copy
+
+        tower, projector = copy.deepcopy(model.vision_tower), copy.deepcopy(model.projector)
+        vision = VisionEncoder(tower, model.select_layer, model.select_feature)
+        if kind == "checkpoint":
+            return ImageEncoder(vision, Projector(projector)).eval()
+        return ImageEncoder(DelegableVisionEncoder(vision), Projector(delegable_projector(projector, patches))).eval()
 
     def before_partitioners(method):
         from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
@@ -93,35 +95,54 @@ def main() -> None:
         return [XnnpackPartitioner(config_precisions=ConfigPrecisionType.DYNAMIC_QUANT, per_op_mode=True),
                 XnnpackPartitioner()]
 
-    partitioners = {"before": before_partitioners, "after": registry()["snapdragon"].partitioners}
-    built, programs, methods = {}, {}, {}
-    for name in ("before", "after"):
+    variants = dict(v.split("=", 1) for v in args.variants.split(","))  # name -> FORM:SCHEME
+    names = list(variants)
+    built, programs, methods, log, vision_ops, reference = {}, {}, {}, {}, None, None
+    for name in names:
+        kind, scheme = variants[name].split(":")
+        module = form(kind)
+        if vision_ops is None:
+            vision_ops = 2.0 * sum(m.weight.numel() for m in module.modules()
+                                   if isinstance(m, torch.nn.Linear)) * patches
+        if scheme != "fp32":
+            log[name] = quantize_linears(module, scheme, 64, "affine", "image_encoder")
+        with torch.no_grad():
+            out = module(pixels).flatten()
+        reference = out if reference is None else reference
+        cosine = torch.nn.functional.cosine_similarity(reference, out, dim=0).item()
         path = work / f"vision-{name}.pte"
         t = time.perf_counter()
-        info = export_program({"vision_encoder": forms.pop(name)}, {"vision_encoder": (pixels,)}, {}, path, {},
-                              False, partitioners[name])
+        info = export_program({"vision_encoder": module}, {"vision_encoder": (pixels,)}, {}, path, {}, False,
+                              before_partitioners if kind == "checkpoint" else registry()["snapdragon"].partitioners)
         (report,) = info.methods
-        built[name] = {"seconds": round(time.perf_counter() - t, 1), "export_seconds": info.export_seconds,
-                       "lower_seconds": info.lower_seconds, "bytes": info.bytes,
-                       "delegation": dataclasses.asdict(report)}
+        built[name] = {"form": kind, "scheme": scheme, "seconds": round(time.perf_counter() - t, 1),
+                       "export_seconds": info.export_seconds, "lower_seconds": info.lower_seconds, "bytes": info.bytes,
+                       "cosine_vs_first": round(cosine, 6), "delegation": dataclasses.asdict(report)}
         print(name, built[name], flush=True)
-    del model, ckpt, vision
-    for name in ("before", "after"):
+        del module
+    model = ckpt = None  # (the fp32 weights freed before timing)
+    for name in names:
         programs[name] = load_program(work / f"vision-{name}.pte", args.threads)
         methods[name] = programs[name].load_method("vision_encoder")
         methods[name].execute([pixels])  # (warm-up)
-    times = {"before": [], "after": []}
+    times = {name: [] for name in names}
     for i in range(args.pairs):
-        order = ("before", "after") if i % 2 == 0 else ("after", "before")
+        order = names[i % len(names):] + names[:i % len(names)]  # (each variant first as often)
         for name in order:
             t = time.perf_counter()
             methods[name].execute([pixels])
             times[name].append(time.perf_counter() - t)
-    ratios = [a / b for a, b in zip(times["after"], times["before"], strict=True)]
+    base = names[0]
+
+    def ratio(name: str) -> dict:
+        rs = [a / b for a, b in zip(times[name], times[base], strict=True)]
+        return {"median": round(statistics.median(rs), 3), "ci95": [round(x, 3) for x in median_ci95(rs) or []],
+                "faster_than_first": sum(r < 1 for r in rs)}
+
     del methods, programs
     roof = gemm_roof(args.threads)
     sides = {}
-    for name in ("before", "after"):
+    for name in names:
         ms = statistics.median(times[name]) * 1e3
         sides[name] = {"median_ms": round(ms, 1), "samples_ms": [round(x * 1e3, 1) for x in times[name]],
                        "gemm": vision_fraction(vision_ops, ms, roof), **built[name]}
@@ -134,16 +155,14 @@ def main() -> None:
                  "vision_heads": dims.vision_heads, "vision_intermediate": dims.vision_intermediate,
                  "projector": "ldpnetv2 -> 2048", "patches": patches, "image": 336},
         "quantization": log, "vision_gemm_ops": vision_ops, "threads": args.threads, "pairs": args.pairs,
-        "outputs_cosine_before_vs_after": round(same, 6), "checkpoint_seconds": round(checkpoint_s, 1),
-        "ratio_after_over_before": {"median": round(statistics.median(ratios), 3),
-                                    "ci95": [round(x, 3) for x in median_ci95(ratios) or []],
-                                    "pairs_after_faster": sum(r < 1 for r in ratios)},
+        "checkpoint_seconds": round(checkpoint_s, 1),
+        "ratio_over_first": {name: ratio(name) for name in names[1:]},
         "sides": sides, "int8_gemm_roof": {k: v for k, v in roof.items() if k != "samples_ms"},
         "host": {"machine": platform.machine(), "cpu_flags_of_interest": sorted(
             f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c"))},
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: result[k] for k in ("ratio_after_over_before", "outputs_cosine_before_vs_after")}))
+    print(json.dumps(result["ratio_over_first"]))
     print({n: (s["median_ms"], s["gemm"]) for n, s in sides.items()})
 
 
