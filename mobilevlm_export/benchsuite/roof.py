@@ -36,11 +36,10 @@ def gemm_roof(threads: int, repeats: int = 20, warmup: int = 3, m: int = SHAPE["
     import torch
     from torch import nn
 
-    from mobilevlm_export.backends.executorch import export_program, load_program, set_threads
+    from mobilevlm_export.backends.executorch import export_program, load_program
     from mobilevlm_export.quantize.torchao import quantize_linears
     from mobilevlm_export.targets import registry
 
-    set_threads(threads)  # (before any program loads)
     torch.manual_seed(0)
     linear = nn.Sequential(nn.Linear(k, n, bias=False)).eval()
     quantize_linears(linear, SCHEME, 0, "affine", "roof")
@@ -54,7 +53,7 @@ def gemm_roof(threads: int, repeats: int = 20, warmup: int = 3, m: int = SHAPE["
         (report,) = info.methods
         if set(report.portable_ops) - {"getitem"} or report.delegated_subgraphs != 1:  # (getitem: its output)
             raise RuntimeError(f"the roof's GEMM is not one XNNPACK delegate: {report}")
-        program = load_program(path, threads)
+        program = load_program(path, threads)  # (sizes the threadpool first)
         method = program.load_method("gemm")
         for _ in range(warmup):
             method.execute([x])

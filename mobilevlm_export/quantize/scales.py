@@ -21,7 +21,7 @@ def quantize_int4_blocked(w: np.ndarray, block_size: int = 128) -> tuple[np.ndar
     if k % block_size:
         raise QdqError(f"block size {block_size} does not divide K={k}")
     blocks = w.astype(np.float32).reshape(k // block_size, block_size, n)
-    scale = _scale(np.abs(blocks).max(axis=1) / 7.0, w.dtype)  # [K/B, N]
+    scale = _int4_scales(blocks, w.dtype)  # [K/B, N]
     q = np.clip(np.rint(blocks / scale.astype(np.float32)[:, None, :]), -8, 7).astype(np.int8)
     return q.reshape(k, n), scale
 
@@ -35,7 +35,7 @@ def int4_blocked_roundtrip(w: np.ndarray, block_size: int, out: np.ndarray | Non
     if k % block_size:
         raise QdqError(f"block size {block_size} does not divide K={k}")
     blocks = w.reshape(k // block_size, block_size, n)
-    scale = _scale(np.abs(blocks).max(axis=1) / np.float32(7.0), np.float32)[:, None, :]
+    scale = _int4_scales(blocks, np.float32)[:, None, :]
     buf = (np.empty_like(w) if out is None else out).reshape(blocks.shape)
     np.divide(blocks, scale, out=buf)
     np.rint(buf, out=buf)
@@ -58,6 +58,12 @@ def quantize_int8_per_channel(w: np.ndarray, axis: int = 1) -> tuple[np.ndarray,
 def dequantize_int4_blocked(q: np.ndarray, scale: np.ndarray, block_size: int) -> np.ndarray:
     """fp32 ``q * scale`` with each scale row repeated over its block of ``block_size`` rows."""
     return q.astype(np.float32) * np.repeat(scale.astype(np.float32), block_size, axis=0)
+
+
+def _int4_scales(blocks: np.ndarray, dtype) -> np.ndarray:
+    """The symmetric int4 scale of each block of fp32 ``blocks [K/B, B, N]``: ``amax / 7`` in ``dtype``,
+    ``[K/B, N]``."""
+    return _scale(np.abs(blocks).max(axis=1) / 7.0, dtype)
 
 
 def _scale(raw: np.ndarray, dtype) -> np.ndarray:
