@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default="before=checkpoint:8da4w,after=delegable:8da4w",
-                    help="NAME=FORM:SCHEME,... (FORM: checkpoint or delegable; SCHEME: 8da4w (group 64), 8da8w, "
+                    help="NAME=FORM:SCHEME[:GROUP],... (FORM: checkpoint, delegable, or sdpa: delegable with "
+                         "attention as ExecuTorch's llama.custom_sdpa; SCHEME: 8da4w (GROUP, default 64), 8da8w, "
                          "fp32); ratios are to the first")
     ap.add_argument("--work", default=None, help="folder for the checkpoint and programs (default: a temporary one)")
     args = ap.parse_args()
@@ -55,6 +56,7 @@ def main() -> None:
     from mobilevlm_export.checkpoint.records import model_dims
     from mobilevlm_export.checkpoint.synthetic import MOBILEVLM_V2_1_7B, write_checkpoint
     from mobilevlm_export.graphs.vision import (
+        Attention,
         DelegableVisionEncoder,
         ImageEncoder,
         Projector,
@@ -86,7 +88,25 @@ def main() -> None:
         vision = VisionEncoder(tower, model.select_layer, model.select_feature)
         if kind == "checkpoint":
             return ImageEncoder(vision, Projector(projector)).eval()
-        return ImageEncoder(DelegableVisionEncoder(vision), Projector(delegable_projector(projector, patches))).eval()
+        encoder = DelegableVisionEncoder(vision)
+        if kind == "sdpa":
+            for layer in encoder.layers:
+                layer.self_attn.__class__ = SdpaAttention
+        return ImageEncoder(encoder, Projector(delegable_projector(projector, patches))).eval()
+
+    class SdpaAttention(Attention):
+        """The same attention as ExecuTorch's custom_sdpa (flash attention on its optimized kernels, outside
+        the delegate): q, k, v [1, T, heads, D], not causal, over all T positions."""
+
+        def forward(self, x):
+            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+
+            b, t, c = x.shape
+            q = self.q_proj(x).view(1, t, self.heads, self.head_dim)
+            k = self.k_proj(x).view(1, t, self.heads, self.head_dim)
+            v = self.v_proj(x).view(1, t, self.heads, self.head_dim)
+            out = torch.ops.llama.custom_sdpa(q, k, v, 0, None, 0, False, self.scale)
+            return self.out_proj(out.reshape(b, t, c))
 
     def before_partitioners(method):
         from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
@@ -99,13 +119,13 @@ def main() -> None:
     names = list(variants)
     built, programs, methods, log, vision_ops, reference = {}, {}, {}, {}, None, None
     for name in names:
-        kind, scheme = variants[name].split(":")
+        kind, scheme, *group = variants[name].split(":")
         module = form(kind)
         if vision_ops is None:
             vision_ops = 2.0 * sum(m.weight.numel() for m in module.modules()
                                    if isinstance(m, torch.nn.Linear)) * patches
         if scheme != "fp32":
-            log[name] = quantize_linears(module, scheme, 64, "affine", "image_encoder")
+            log[name] = quantize_linears(module, scheme, int(group[0]) if group else 64, "affine", "image_encoder")
         with torch.no_grad():
             out = module(pixels).flatten()
         reference = out if reference is None else reference
@@ -115,7 +135,8 @@ def main() -> None:
         info = export_program({"vision_encoder": module}, {"vision_encoder": (pixels,)}, {}, path, {}, False,
                               before_partitioners if kind == "checkpoint" else registry()["snapdragon"].partitioners)
         (report,) = info.methods
-        built[name] = {"form": kind, "scheme": scheme, "seconds": round(time.perf_counter() - t, 1),
+        built[name] = {"form": kind, "scheme": scheme, "group_size": int(group[0]) if group else None,
+                       "seconds": round(time.perf_counter() - t, 1),
                        "export_seconds": info.export_seconds, "lower_seconds": info.lower_seconds, "bytes": info.bytes,
                        "cosine_vs_first": round(cosine, 6), "delegation": dataclasses.asdict(report)}
         print(name, built[name], flush=True)

@@ -19,11 +19,12 @@ from mobilevlm_export.errors import UserError
 
 FAST_ROWS = ["eager-fp32", "onnx-fp32", "ort-int4-b32"]
 RESULT_KEYS = {"schema", "shape", "environment", "package", "bandwidth", "compute_roof", "settings", "rows",
-               "versus_export_llm", "rounds", "frontier", "predictions", "notes"}
+               "versus_export_llm", "rounds", "frontier", "predictions", "notes", "before_after"}
 ROW_KEYS = {"name", "kind", "backend", "recipe", "precision", "target", "group_size", "decoder_only", "versus",
-            "frontier", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
+            "frontier", "commit", "path", "build", "artifact_bytes", "decoder_bytes_per_token", "costs",
             "host_limit_decode_tokens_per_s", "bandwidth_fraction", "decode_tokens_per_s", "prefill_tokens_per_s",
-            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "vision_roof", "peak_rss_mb", "accuracy", "schemes"}
+            "ttft_ms", "vision_ms", "prefill_ms", "vision_share", "vision_roof", "peak_rss_mb", "accuracy",
+            "delegation", "schemes"}
 METRIC_KEYS = {"p50", "spread_rounds", "spread_runs", "runs", "rounds"}
 ACCURACY_KEYS = {"heldout_accuracy", "heldout_correct", "heldout_n", "kl_max", "kl_mean", "top1_min", "logits_cases",
                  "e2e_kl_mean", "e2e_kl_max", "e2e_top1", "e2e_positions", "e2e_pairs", "note", "cached", "wall_s",
@@ -361,7 +362,7 @@ def test_failed_compile_check_is_not_cached(tmp_path, monkeypatch):
     from mobilevlm_export.benchsuite import peers
     from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
 
-    def fake(cmd, cwd, log):
+    def fake(cmd, cwd, log, env=None):
         log.write_text("FAILED: lint\n")
         return 1, 1.0, 10.0
 
@@ -482,3 +483,83 @@ def test_vision_fraction_and_roof_arguments():
     assert vision_fraction(2e11, 1000.0, None) is None
     with pytest.raises(UserError, match="gemm roof"):
         gemm_roof(0)
+
+
+def test_before_row_source_and_errors(tmp_path):
+    """``--before REF``: the commit resolved in this checkout (a clear error for an unknown one), the package at
+    that commit extracted once (with the worker that times its own build), and its row beside today's default."""
+    import subprocess
+
+    with pytest.raises(UserError, match="--before no-such-ref: not a commit"):
+        prepare.resolve_commit("no-such-ref")
+    head = prepare.resolve_commit("HEAD")
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    logs = []
+    src = prepare.source_at(head, tmp_path, logs.append)
+    assert (src / prepare.WORKER).is_file() and (src / "recipes" / "snapdragon-8da4w.toml").is_file()
+    listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", head], cwd=cache.PACKAGE.parent,
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()) == sorted(listed)
+    assert prepare.source_at(head, tmp_path, logs.append) == src and len(logs) == 1  # extracted once
+    selected = suite.with_before(rows.select("eager-fp32"), head, tmp_path, logs.append)
+    assert [r.name for r in selected] == ["eager-fp32", f"et-8da4w@{head[:7]}", "et-8da4w"]
+    before = selected[1]
+    assert before.kind == rows.BEFORE and before.commit == head and before.recipe == "snapdragon-8da4w"
+    assert before.group_size == 64 or before.group_size is not None
+    assert rows.schemes(before, tmp_path, str(src))["decoder"].startswith("8da4w g")
+
+
+def test_worker_runs_the_before_rows_own_package(tmp_path):
+    """A before row's tasks run in a process whose package is that commit's (first on PYTHONPATH), not today's."""
+    pkg = tmp_path / "src" / "mobilevlm_export" / "benchsuite"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "worker.py").write_text(
+        "import json, sys\nfrom pathlib import Path\n"
+        "task = json.loads(Path(sys.argv[1]).read_text())\n"
+        "Path(task['result']).write_text(json.dumps({'ran': __file__, 'task': task['task']}))\n")
+    res = timing.worker({"task": "accuracy", "kind": "ours", "path": str(tmp_path)}, source=str(tmp_path / "src"))
+    assert res == {"ran": str(pkg / "worker.py"), "task": "accuracy"}
+
+
+def test_before_after_ratios_and_section():
+    """Per-round after / before ratios (lower time and higher rate count as faster), their median and 95 % CI from
+    6 rounds, and the BENCHMARKS.md section that shows them with builds, delegation and accuracy."""
+    from mobilevlm_export.benchsuite import report
+
+    def rec(ttft, decode):
+        image = {"stats": {m: {"p50": ttft * f} for m, f in (("ttft_ms", 1), ("vision_ms", 0.5), ("prefill_ms", 0.5))}}
+        text = {"stats": {"decode_tokens_per_s": {"p50": decode}, "prefill_tokens_per_s": {"p50": 100.0}}}
+        return {"image": image, "text": text}
+
+    rounds = [{"rows": {"b": rec(2000, 10), "a": rec(1000 + 10 * i, 11)}} for i in range(6)]
+    ratios = timing.before_after("b", "a", rounds)
+    assert ratios["ttft_ms"]["median_ratio"] == 0.512 and ratios["ttft_ms"]["rounds_after_faster"] == 6
+    assert ratios["ttft_ms"]["ci95"] == [0.5, 0.525]
+    decode = ratios["decode_tokens_per_s"]
+    assert decode["median_ratio"] == 1.1 and decode["rounds_after_faster"] == 6
+    assert ratios["prefill_tokens_per_s"]["rounds_after_faster"] == 0  # equal rates: not faster
+    assert timing.before_after("b", "a", rounds[:4])["ttft_ms"]["ci95"] is None
+
+    def metric(p50):
+        return {"p50": p50, "spread_runs": 0.01, "spread_rounds": 0.02, "runs": 18, "rounds": [p50] * 6}
+
+    def row(name, ttft, **extra):
+        return {"name": name, "recipe": "snapdragon-8da4w", "schemes": {"decoder": "8da4w g64"},
+                "ttft_ms": metric(ttft), "vision_ms": metric(ttft / 2), "prefill_ms": metric(ttft / 2),
+                "prefill_tokens_per_s": metric(100.0), "decode_tokens_per_s": metric(10.0), "vision_share": 0.5,
+                "build": {"wall_s": 700.0, "peak_rss_mb": 7000.0}, "artifact_bytes": 800,
+                "delegation": [{"method": "vision_encoder", "delegated_nodes": 900, "portable_nodes": 1,
+                                "delegated_subgraphs": 1}],
+                "accuracy": {"heldout_accuracy": 1.0, "e2e_kl_mean": 3e-6, "e2e_top1": 1.0, "kl_max": 1e-7}, **extra}
+
+    results = {"rows": [row("et-8da4w@abcdef1", 2000.0), row("et-8da4w", 1000.0)], "rounds": rounds,
+               "before_after": {"before": "et-8da4w@abcdef1", "after": "et-8da4w", "commit": "abcdef1" * 5,
+                                "ratios": ratios}}
+    text = "\n".join(report._before_after(results))
+    assert "### Before / after: `et-8da4w@abcdef1` vs `et-8da4w`" in text and "same 6 interleaved rounds" in text
+    assert "| time to first token, ms (image + prompt) | 2000 | 1000 | 0.512 [0.500, 0.525] | 6 of 6 |" in text
+    assert "| `vision_encoder` delegation | 1 subgraphs, 900 XNNPACK / 1 portable nodes |" in text
+    assert "| build wall s | 700 | 700 | 1.000 (one build each) | |" in text
+    assert report._before_after({"before_after": None}) == []

@@ -44,6 +44,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--build-only", action="store_true",
                     help="build what is missing (and measure accuracy), time nothing: run several with different "
                          "--only side by side, then the suite alone")
+    ap.add_argument("--before", metavar="REF", default=None,
+                    help="a git commit of this checkout: its default snapdragon program (its own recipe file), built, "
+                         "timed and measured by its own code in the same rounds as today's, and a before / after "
+                         "table of the two (use an even --rounds of at least 6 for confidence intervals)")
     return ap
 
 
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                       prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens, ab=args.ab,
                       ab_pairs=args.ab_pairs, profile_ops=args.profile_ops, accuracy_samples=args.accuracy_samples,
                       bandwidth_mb=args.bandwidth_mb, roof_repeats=args.roof_repeats, plot=not args.no_plot,
-                      build_only=args.build_only)
+                      build_only=args.build_only, before=args.before)
     try:
         run_suite(cfg, log=lambda line: print(line, file=sys.stderr, flush=True))
     except UserError as exc:

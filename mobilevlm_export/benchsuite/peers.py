@@ -92,12 +92,12 @@ def export_llm_command(params: Path, out_dir: Path, name: str, group_size: int, 
     return cmd
 
 
-def run_measured(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float, float]:
-    """Run ``cmd`` with stdout and stderr to ``log``: (exit code, wall seconds, the child's own peak RSS in MB,
-    from ``os.wait4``)."""
+def run_measured(cmd: list[str], cwd: Path, log: Path, env: dict | None = None) -> tuple[int, float, float]:
+    """Run ``cmd`` (in ``env``, None: this process's) with stdout and stderr to ``log``: (exit code, wall seconds,
+    the child's own peak RSS in MB, from ``os.wait4``)."""
     t0 = time.perf_counter()
     with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024
 

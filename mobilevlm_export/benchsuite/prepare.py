@@ -10,9 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mobilevlm_export.benchsuite import cache
-from mobilevlm_export.benchsuite.rows import BY_NAME, EAGER, EXPORT_LLM, ORT_INT4, OURS, Row, recipe_text
+from mobilevlm_export.benchsuite.rows import BEFORE, BY_NAME, EAGER, EXPORT_LLM, ORT_INT4, OURS, Row, recipe_text
 from mobilevlm_export.benchsuite.timing import worker
 from mobilevlm_export.cores import usable_cores
+from mobilevlm_export.errors import UserError
+
+WORKER = "mobilevlm_export/benchsuite/worker.py"
 
 
 def checkpoint(shape: str, out: Path, log) -> tuple[Path, dict]:
@@ -30,6 +33,44 @@ def checkpoint(shape: str, out: Path, log) -> tuple[Path, dict]:
     return entry / "ckpt", info
 
 
+def resolve_commit(ref: str) -> str:
+    """The full hash of git commit ``ref`` in the checkout the package runs from; ``UserError`` naming ``--before``
+    when there is no checkout or no such commit."""
+    import subprocess
+
+    repo = cache.PACKAGE.parent
+    res = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise UserError(f"--before {ref}: not a commit of the git checkout at {repo}")
+    return res.stdout.strip()
+
+
+def source_at(commit: str, out: Path, log) -> Path:
+    """The package's files at ``commit`` (``git archive`` of its checkout), extracted once into
+    ``out/sources``: what builds, times and measures a ``BEFORE`` row (first on ``PYTHONPATH``). ``UserError``
+    when that commit's package has no suite worker to time with."""
+    import io
+    import subprocess
+    import tarfile
+
+    repo = cache.PACKAGE.parent
+
+    def make(d: Path) -> dict:
+        tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=repo, capture_output=True, check=True)
+        with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
+            t.extractall(d / "src", filter="data")
+        if not (d / "src" / WORKER).is_file():
+            raise UserError(f"--before {commit[:12]}: that commit has no {WORKER} to time its own build with")
+        subject = subprocess.run(["git", "log", "-1", "--format=%s", commit], cwd=repo, capture_output=True,
+                                 text=True).stdout.strip()
+        return {"commit": commit, "subject": subject}
+
+    entry, _ = cache.entry(out / "sources", commit[:12], {"kind": "source", "commit": commit}, make, log,
+                           "extracting the package at")
+    return entry / "src"
+
+
 def artifact_bytes(root: Path, manifest: dict) -> int:
     """Bytes of the files the host's runtime loads: each graph record's file (once) and its external data."""
     files = {g["file"] for g in manifest["graphs"].values()}
@@ -41,20 +82,30 @@ def artifact_bytes(root: Path, manifest: dict) -> int:
     return total
 
 
-def build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) -> tuple[Path, dict]:
+def build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log,
+               source: Path | None = None) -> tuple[Path, dict]:
+    """``row`` built by ``mvlm-export build`` in a fresh process: today's package, or (``source``: a ``BEFORE``
+    row) the package at ``row.commit`` from its own recipe file."""
     from mobilevlm_export.benchsuite.peers import run_measured
     from mobilevlm_export.schema import tomllib
 
-    text, path = recipe_text(row, out)
+    if source is None:
+        text, path = recipe_text(row, out)
+        package = cache.identity()
+    else:
+        path = source / "recipes" / f"{row.recipe}.toml"
+        if not path.is_file():
+            raise UserError(f"--before {row.commit[:12]}: that commit has no recipes/{row.recipe}.toml")
+        text, package = path.read_text(), {"commit": row.commit, "libraries": cache.identity()["libraries"]}
     # keyed by the recipe's values, not its text: a comment (the justification of a default, say) changes no build
-    record = {"kind": OURS, "target": row.target, "recipe": tomllib.loads(text),
-              "checkpoint": cache.shape_record(shape), "package": cache.identity()}
+    record = {"kind": row.kind, "target": row.target, "recipe": tomllib.loads(text),
+              "checkpoint": cache.shape_record(shape), "package": package}
 
     def make(d: Path) -> dict:
         cmd = [sys.executable, "-m", "mobilevlm_export.cli", "build", str(ckpt), "--target", row.target, "--recipe",
                str(path), "-o", str(d / "artifacts"), "--no-bench", "--threads", str(min(threads, usable_cores())),
                "--json"]
-        rc, wall, rss = run_measured(cmd, d, d / "build.log")
+        rc, wall, rss = run_measured(cmd, d, d / "build.log", source_env(source))
         # 1: a check failed. Parity below the recipe's bounds (random weights at full size) still leaves a build
         # to time; a failed compile check (lint, an operator fallback) leaves nothing and must not be cached
         manifest = d / "artifacts" / "manifest.json"
@@ -65,8 +116,15 @@ def build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log) -
         return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss, 1), "rc": rc, "parity_passed": rc == 0,
                 "command": " ".join(cmd[1:])}
 
-    entry, info = cache.entry(out / "builds" / shape, row.recipe, record, make, log)
+    entry, info = cache.entry(out / "builds" / shape, row.name if source else row.recipe, record, make, log)
     return entry / "artifacts", info
+
+
+def source_env(source: Path | str | None) -> dict | None:
+    """The environment of a process run by the package at ``source`` (first on ``PYTHONPATH``); None: today's."""
+    import os
+
+    return None if source is None else {**os.environ, "PYTHONPATH": str(source)}
 
 
 def build_export_llm(row: Row, ckpt: Path, shape: str, out: Path, log) -> tuple[Path, dict]:
@@ -105,6 +163,16 @@ def build_ort_int4(fp32: Path, fp32_info: dict, shape: str, out: Path, log) -> t
     return entry / "artifacts", info
 
 
+def delegation(manifest: dict) -> list[dict] | None:
+    """Per ExecuTorch method of a build: its XNNPACK and portable nodes and delegate subgraphs (the manifest's
+    compile record; None for other targets)."""
+    methods = (manifest.get("compile") or {}).get("methods")
+    if not methods:
+        return None
+    return [{k: m.get(k) for k in ("method", "delegated_nodes", "portable_nodes", "delegated_subgraphs")}
+            for m in methods]
+
+
 def prepare(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log, done: dict) -> dict:
     """Build (or find in the cache) ``row``'s program on ``ckpt`` (of ``shape``): ``{"path", "build",
     "artifact_bytes", "decoder_bytes_per_token", "costs", "target"}``. ``done``: rows prepared so far."""
@@ -121,12 +189,14 @@ def prepare(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log, done
                                          config["vocab_size"])
         prep = {"path": str(ckpt), "build": None, "artifact_bytes": None, "decoder_bytes_per_token": 4.0 * weights,
                 "costs": None, "target": None}
-    elif row.kind == OURS:
-        path, info = build_ours(row, ckpt, shape, out, threads, log)
+    elif row.kind in (OURS, BEFORE):
+        source = source_at(row.commit, out, log) if row.kind == BEFORE else None
+        path, info = build_ours(row, ckpt, shape, out, threads, log, source)
         manifest = json.loads((path / "manifest.json").read_text())
         prep = {"path": str(path), "build": info, "artifact_bytes": artifact_bytes(path, manifest),
                 "decoder_bytes_per_token": manifest["costs"]["decoder_bytes_per_token"], "costs": manifest["costs"],
-                "target": row.target}
+                "target": row.target, "source": str(source) if source else None,
+                "delegation": delegation(manifest)}
     elif row.kind == EXPORT_LLM:
         path, info = build_export_llm(row, ckpt, shape, out, log)
         embedding = config["vocab_size"] * config["hidden_size"] * 4  # fp32, read one row per token
@@ -151,12 +221,14 @@ def measure_accuracy(row: Row, demo: Path, out: Path, threads: int, samples: int
         return None
     prep = prepare(row, demo, "demo", out, threads, log, done)
     record = {"kind": "accuracy", "row": row.name, "of": (prep["build"] or {}).get("key") or
-              cache.shape_record("demo"), "samples": samples, "package": cache.identity(),
-              "measurer": cache.suite_digest("worker")}
+              cache.shape_record("demo"), "samples": samples,
+              **({"package": {"commit": row.commit}} if row.kind == BEFORE else
+                 {"package": cache.identity(), "measurer": cache.suite_digest("worker")})}
 
     def make(d: Path) -> dict:
-        return worker({"task": "accuracy", "kind": row.kind, "path": prep["path"], "samples": samples,
-                       "threads": threads, "reverify": row.kind == ORT_INT4})
+        return worker({"task": "accuracy", "kind": OURS if row.kind == BEFORE else row.kind, "path": prep["path"],
+                       "samples": samples, "threads": threads, "reverify": row.kind == ORT_INT4},
+                      source=prep.get("source"))
 
     _, info = cache.entry(out / "accuracy", row.name, record, make, log, "measuring the accuracy of")
     return {k: v for k, v in info.items() if k != "key"}

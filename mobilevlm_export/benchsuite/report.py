@@ -155,7 +155,8 @@ def _results_table(r: dict) -> list[str]:
             e2e, kl, top1 = _num(acc.get("e2e_kl_mean"), 2), _num(acc["kl_max"], 2), _num(acc["top1_min"], 3)
         else:
             accuracy = e2e = kl = top1 = "n/a (*)" if row["kind"] == "export_llm" else "–"
-        lines.append(f"| `{row['name']}` | {row['backend']} | {row['recipe']} | "
+        recipe = row["recipe"] + (f" as of {row['commit'][:7]}" if row.get("commit") else "")
+        lines.append(f"| `{row['name']}` | {row['backend']} | {recipe} | "
                      f"{_metric(row['decode_tokens_per_s'])} | {_pct(row['bandwidth_fraction'])} of "
                      f"{_num(row['host_limit_decode_tokens_per_s'])} tok/s | {_metric(row['prefill_tokens_per_s'])} | "
                      f"{ttft} | {_vision_gops(row)} | {_num(row['artifact_bytes'])} | "
@@ -176,12 +177,64 @@ def _ci(ratio: dict) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
+_BEFORE_AFTER_LABELS = {"ttft_ms": "time to first token, ms (image + prompt)", "vision_ms": "vision encoder, ms",
+                        "prefill_ms": "prefill of image + prompt, ms", "prefill_tokens_per_s":
+                        "prefill tok/s (text-only prompt)", "decode_tokens_per_s": "decode tok/s"}
+
+
+def _delegation_words(row: dict, method: str) -> str:
+    m = next((d for d in row.get("delegation") or [] if d["method"] == method), None)
+    return "–" if m is None else (f"{m['delegated_subgraphs']} subgraphs, {m['delegated_nodes']} XNNPACK / "
+                                  f"{m['portable_nodes']} portable nodes")
+
+
+def _before_after(r: dict) -> list[str]:
+    ba = r.get("before_after")
+    if not ba:
+        return []
+    by = {row["name"]: row for row in r["rows"]}
+    before, after = by[ba["before"]], by[ba["after"]]
+    n = len(r["rounds"])
+    def parts(row: dict) -> str:
+        return ", ".join(f"{k} {v}" for k, v in (row["schemes"] or {}).items())
+
+    lines = ["", f"### Before / after: `{before['name']}` vs `{after['name']}`", "",
+             f"The default snapdragon program as commit {ba['commit'][:12]} made it (its own "
+             f"`recipes/{before['recipe']}.toml`: {parts(before)}), built, timed and measured by that commit's own "
+             f"code, beside today's ({parts(after)}) in the same {n} interleaved "
+             "rounds (fresh processes, the order reversed every other round). After / before: the median of the "
+             "per-round ratios with its 95 % confidence interval (distribution-free; none under 6 rounds).", "",
+             "| | before | after | after / before [95 % CI] | rounds after faster |", "|---|---|---|---|---|"]
+    for m, label in _BEFORE_AFTER_LABELS.items():
+        ratio = ba["ratios"].get(m)
+        if not ratio:
+            continue
+        ci = f" [{ratio['ci95'][0]:.3f}, {ratio['ci95'][1]:.3f}]" if ratio.get("ci95") else ""
+        lines.append(f"| {label} | {_metric(before[m])} | {_metric(after[m])} | {ratio['median_ratio']:.3f}{ci} | "
+                     f"{ratio['rounds_after_faster']} of {ratio['rounds']} |")
+    lines.append(f"| vision share of TTFT | {_pct(before['vision_share'])} | {_pct(after['vision_share'])} | | |")
+    bb, ab = before["build"] or {}, after["build"] or {}
+    for key, label in (("wall_s", "build wall s"), ("peak_rss_mb", "build peak RSS MB")):
+        b, a = bb.get(key), ab.get(key)
+        ratio = f"{a / b:.3f}" if a and b else "–"
+        lines.append(f"| {label} | {_num(b)} | {_num(a)} | {ratio} (one build each) | |")
+    lines.append(f"| artifact bytes | {_num(before['artifact_bytes'])} | {_num(after['artifact_bytes'])} | "
+                 f"{after['artifact_bytes'] / before['artifact_bytes']:.3f} | |" if before["artifact_bytes"] and
+                 after["artifact_bytes"] else "| artifact bytes | – | – | | |")
+    for method in ("vision_encoder", "text_decoder"):
+        lines.append(f"| `{method}` delegation | {_delegation_words(before, method)} | "
+                     f"{_delegation_words(after, method)} | | |")
+    lines.append(f"| accuracy on the demo | {_accuracy_words(before['accuracy'])} | "
+                 f"{_accuracy_words(after['accuracy'])} | | |")
+    return lines
+
+
 def _versus(r: dict) -> list[str]:
     if not r["versus_export_llm"]:
         return []
     lines = ["", "**Ours / export_llm** (tokens/s ratios, text-only prompt; `g32`, `g128`: the same group size; "
-             "`defaults`: each tool's default program, ours `snapdragon-8da4w` (g64) against export_llm's documented "
-             "default group size 128):", "",
+             "`defaults`: each tool's default program, ours `snapdragon-8da4w` (decoder g128, vision g64) against "
+             "export_llm's documented default group size 128):", "",
              "| pair | ours | measurement | prefill ratio (ours ahead) | decode ratio (ours ahead) |",
              "|---|---|---|---|---|"]
     for g, v in r["versus_export_llm"].items():
@@ -344,7 +397,8 @@ def render(results: list[dict], plots: dict[str, str | None], frontier_plots: di
             lines += ["", f"![decode tok/s and time to first token, {r['shape']['name']}]({(PLOTS / name).as_posix()})"]
         elif name is None:
             lines += ["", "(No plot: matplotlib is not installed; `pip install -e '.[dev]'` adds it.)"]
-        lines += _versus(r) + _frontier(r, frontier_plots.get(r["shape"]["name"])) + _builds(r) + _predictions(r)
+        lines += _before_after(r) + _versus(r) + _frontier(r, frontier_plots.get(r["shape"]["name"]))
+        lines += _builds(r) + _predictions(r)
         for note in r.get("notes") or []:
             lines += ["", f"Note: {note}"]
     if results:

@@ -8,18 +8,23 @@ from pathlib import Path
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.recipes import RECIPES_DIR
 
-# kinds: how a row is built and timed
-EAGER, OURS, EXPORT_LLM, ORT_INT4 = "eager", "ours", "export_llm", "ort_int4"
+# kinds: how a row is built and timed. BEFORE: one of our rows as the package at an earlier commit had it (``--before
+# REF``): its recipe file at that commit, built, timed and measured by that commit's own code
+EAGER, OURS, EXPORT_LLM, ORT_INT4, BEFORE = "eager", "ours", "export_llm", "ort_int4", "before"
 # Recipes the suite derives from a shipped one (written into its cache, not shipped): name -> (the shipped recipe,
 # what changes: a [quantize.PART] table replaced whole, and what the change is, in words). The g128 variant meets
 # export_llm at its other example group size; the others are the points of the 8da4w frontier that each differ from
-# a shipped recipe on one axis (decoder group size, vision 8da4w vs 8da8w, embedding int4 vs int8).
+# a shipped recipe on one axis (decoder group size, vision 8da4w vs 8da8w or fp32, embedding int4 vs int8).
 G128 = "snapdragon-8da4w-g128"
 HQQ4 = {"scheme": "8da4w", "algorithm": "hqq"}
 DERIVED = {
     G128: ("snapdragon-8da4w-g32", {"decoder": {**HQQ4, "group_size": 128}, "lm_head": {**HQQ4, "group_size": 128},
                                     "embed_tokens": {"scheme": "int4", "group_size": 128, "algorithm": "hqq"}},
            "every group of 32 made 128 (decoder linears, lm_head, int4 embedding; the vision encoder stays 8da8w)"),
+    "snapdragon-8da4w-g64": ("snapdragon-8da4w", {"decoder": {**HQQ4, "group_size": 64},
+                                                  "lm_head": {**HQQ4, "group_size": 64}},
+                             "the decoder linears and lm_head in groups of 64 (the default until 2026-12-06) instead "
+                             "of 128"),
     "snapdragon-8da4w-vision8da8w": ("snapdragon-8da4w", {"image_encoder": {"scheme": "8da8w", "algorithm": "hqq"}},
                                      "the vision encoder 8da8w (int8 per-channel weights) instead of 8da4w g64"),
     "snapdragon-8da4w-visionfp32": ("snapdragon-8da4w", {"image_encoder": None},
@@ -49,6 +54,7 @@ class Row:
     decoder_only: bool = False  # peers: no vision encoder, text-only prompts
     versus: str | None = None  # ours: the export_llm row at the same group size
     frontier: bool = False  # a point of the 8da4w speed/accuracy frontier (part of its plot and table)
+    commit: str | None = None  # BEFORE: the commit whose package builds, times and measures the row
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,16 +67,18 @@ ROWS = (
     Row("onnx-fp32", OURS, ORT, "onnx-fp32", "fp32", target="onnx"),
     Row("orin-int4", OURS, ORT, "orin-int4", "int4", target="orin", group_size=128),
     Row("et-fp32", OURS, ET, "snapdragon-fp32", "fp32", target="snapdragon"),
-    Row("et-8da4w", OURS, ET, "snapdragon-8da4w", "8da4w", target="snapdragon", group_size=64, frontier=True),
+    Row("et-8da4w", OURS, ET, "snapdragon-8da4w", "8da4w", target="snapdragon", group_size=128, frontier=True),
+    Row("et-8da4w-g64", OURS, ET, "snapdragon-8da4w-g64", "8da4w", target="snapdragon", group_size=64,
+        frontier=True),
     Row("et-8da4w-g32", OURS, ET, "snapdragon-8da4w-g32", "8da4w", target="snapdragon", group_size=32,
         versus="export_llm-g32", frontier=True),
     Row("et-8da4w-g128", OURS, ET, G128, "8da4w", target="snapdragon", group_size=128, versus="export_llm-g128",
         frontier=True),
-    Row("et-8da4w-v8", OURS, ET, "snapdragon-8da4w-vision8da8w", "8da4w", target="snapdragon", group_size=64,
+    Row("et-8da4w-v8", OURS, ET, "snapdragon-8da4w-vision8da8w", "8da4w", target="snapdragon", group_size=128,
         frontier=True),
-    Row("et-8da4w-vf32", OURS, ET, "snapdragon-8da4w-visionfp32", "8da4w", target="snapdragon", group_size=64,
+    Row("et-8da4w-vf32", OURS, ET, "snapdragon-8da4w-visionfp32", "8da4w", target="snapdragon", group_size=128,
         frontier=True),
-    Row("et-8da4w-e8", OURS, ET, "snapdragon-8da4w-emb8", "8da4w", target="snapdragon", group_size=64,
+    Row("et-8da4w-e8", OURS, ET, "snapdragon-8da4w-emb8", "8da4w", target="snapdragon", group_size=128,
         frontier=True),
     Row("export_llm-g32", EXPORT_LLM, "ExecuTorch export_llm", "8da4w g32, fp32 embedding", "8da4w", group_size=32,
         decoder_only=True),
@@ -89,6 +97,14 @@ DEFAULTS = ("et-8da4w", "export_llm-g128")
 # minutes, on a host whose speed drifts): the g32 pair, and export_llm g128 between its two partners (ours at g128
 # and our default)
 ADJACENT = (("et-8da4w-g32", "export_llm-g32"), ("et-8da4w", "export_llm-g128", "et-8da4w-g128"))
+
+
+def before_row(commit: str, group_size: int | None) -> Row:
+    """Our default program (``DEFAULTS[0]``) as the package at ``commit`` builds it from its own recipe file of that
+    name, the row the suite's before / after comparison puts beside today's."""
+    after = BY_NAME[DEFAULTS[0]]
+    return Row(f"{after.name}@{commit[:7]}", BEFORE, after.backend, after.recipe, after.precision,
+               target=after.target, group_size=group_size, commit=commit)
 
 
 def timing_order(rows: list[Row]) -> list[Row]:
@@ -180,13 +196,14 @@ def recipe_text(row: Row, cache: Path) -> tuple[str, Path]:
     return path.read_text(), path
 
 
-def schemes(row: Row, cache: Path) -> dict[str, str] | None:
+def schemes(row: Row, cache: Path, source: str | None = None) -> dict[str, str] | None:
     """How each part of one of our rows is stored, from its recipe (``{"decoder": "8da4w g64", ...}``; a part the
-    recipe leaves out stays in the build's float precision); None for the reference and the peers."""
-    if row.kind != OURS:
+    recipe leaves out stays in the build's float precision; ``source``: a ``BEFORE`` row's package, whose recipe
+    file it is); None for the reference and the peers."""
+    if row.kind not in (OURS, BEFORE):
         return None
     from mobilevlm_export.recipes import load_recipe
 
-    recipe = load_recipe(recipe_text(row, cache)[1])
+    recipe = load_recipe(Path(source) / "recipes" / f"{row.recipe}.toml" if source else recipe_text(row, cache)[1])
     return {part: spec.scheme.value + (f" g{spec.group_size}" if spec.group_size else "")
             for part, spec in recipe.quantize.items()}

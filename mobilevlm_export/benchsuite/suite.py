@@ -32,10 +32,20 @@ from pathlib import Path
 
 from mobilevlm_export.backends.executorch import RUNTIME_PROCESS_ENV
 from mobilevlm_export.benchsuite import cache
-from mobilevlm_export.benchsuite.prepare import checkpoint, measure_accuracy, prepare
+from mobilevlm_export.benchsuite.prepare import checkpoint, measure_accuracy, prepare, resolve_commit, source_at
 from mobilevlm_export.benchsuite.roof import vision_fraction
-from mobilevlm_export.benchsuite.rows import BY_NAME, DEFAULTS, SCHEMA, STAND_INS, Row, schemes, select
-from mobilevlm_export.benchsuite.timing import interleaved_rounds, ratios, summarize_row, worker
+from mobilevlm_export.benchsuite.rows import (
+    BEFORE,
+    BY_NAME,
+    DEFAULTS,
+    SCHEMA,
+    STAND_INS,
+    Row,
+    before_row,
+    schemes,
+    select,
+)
+from mobilevlm_export.benchsuite.timing import before_after, interleaved_rounds, ratios, summarize_row, worker
 from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
 
@@ -66,6 +76,7 @@ class SuiteConfig:
     roof_repeats: int = 20  # timed calls of the int8 GEMM roof (roof.gemm_roof)
     plot: bool = True
     build_only: bool = False  # build (and measure accuracy), time nothing: builds can run beside other work
+    before: str | None = None  # a git commit: its default program beside today's (``rows.before_row``)
     notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -98,6 +109,21 @@ def pair_accuracy(ours: Row, peer: Row, accuracy: dict) -> dict:
             "export_llm_scheme_accuracy": accuracy.get(stand_in.name) if stand_in else None}
 
 
+def with_before(rows: list[Row], commit: str, out: Path, log) -> list[Row]:
+    """``rows`` with the default program of ``commit`` (``rows.before_row``) just before today's, which is added
+    where ``--only`` left it out (the comparison needs both)."""
+    from mobilevlm_export.schema import tomllib
+
+    after = BY_NAME[DEFAULTS[0]]
+    recipe = source_at(commit, out, log) / "recipes" / f"{after.recipe}.toml"
+    group = (tomllib.loads(recipe.read_text()).get("quantize", {}).get("decoder", {}).get("group_size")
+             if recipe.is_file() else None)
+    if after not in rows:
+        rows = [r for r in select(None) if r in rows or r is after]
+    i = rows.index(after)
+    return [*rows[:i], before_row(commit, group), *rows[i:]]
+
+
 def run_suite(cfg: SuiteConfig, log=print) -> dict:
     """Run the suite as ``cfg`` says; the results (also written to ``cfg.out/results-<shape>.json``, with
     ``BENCHMARKS.md`` from every results file in ``cfg.out``). ``cfg.build_only``: build what is missing and stop
@@ -114,6 +140,8 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
     threads = cfg.threads or default_threads()
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.before:
+        rows = with_before(rows, resolve_commit(cfg.before), out, log)
     ckpt, ckpt_info = checkpoint(cfg.shape, out, log)
     demo = demo_checkpoint_dir()
     done: dict = {}
@@ -169,8 +197,9 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
                       "bandwidth_fraction": round(decode / limit, 3), **summary,
                       "vision_roof": vision_fraction((prep["costs"] or {}).get("vision_ops"),
                                                      (summary["vision_ms"] or {}).get("p50"), roof),
-                      "accuracy": accuracy[r.name],
-                      "schemes": schemes(r, out)})
+                      "accuracy": accuracy[r.name], "delegation": prep.get("delegation"),
+                      "schemes": schemes(r, out, prep.get("source"))})
+    before = next((r for r in rows if r.kind == BEFORE), None)
     results = {
         "schema": SCHEMA, "shape": {"name": cfg.shape, "title": SHAPE_TITLES[cfg.shape], "checkpoint": str(ckpt),
                                     "checkpoint_build": ckpt_info},
@@ -178,6 +207,8 @@ def run_suite(cfg: SuiteConfig, log=print) -> dict:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "notes"}
         | {"threads": threads, "executorch_process_env": RUNTIME_PROCESS_ENV},
         "rows": table, "versus_export_llm": versus, "rounds": rounds, "frontier": frontier(table),
+        "before_after": before and {"before": before.name, "after": DEFAULTS[0], "commit": before.commit,
+                                    "ratios": before_after(before.name, DEFAULTS[0], rounds)},
         "predictions": {"rows": predictions(table), "calibration": calibration_fit()},
         "notes": list(cfg.notes),
     }

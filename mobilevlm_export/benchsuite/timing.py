@@ -15,24 +15,28 @@ import tempfile
 from pathlib import Path
 
 from mobilevlm_export.backends.executorch import RUNTIME_PROCESS_ENV
-from mobilevlm_export.benchsuite.rows import Row, timing_order
+from mobilevlm_export.benchsuite.rows import BEFORE, OURS, Row, timing_order
 
 TEXT_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")
 IMAGE_METRICS = ("ttft_ms", "vision_ms", "prefill_ms")
 
 
-def worker(task: dict, timeout: float | None = None) -> dict:
+def worker(task: dict, timeout: float | None = None, source: str | None = None) -> dict:
     """Run one ``worker`` task in a fresh process (``backends.executorch.RUNTIME_PROCESS_ENV`` added to the
-    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``RuntimeError`` with
-    the stderr tail when it fails."""
+    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``source``: the
+    package at an earlier commit runs it (first on ``PYTHONPATH``: a ``BEFORE`` row). ``RuntimeError`` with the
+    stderr tail when it fails."""
     from mobilevlm_export.benchsuite.worker import uses_executorch
 
-    env = {**os.environ, **RUNTIME_PROCESS_ENV} if uses_executorch(task) else None
+    extra = {**(RUNTIME_PROCESS_ENV if uses_executorch(task) else {}),
+             **({"PYTHONPATH": str(source)} if source else {})}
+    env = {**os.environ, **extra} if extra else None
     with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
         spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**task, "result": str(result)}, default=str))
         res = subprocess.run([sys.executable, "-m", "mobilevlm_export.benchsuite.worker", str(spec)],
-                             capture_output=True, text=True, timeout=timeout, env=env)
+                             capture_output=True, text=True, timeout=timeout, env=env,
+                             cwd=source)  # (``-m`` puts the working folder first on the path: it must be source's)
         if res.returncode != 0 or not result.is_file():
             raise RuntimeError(f"suite task {task['task']} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         return json.loads(result.read_text())
@@ -41,7 +45,7 @@ def worker(task: dict, timeout: float | None = None) -> dict:
 def timing_task(row: Row, prep: dict, cfg, threads: int, dims: dict) -> dict:
     """The worker task timing ``row``'s program (``prep``: ``prepare.prepare``'s) as ``cfg`` (a ``SuiteConfig``)
     says."""
-    return {"task": "time", "kind": row.kind, "path": prep["path"], "threads": threads,
+    return {"task": "time", "kind": OURS if row.kind == BEFORE else row.kind, "path": prep["path"], "threads": threads,
             "prompt_tokens": cfg.prompt_tokens, "decode_tokens": cfg.decode_tokens, "runs": cfg.runs,
             "warmup": cfg.warmup, "ttft": not row.decoder_only, "ttft_decode_tokens": cfg.ttft_decode_tokens,
             "dims": dims}
@@ -56,7 +60,8 @@ def interleaved_rounds(rows: list[Row], prepared: dict, cfg, threads: int, dims:
         order = base if i % 2 == 0 else base[::-1]
         result = {}
         for row in order:
-            result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims))
+            result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims),
+                                      source=prepared[row.name].get("source"))
             text = result[row.name]["text"]
             log(f"round {i + 1}/{cfg.rounds} {row.name}: decode {text['decode_tokens_per_s']:.4g} tok/s, prefill "
                 f"{text['prefill_tokens_per_s']:.4g} tok/s")
@@ -99,4 +104,28 @@ def ratios(ours: str, peer: str, rounds: list[dict]) -> dict:
         rs = [r["rows"][ours]["text"]["stats"][m]["p50"] / r["rows"][peer]["text"]["stats"][m]["p50"] for r in rounds]
         out[kind] = {"median_ratio": round(statistics.median(rs), 3), "rounds_ours_at_least_as_fast":
                      sum(x >= 1 for x in rs), "rounds": len(rs), "ratios": [round(x, 3) for x in rs]}
+    return out
+
+
+# the before / after comparison's metrics: (metric, the request it comes from, lower is better)
+BEFORE_AFTER = (("ttft_ms", "image", True), ("vision_ms", "image", True), ("prefill_ms", "image", True),
+                ("prefill_tokens_per_s", "text", False), ("decode_tokens_per_s", "text", False))
+
+
+def before_after(before: str, after: str, rounds: list[dict]) -> dict:
+    """Per round, row ``after`` / row ``before`` of each ``BEFORE_AFTER`` metric (each side's p50 in that round):
+    the median ratio, its 95 % CI (``ab.median_ci95``; None under 6 rounds), in how many rounds after was faster
+    (a lower time, a higher rate), each round's ratio. A metric neither row has in every round is left out."""
+    from mobilevlm_export.benchsuite.ab import median_ci95
+
+    out = {}
+    for m, part, lower in BEFORE_AFTER:
+        pairs = [(r["rows"][before].get(part), r["rows"][after].get(part)) for r in rounds]
+        if not pairs or any(b is None or a is None for b, a in pairs):
+            continue
+        rs = [a["stats"][m]["p50"] / b["stats"][m]["p50"] for b, a in pairs]
+        ci = median_ci95(rs)
+        out[m] = {"median_ratio": round(statistics.median(rs), 3), "ci95": [round(x, 3) for x in ci] if ci else None,
+                  "rounds_after_faster": sum((x < 1) if lower else (x > 1) for x in rs), "rounds": len(rs),
+                  "ratios": [round(x, 3) for x in rs]}
     return out
