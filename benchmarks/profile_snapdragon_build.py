@@ -1,4 +1,6 @@
-"""Per-phase timing of a snapdragon build of the demo checkpoint, in one process.
+"""Per-phase timing of a snapdragon build of the demo checkpoint (or of a synthetic checkpoint of MobileVLM_V2-1.7B's
+widths with ``--layers N`` decoder and vision layers, to separate a build's fixed costs from its per-layer ones), in
+one process.
 
 Runs the real pipeline (``pipeline.build``) with timers wrapped around the phases' public entry points (nothing
 else changes): quantize (``quantize_graphs``), torch.export (``torch.export.export``), to_edge + partition
@@ -7,6 +9,7 @@ and preprocess (``XnnpackBackend.preprocess``, inside to_edge_transform_and_lowe
 verify. Writes JSON (phases, per-method delegation by op, CPU flags) to the path given.
 
     PYTHONPATH=$PWD python benchmarks/profile_snapdragon_build.py OUT.json [--recipe NAME] [--label TEXT]
+        [--layers N --work DIR]
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--recipe", default=None)
     ap.add_argument("--label", default="")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="build a synthetic checkpoint of MobileVLM_V2-1.7B's widths with N decoder layers and N "
+                         "vision layers (random fp16 weights, written once under --work) instead of the demo's")
+    ap.add_argument("--work", default="build/profile-ckpts")
     args = ap.parse_args()
     cpu = cpu_flags()
 
@@ -117,8 +124,18 @@ def main() -> None:
 
     from mobilevlm_export.checkpoint.synthetic import demo_checkpoint_dir
     from mobilevlm_export.pipeline import BuildConfig
+    ckpt = demo_checkpoint_dir()
+    if args.layers:
+        import dataclasses
+
+        from mobilevlm_export.checkpoint.synthetic import MOBILEVLM_V2_1_7B, write_checkpoint
+
+        dims = dataclasses.replace(MOBILEVLM_V2_1_7B, layers=args.layers, vision_layers=args.layers)
+        ckpt = Path(args.work) / f"1.7b-width-{args.layers}-layers"
+        if not (ckpt / "config.json").is_file():
+            write_checkpoint(ckpt, dims, projector="ldpnetv2", shards=1, seed=0, dtype=torch.float16)
     out = Path(tempfile.mkdtemp(prefix="spd-prof-")) / "build"
-    cfg = BuildConfig(ckpt=demo_checkpoint_dir(), target="snapdragon", out=out, recipe=args.recipe, force=True,
+    cfg = BuildConfig(ckpt=ckpt, target="snapdragon", out=out, recipe=args.recipe, force=True,
                       bench=False, threads=2)
     t0 = time.perf_counter()
     result = pipeline.build(cfg)
@@ -137,7 +154,8 @@ def main() -> None:
         commit = None
     rec = {
         "label": args.label, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-        "recipe": args.recipe or "snapdragon-8da4w", "total_seconds": round(total, 2), "stages": m["build"]["stages"],
+        "recipe": args.recipe or "snapdragon-8da4w", "checkpoint": str(ckpt), "layers": args.layers,
+        "total_seconds": round(total, 2), "stages": m["build"]["stages"],
         "phases": ph, "phase_calls": dict(calls), "peak_rss_mb": m["build"]["peak_rss_mb"],
         "delegation": m["compile"]["methods"], "verification_passed": result.report.passed,
         "verification": {"metrics": m["verification"].get("metrics"),
@@ -150,6 +168,9 @@ def main() -> None:
     print(json.dumps({k: rec[k] for k in ("total_seconds", "stages", "phases")}, indent=1))
     for d in rec["delegation"]:
         print(d["method"], d["delegated_nodes"], d["portable_nodes"], d["delegated_subgraphs"], d["portable_ops"])
+    import shutil
+
+    shutil.rmtree(out.parent, ignore_errors=True)  # (the build itself is not kept)
 
 
 if __name__ == "__main__":
