@@ -563,3 +563,24 @@ def test_before_after_ratios_and_section():
     assert "| `vision_encoder` delegation | 1 subgraphs, 900 XNNPACK / 1 portable nodes |" in text
     assert "| build wall s | 700 | 700 | 1.000 (one build each) | |" in text
     assert report._before_after({"before_after": None}) == []
+
+
+@pytest.mark.slow
+def test_before_row_end_to_end(tmp_path):
+    """``--before HEAD`` on the demo: the default program as the last commit made it, built by that commit's code
+    from its git archive, timed and measured by it in the same round as today's, and the before / after section."""
+    results = suite.run_suite(suite.SuiteConfig(
+        shape="demo", only=["et-8da4w"], before="HEAD", rounds=1, runs=1, warmup=0, threads=1, out=tmp_path,
+        prompt_tokens=8, decode_tokens=4, accuracy_samples=3, bandwidth_mb=16, roof_repeats=2, plot=False))
+    head = prepare.resolve_commit("HEAD")
+    before, after = (next(r for r in results["rows"] if r["name"] == n) for n in (f"et-8da4w@{head[:7]}", "et-8da4w"))
+    assert before["kind"] == rows.BEFORE and before["commit"] == head and after["kind"] == rows.OURS
+    assert f"/et-8da4w@{head[:7]}-" in before["path"] and before["build"]["key"] != after["build"]["key"]
+    assert before["accuracy"]["heldout_n"] == 3 and before["ttft_ms"]["p50"] > 0
+    assert [d["method"] for d in before["delegation"]] == ["vision_encoder", "token_embedding", "text_decoder"]
+    ba = results["before_after"]
+    assert ba["before"] == before["name"] and ba["after"] == "et-8da4w" and ba["commit"] == head
+    assert ba["ratios"]["ttft_ms"]["rounds"] == 1 and ba["ratios"]["ttft_ms"]["ci95"] is None
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    assert f"### Before / after: `{before['name']}` vs `et-8da4w`" in text
+    assert f"snapdragon-8da4w as of {head[:7]}" in text
