@@ -487,7 +487,7 @@ def test_vision_fraction_and_roof_arguments():
 
 def test_before_row_source_and_errors(tmp_path):
     """``--before REF``: the commit resolved in this checkout (a clear error for an unknown one), the package at
-    that commit extracted once (with the worker that times its own build), and its row beside today's default."""
+    that commit extracted once (with the CLI that builds its program), and its row beside today's default."""
     import subprocess
 
     with pytest.raises(UserError, match="--before no-such-ref: not a commit"):
@@ -496,7 +496,7 @@ def test_before_row_source_and_errors(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{40}", head)
     logs = []
     src = prepare.source_at(head, tmp_path, logs.append)
-    assert (src / prepare.WORKER).is_file() and (src / "recipes" / "snapdragon-8da4w.toml").is_file()
+    assert (src / prepare.CLI).is_file() and (src / "recipes" / "snapdragon-8da4w.toml").is_file()
     listed = subprocess.run(["git", "ls-tree", "-r", "--name-only", head], cwd=cache.PACKAGE.parent,
                             capture_output=True, text=True, check=True).stdout.split()
     assert sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file()) == sorted(listed)
@@ -507,20 +507,6 @@ def test_before_row_source_and_errors(tmp_path):
     assert before.kind == rows.BEFORE and before.commit == head and before.recipe == "snapdragon-8da4w"
     assert before.group_size == 64 or before.group_size is not None
     assert rows.schemes(before, tmp_path, str(src))["decoder"].startswith("8da4w g")
-
-
-def test_worker_runs_the_before_rows_own_package(tmp_path):
-    """A before row's tasks run in a process whose package is that commit's (first on PYTHONPATH), not today's."""
-    pkg = tmp_path / "src" / "mobilevlm_export" / "benchsuite"
-    pkg.mkdir(parents=True)
-    (pkg.parent / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("")
-    (pkg / "worker.py").write_text(
-        "import json, sys\nfrom pathlib import Path\n"
-        "task = json.loads(Path(sys.argv[1]).read_text())\n"
-        "Path(task['result']).write_text(json.dumps({'ran': __file__, 'task': task['task']}))\n")
-    res = timing.worker({"task": "accuracy", "kind": "ours", "path": str(tmp_path)}, source=str(tmp_path / "src"))
-    assert res == {"ran": str(pkg / "worker.py"), "task": "accuracy"}
 
 
 def test_before_after_ratios_and_section():
@@ -568,7 +554,7 @@ def test_before_after_ratios_and_section():
 @pytest.mark.slow
 def test_before_row_end_to_end(tmp_path):
     """``--before HEAD`` on the demo: the default program as the last commit made it, built by that commit's code
-    from its git archive, timed and measured by it in the same round as today's, and the before / after section."""
+    from its git archive, timed and measured in the same round as today's, and the before / after section."""
     results = suite.run_suite(suite.SuiteConfig(
         shape="demo", only=["et-8da4w"], before="HEAD", rounds=1, runs=1, warmup=0, threads=1, out=tmp_path,
         prompt_tokens=8, decode_tokens=4, accuracy_samples=3, bandwidth_mb=16, roof_repeats=2, plot=False))

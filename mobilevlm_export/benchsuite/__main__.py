@@ -45,8 +45,8 @@ def parser() -> argparse.ArgumentParser:
                     help="build what is missing (and measure accuracy), time nothing: run several with different "
                          "--only side by side, then the suite alone")
     ap.add_argument("--before", metavar="REF", default=None,
-                    help="a git commit of this checkout: its default snapdragon program (its own recipe file), built, "
-                         "timed and measured by its own code in the same rounds as today's, and a before / after "
+                    help="a git commit of this checkout: its default snapdragon program (its own recipe file), built "
+                         "by its own code, timed and measured in the same rounds as today's, and a before / after "
                          "table of the two (use an even --rounds of at least 6 for confidence intervals)")
     return ap
 

@@ -15,7 +15,7 @@ from mobilevlm_export.benchsuite.timing import worker
 from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
 
-WORKER = "mobilevlm_export/benchsuite/worker.py"
+CLI = "mobilevlm_export/cli.py"
 
 
 def checkpoint(shape: str, out: Path, log) -> tuple[Path, dict]:
@@ -48,8 +48,9 @@ def resolve_commit(ref: str) -> str:
 
 def source_at(commit: str, out: Path, log) -> Path:
     """The package's files at ``commit`` (``git archive`` of its checkout), extracted once into
-    ``out/sources``: what builds, times and measures a ``BEFORE`` row (first on ``PYTHONPATH``). ``UserError``
-    when that commit's package has no suite worker to time with."""
+    ``out/sources``: what builds a ``BEFORE`` row (first on ``PYTHONPATH``; today's runtime times it and measures
+    its accuracy, as every row's, so that the two rows differ only in the program). ``UserError`` when that commit
+    has no package to build with."""
     import io
     import subprocess
     import tarfile
@@ -60,8 +61,8 @@ def source_at(commit: str, out: Path, log) -> Path:
         tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=repo, capture_output=True, check=True)
         with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as t:
             t.extractall(d / "src", filter="data")
-        if not (d / "src" / WORKER).is_file():
-            raise UserError(f"--before {commit[:12]}: that commit has no {WORKER} to time its own build with")
+        if not (d / "src" / CLI).is_file():
+            raise UserError(f"--before {commit[:12]}: that commit has no {CLI} to build with")
         subject = subprocess.run(["git", "log", "-1", "--format=%s", commit], cwd=repo, capture_output=True,
                                  text=True).stdout.strip()
         return {"commit": commit, "subject": subject}
@@ -175,7 +176,8 @@ def delegation(manifest: dict) -> list[dict] | None:
 
 def prepare(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log, done: dict) -> dict:
     """Build (or find in the cache) ``row``'s program on ``ckpt`` (of ``shape``): ``{"path", "build",
-    "artifact_bytes", "decoder_bytes_per_token", "costs", "target"}``. ``done``: rows prepared so far."""
+    "artifact_bytes", "decoder_bytes_per_token", "costs", "target"}`` (ours also ``"source"``: the package that
+    built a ``BEFORE`` row, and ``"delegation"``: ``delegation``). ``done``: rows prepared so far."""
     key = (row.name, shape)
     if key in done:
         return done[key]
@@ -221,14 +223,12 @@ def measure_accuracy(row: Row, demo: Path, out: Path, threads: int, samples: int
         return None
     prep = prepare(row, demo, "demo", out, threads, log, done)
     record = {"kind": "accuracy", "row": row.name, "of": (prep["build"] or {}).get("key") or
-              cache.shape_record("demo"), "samples": samples,
-              **({"package": {"commit": row.commit}} if row.kind == BEFORE else
-                 {"package": cache.identity(), "measurer": cache.suite_digest("worker")})}
+              cache.shape_record("demo"), "samples": samples, "package": cache.identity(),
+              "measurer": cache.suite_digest("worker")}
 
     def make(d: Path) -> dict:
         return worker({"task": "accuracy", "kind": OURS if row.kind == BEFORE else row.kind, "path": prep["path"],
-                       "samples": samples, "threads": threads, "reverify": row.kind == ORT_INT4},
-                      source=prep.get("source"))
+                       "samples": samples, "threads": threads, "reverify": row.kind == ORT_INT4})
 
     _, info = cache.entry(out / "accuracy", row.name, record, make, log, "measuring the accuracy of")
     return {k: v for k, v in info.items() if k != "key"}

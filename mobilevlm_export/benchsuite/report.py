@@ -195,13 +195,14 @@ def _before_after(r: dict) -> list[str]:
     by = {row["name"]: row for row in r["rows"]}
     before, after = by[ba["before"]], by[ba["after"]]
     n = len(r["rounds"])
+
     def parts(row: dict) -> str:
         return ", ".join(f"{k} {v}" for k, v in (row["schemes"] or {}).items())
 
     lines = ["", f"### Before / after: `{before['name']}` vs `{after['name']}`", "",
              f"The default snapdragon program as commit {ba['commit'][:12]} made it (its own "
-             f"`recipes/{before['recipe']}.toml`: {parts(before)}), built, timed and measured by that commit's own "
-             f"code, beside today's ({parts(after)}) in the same {n} interleaved "
+             f"`recipes/{before['recipe']}.toml`: {parts(before)}), built by that commit's own code, beside "
+             f"today's ({parts(after)}), both timed and measured by today's runtime in the same {n} interleaved "
              "rounds (fresh processes, the order reversed every other round). After / before: the median of the "
              "per-round ratios with its 95 % confidence interval (distribution-free; none under 6 rounds).", "",
              "| | before | after | after / before [95 % CI] | rounds after faster |", "|---|---|---|---|---|"]

@@ -8,8 +8,8 @@ from pathlib import Path
 from mobilevlm_export.errors import UserError
 from mobilevlm_export.recipes import RECIPES_DIR
 
-# kinds: how a row is built and timed. BEFORE: one of our rows as the package at an earlier commit had it (``--before
-# REF``): its recipe file at that commit, built, timed and measured by that commit's own code
+# kinds: how a row is built and timed. BEFORE: one of our rows as the package at an earlier commit made it (``--before
+# REF``): its recipe file at that commit, built by that commit's code, then timed and measured as ours are
 EAGER, OURS, EXPORT_LLM, ORT_INT4, BEFORE = "eager", "ours", "export_llm", "ort_int4", "before"
 # Recipes the suite derives from a shipped one (written into its cache, not shipped): name -> (the shipped recipe,
 # what changes: a [quantize.PART] table replaced whole, and what the change is, in words). The g128 variant meets
@@ -54,7 +54,7 @@ class Row:
     decoder_only: bool = False  # peers: no vision encoder, text-only prompts
     versus: str | None = None  # ours: the export_llm row at the same group size
     frontier: bool = False  # a point of the 8da4w speed/accuracy frontier (part of its plot and table)
-    commit: str | None = None  # BEFORE: the commit whose package builds, times and measures the row
+    commit: str | None = None  # BEFORE: the commit whose package builds the row
 
     def to_dict(self) -> dict:
         return asdict(self)

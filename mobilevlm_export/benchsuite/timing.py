@@ -21,22 +21,18 @@ TEXT_METRICS = ("decode_tokens_per_s", "prefill_tokens_per_s")
 IMAGE_METRICS = ("ttft_ms", "vision_ms", "prefill_ms")
 
 
-def worker(task: dict, timeout: float | None = None, source: str | None = None) -> dict:
+def worker(task: dict, timeout: float | None = None) -> dict:
     """Run one ``worker`` task in a fresh process (``backends.executorch.RUNTIME_PROCESS_ENV`` added to the
-    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``source``: the
-    package at an earlier commit runs it (first on ``PYTHONPATH``: a ``BEFORE`` row). ``RuntimeError`` with the
-    stderr tail when it fails."""
+    environment of one that runs ExecuTorch programs, ours and export_llm's alike); its result. ``RuntimeError`` with
+    the stderr tail when it fails."""
     from mobilevlm_export.benchsuite.worker import uses_executorch
 
-    extra = {**(RUNTIME_PROCESS_ENV if uses_executorch(task) else {}),
-             **({"PYTHONPATH": str(source)} if source else {})}
-    env = {**os.environ, **extra} if extra else None
+    env = {**os.environ, **RUNTIME_PROCESS_ENV} if uses_executorch(task) else None
     with tempfile.TemporaryDirectory(prefix="mvlm-bench-") as tmp:
         spec, result = Path(tmp) / "task.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**task, "result": str(result)}, default=str))
         res = subprocess.run([sys.executable, "-m", "mobilevlm_export.benchsuite.worker", str(spec)],
-                             capture_output=True, text=True, timeout=timeout, env=env,
-                             cwd=source)  # (``-m`` puts the working folder first on the path: it must be source's)
+                             capture_output=True, text=True, timeout=timeout, env=env)
         if res.returncode != 0 or not result.is_file():
             raise RuntimeError(f"suite task {task['task']} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         return json.loads(result.read_text())
@@ -44,7 +40,7 @@ def worker(task: dict, timeout: float | None = None, source: str | None = None) 
 
 def timing_task(row: Row, prep: dict, cfg, threads: int, dims: dict) -> dict:
     """The worker task timing ``row``'s program (``prep``: ``prepare.prepare``'s) as ``cfg`` (a ``SuiteConfig``)
-    says."""
+    says (a ``BEFORE`` row's as one of ours: today's runtime times every program alike)."""
     return {"task": "time", "kind": OURS if row.kind == BEFORE else row.kind, "path": prep["path"], "threads": threads,
             "prompt_tokens": cfg.prompt_tokens, "decode_tokens": cfg.decode_tokens, "runs": cfg.runs,
             "warmup": cfg.warmup, "ttft": not row.decoder_only, "ttft_decode_tokens": cfg.ttft_decode_tokens,
@@ -60,8 +56,7 @@ def interleaved_rounds(rows: list[Row], prepared: dict, cfg, threads: int, dims:
         order = base if i % 2 == 0 else base[::-1]
         result = {}
         for row in order:
-            result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims),
-                                      source=prepared[row.name].get("source"))
+            result[row.name] = worker(timing_task(row, prepared[row.name], cfg, threads, dims))
             text = result[row.name]["text"]
             log(f"round {i + 1}/{cfg.rounds} {row.name}: decode {text['decode_tokens_per_s']:.4g} tok/s, prefill "
                 f"{text['prefill_tokens_per_s']:.4g} tok/s")
