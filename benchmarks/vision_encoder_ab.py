@@ -38,8 +38,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default="before=checkpoint:8da4w,after=delegable:8da4w",
-                    help="NAME=FORM:SCHEME[:GROUP],... (FORM: checkpoint, delegable, or sdpa: delegable with "
-                         "attention as ExecuTorch's llama.custom_sdpa; SCHEME: 8da4w (GROUP, default 64), 8da8w, "
+                    help="NAME=FORM:SCHEME[:GROUP],... (FORM: checkpoint, delegable, unfolded: delegable with the "
+                         "softmax scale a product over the scores, or sdpa: delegable with attention as ExecuTorch's "
+                         "llama.custom_sdpa; SCHEME: 8da4w (GROUP, default 64), 8da8w, "
                          "fp32); ratios are to the first")
     ap.add_argument("--work", default=None, help="folder for the checkpoint and programs (default: a temporary one)")
     args = ap.parse_args()
@@ -92,7 +93,20 @@ def main() -> None:
         if kind == "sdpa":
             for layer in encoder.layers:
                 layer.self_attn.__class__ = SdpaAttention
+        if kind == "unfolded":  # the softmax scale as a product over the scores, as before it was folded
+            for layer, own in zip(encoder.layers, vision.layers, strict=True):
+                layer.self_attn.q_proj, layer.self_attn.scale = own.self_attn.q_proj, float(own.self_attn.scale)
+                layer.self_attn.__class__ = UnfoldedAttention
         return ImageEncoder(encoder, Projector(delegable_projector(projector, patches))).eval()
+
+    class UnfoldedAttention(Attention):
+        def forward(self, x):
+            b, t, c = x.shape
+            q = self.q_proj(x).view(t, self.heads, self.head_dim).transpose(0, 1)
+            k = self.k_proj(x).view(t, self.heads, self.head_dim).transpose(0, 1)
+            v = self.v_proj(x).view(t, self.heads, self.head_dim).transpose(0, 1)
+            probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * self.scale, dim=-1)
+            return self.out_proj(torch.bmm(probs, v).transpose(0, 1).reshape(b, t, c))
 
     class SdpaAttention(Attention):
         """The same attention as ExecuTorch's custom_sdpa (flash attention on its optimized kernels, outside
@@ -105,7 +119,7 @@ def main() -> None:
             q = self.q_proj(x).view(1, t, self.heads, self.head_dim)
             k = self.k_proj(x).view(1, t, self.heads, self.head_dim)
             v = self.v_proj(x).view(1, t, self.heads, self.head_dim)
-            out = torch.ops.llama.custom_sdpa(q, k, v, 0, None, 0, False, self.scale)
+            out = torch.ops.llama.custom_sdpa(q, k, v, 0, None, 0, False, 1.0)  # (q_proj is scaled)
             return self.out_proj(out.reshape(b, t, c))
 
     def before_partitioners(method):

@@ -455,15 +455,15 @@ def test_frontier_points_and_report(tmp_path):
     table = [_frontier_row("et-8da4w", 25.0, 900.0, 0.02),      # the default
              _frontier_row("et-8da4w-g32", 21.0, 800.0, 0.01),  # more accurate, slower decode, faster TTFT
              _frontier_row("et-8da4w-g128", 20.0, 950.0, 0.03),  # dominated on both
-             _frontier_row("et-8da4w-v8", 25.0, 700.0, 0.02),   # ties the default on decode, faster TTFT
+             _frontier_row("et-8da4w-v4", 25.0, 700.0, 0.02),   # ties the default on decode, faster TTFT
              _frontier_row("onnx-fp32", 99.0, 1.0, 0.0, frontier=False)]  # not a frontier row: left out
     fr = frontier.frontier(table)
     on = {p["row"]: p["on_frontier"] for p in fr["points"]}
-    assert list(on) == ["et-8da4w", "et-8da4w-g32", "et-8da4w-g128", "et-8da4w-v8"] and fr["default"] == "et-8da4w"
-    assert on["et-8da4w"] == {"decode_tokens_per_s": True, "ttft_ms": False}  # v8: same decode and KL, faster TTFT
+    assert list(on) == ["et-8da4w", "et-8da4w-g32", "et-8da4w-g128", "et-8da4w-v4"] and fr["default"] == "et-8da4w"
+    assert on["et-8da4w"] == {"decode_tokens_per_s": True, "ttft_ms": False}  # v4: same decode and KL, faster TTFT
     assert on["et-8da4w-g32"] == {"decode_tokens_per_s": True, "ttft_ms": True}
     assert on["et-8da4w-g128"] == {"decode_tokens_per_s": False, "ttft_ms": False}
-    assert on["et-8da4w-v8"] == {"decode_tokens_per_s": True, "ttft_ms": True}
+    assert on["et-8da4w-v4"] == {"decode_tokens_per_s": True, "ttft_ms": True}
     assert frontier.frontier(table[:1] + table[4:]) is None  # one point is no frontier
     assert frontier.frontier([{**table[0], "accuracy": None}, table[1]]) is None  # unmeasured accuracy: no point
     name = frontier.plot_frontier(fr, "t", tmp_path / "f.png")

@@ -158,7 +158,8 @@ def test_8da4w_accuracy_and_per_step_metrics(q4_build, reference_heldout):
     assert len(steps) >= 2 and all(m["cosine"] >= recipe.tolerance("logits").cosine_min for m in steps)
     assert all(m["top1"] is not None for m in steps)
     quant = "\n".join(result["log"])
-    assert "8da4w group 64" in quant and "int4 weight-only" in quant
+    assert "decoder: 28 linears 8da4w group 128" in quant and "image_encoder: 14 linears 8da8w" in quant
+    assert "int4 weight-only group 64" in quant
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["compile"]["constant_methods"]["use_sdpa_with_kv_cache"] is True
     # held-out accuracy of the quantized program vs the reference (100% on this split, measured)
@@ -265,7 +266,7 @@ def _vision_layers() -> int:
 
 def test_vision_encoder_is_delegated_whole(fp32_build, q4_build):
     """The vision encoder method (tower + projector) runs in XNNPACK: no portable node but the named views/copies
-    (none today), at most 3 XNNPACK subgraphs per transformer layer, fp32 and 8da4w alike."""
+    (none today), at most 3 XNNPACK subgraphs per transformer layer, fp32 and the default recipe's 8da8w alike."""
     layers = _vision_layers()
     assert layers >= 1
     for out, _ in (fp32_build, q4_build):

@@ -14,7 +14,7 @@ EAGER, OURS, EXPORT_LLM, ORT_INT4, BEFORE = "eager", "ours", "export_llm", "ort_
 # Recipes the suite derives from a shipped one (written into its cache, not shipped): name -> (the shipped recipe,
 # what changes: a [quantize.PART] table replaced whole, and what the change is, in words). The g128 variant meets
 # export_llm at its other example group size; the others are the points of the 8da4w frontier that each differ from
-# a shipped recipe on one axis (decoder group size, vision 8da4w vs 8da8w or fp32, embedding int4 vs int8).
+# a shipped recipe on one axis (decoder group size, vision 8da8w vs 8da4w or fp32, embedding int4 vs int8).
 G128 = "snapdragon-8da4w-g128"
 HQQ4 = {"scheme": "8da4w", "algorithm": "hqq"}
 DERIVED = {
@@ -25,10 +25,10 @@ DERIVED = {
                                                   "lm_head": {**HQQ4, "group_size": 64}},
                              "the decoder linears and lm_head in groups of 64 (the default until 2026-12-06) instead "
                              "of 128"),
-    "snapdragon-8da4w-vision8da8w": ("snapdragon-8da4w", {"image_encoder": {"scheme": "8da8w", "algorithm": "hqq"}},
-                                     "the vision encoder 8da8w (int8 per-channel weights) instead of 8da4w g64"),
+    "snapdragon-8da4w-vision8da4w": ("snapdragon-8da4w", {"image_encoder": {**HQQ4, "group_size": 64}},
+                                     "the vision encoder 8da4w g64 (the default until 2026-12-06) instead of 8da8w"),
     "snapdragon-8da4w-visionfp32": ("snapdragon-8da4w", {"image_encoder": None},
-                                    "the vision encoder fp32 instead of 8da4w g64"),
+                                    "the vision encoder fp32 instead of 8da8w"),
     "snapdragon-8da4w-emb8": ("snapdragon-8da4w", {"embed_tokens": {"scheme": "int8", "algorithm": "hqq"}},
                               "the token embedding int8 per row instead of int4 g64"),
     # export_llm's own scheme (`quantization.qmode=8da4w`: every nn.Linear, lm_head included, 8da4w in groups,
@@ -74,7 +74,7 @@ ROWS = (
         versus="export_llm-g32", frontier=True),
     Row("et-8da4w-g128", OURS, ET, G128, "8da4w", target="snapdragon", group_size=128, versus="export_llm-g128",
         frontier=True),
-    Row("et-8da4w-v8", OURS, ET, "snapdragon-8da4w-vision8da8w", "8da4w", target="snapdragon", group_size=128,
+    Row("et-8da4w-v4", OURS, ET, "snapdragon-8da4w-vision8da4w", "8da4w", target="snapdragon", group_size=128,
         frontier=True),
     Row("et-8da4w-vf32", OURS, ET, "snapdragon-8da4w-visionfp32", "8da4w", target="snapdragon", group_size=128,
         frontier=True),
