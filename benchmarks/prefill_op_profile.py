@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def main() -> None:
     from executorch.extension.pybindings import portable_lib
 
     from mobilevlm_export.backends.executorch import set_threads
-    from mobilevlm_export.benchsuite.opprofile import _steps, summarize
+    from mobilevlm_export.benchsuite.opprofile import profile_method
     from mobilevlm_export.benchsuite.predict import decoder_linear_weights
 
     set_threads(args.threads)
@@ -63,14 +62,8 @@ def main() -> None:
                                          dims["kv_heads"], 0)
         module = portable_lib._load_for_executorch(str(Path(build) / "model.pte"), enable_etdump=True)
         emb = torch.randn(1, positions, dims["hidden"], generator=gen)
-        for _ in range(args.prefills + 1):
-            module.run_method("text_decoder", (emb, torch.arange(positions)))
-        with tempfile.TemporaryDirectory() as tmp:
-            dump = Path(tmp) / "prefill.etdp"
-            module.write_etdump_result_to_file(str(dump))
-            steps, calls = _steps(dump, skip=1)
-        summary = summarize(steps, calls, args.top)
-        summary["prefills"] = summary.pop("decode_steps")
+        summary = profile_method(module, "text_decoder", (emb, torch.arange(positions)), args.prefills, args.top)
+        summary["prefills"] = summary.pop("runs")
         total = summary["ms_per_step"].get("Method::execute")
         gemm = sum(v for k, v in summary["ms_per_step"].items() if "GEMM" in k)
         summary["positions"] = positions

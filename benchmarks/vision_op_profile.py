@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main() -> None:
     from executorch.extension.pybindings import portable_lib
 
     from mobilevlm_export.backends.executorch import set_threads
-    from mobilevlm_export.benchsuite.opprofile import _steps, summarize
+    from mobilevlm_export.benchsuite.opprofile import profile_method
 
     set_threads(args.threads)
     pixels = torch.randn(1, 3, 336, 336)
@@ -43,14 +42,8 @@ def main() -> None:
     for spec in args.programs:
         name, path = spec.split("=", 1)
         module = portable_lib._load_for_executorch(path, enable_etdump=True)
-        for _ in range(args.images + 1):
-            module.run_method("vision_encoder", (pixels,))
-        with tempfile.TemporaryDirectory() as tmp:
-            dump = Path(tmp) / "vision.etdp"
-            module.write_etdump_result_to_file(str(dump))
-            steps, calls = _steps(dump, skip=1)
-        summary = summarize(steps, calls, args.top)
-        summary["images"] = summary.pop("decode_steps")
+        summary = profile_method(module, "vision_encoder", (pixels,), args.images, args.top)
+        summary["images"] = summary.pop("runs")
         out["programs"][name] = {"path": path, **summary}
         print(name, json.dumps(summary["ms_per_step"]), flush=True)
         del module

@@ -59,6 +59,19 @@ def summarize(steps: list[dict[str, float]], calls: dict[str, list[float]], top:
             "ms_per_call": {n: round(statistics.median(calls[n]), 4) for n, _ in ranked}}
 
 
+def profile_method(module, method: str, inputs: tuple, runs: int, top: int = 10) -> dict:
+    """``summarize`` of ``runs`` executions of ``method`` with ``inputs`` on ``module`` (loaded with ETDump on),
+    after one warm-up execution that is left out; the count of executions under ``"runs"``."""
+    for _ in range(runs + 1):
+        module.run_method(method, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / f"{method}.etdp"
+        module.write_etdump_result_to_file(str(dump))
+        summary = summarize(*_steps(dump, skip=1), top)
+    summary["runs"] = summary.pop("decode_steps")
+    return summary
+
+
 def profile_ops(ours: Path, peer: Path | None = None, threads: int | None = 2, prompt: int = 64,
                 rounds: int = 6) -> dict:
     """The per-operator profile of ``rounds`` bursts of ``BURST`` decode steps after a ``prompt``-token prefill,

@@ -9,7 +9,7 @@ from pathlib import Path
 from mobilevlm_export.benchsuite.cache import SHAPES
 from mobilevlm_export.benchsuite.frontier import plot_frontier, pyplot
 from mobilevlm_export.benchsuite.predict import METRIC_LABELS
-from mobilevlm_export.benchsuite.rows import BY_NAME, SCHEMA
+from mobilevlm_export.benchsuite.rows import BY_NAME, DEFAULTS, SCHEMA
 
 REPORT = "BENCHMARKS.md"
 PLOTS = Path("benchmarks") / "plots"  # relative to the report, so the report and its plots move together
@@ -182,6 +182,11 @@ _BEFORE_AFTER_LABELS = {"ttft_ms": "time to first token, ms (image + prompt)", "
                         "prefill tok/s (text-only prompt)", "decode_tokens_per_s": "decode tok/s"}
 
 
+def _schemes_words(row: dict | None) -> str:
+    """How a row of ours stores each part (``rows.schemes``): "decoder 8da4w g128, ..."; "" for none."""
+    return ", ".join(f"{k} {v}" for k, v in ((row or {}).get("schemes") or {}).items())
+
+
 def _delegation_words(row: dict, method: str) -> str:
     m = next((d for d in row.get("delegation") or [] if d["method"] == method), None)
     return "–" if m is None else (f"{m['delegated_subgraphs']} subgraphs, {m['delegated_nodes']} XNNPACK / "
@@ -195,16 +200,12 @@ def _before_after(r: dict) -> list[str]:
     by = {row["name"]: row for row in r["rows"]}
     before, after = by[ba["before"]], by[ba["after"]]
     n = len(r["rounds"])
-
-    def parts(row: dict) -> str:
-        return ", ".join(f"{k} {v}" for k, v in (row["schemes"] or {}).items())
-
     lines = ["", f"### Before / after: `{before['name']}` vs `{after['name']}`", "",
              f"The default snapdragon program as commit {ba['commit'][:12]} made it (its own "
-             f"`recipes/{before['recipe']}.toml`: {parts(before)}), built by that commit's own code, beside "
-             f"today's ({parts(after)}), both timed and measured by today's runtime in the same {n} interleaved "
-             "rounds (fresh processes, the order reversed every other round). After / before: the median of the "
-             "per-round ratios with its 95 % confidence interval (distribution-free; none under 6 rounds).", "",
+             f"`recipes/{before['recipe']}.toml`: {_schemes_words(before)}), built by that commit's own code, "
+             f"beside today's ({_schemes_words(after)}), both timed and measured by today's runtime in the same {n} "
+             "interleaved rounds (fresh processes, the order reversed every other round). After / before: the median "
+             "of the per-round ratios with its 95 % confidence interval (distribution-free; none under 6 rounds).", "",
              "| | before | after | after / before [95 % CI] | rounds after faster |", "|---|---|---|---|---|"]
     for m, label in _BEFORE_AFTER_LABELS.items():
         ratio = ba["ratios"].get(m)
@@ -215,13 +216,11 @@ def _before_after(r: dict) -> list[str]:
                      f"{ratio['rounds_after_faster']} of {ratio['rounds']} |")
     lines.append(f"| vision share of TTFT | {_pct(before['vision_share'])} | {_pct(after['vision_share'])} | | |")
     bb, ab = before["build"] or {}, after["build"] or {}
-    for key, label in (("wall_s", "build wall s"), ("peak_rss_mb", "build peak RSS MB")):
-        b, a = bb.get(key), ab.get(key)
-        ratio = f"{a / b:.3f}" if a and b else "–"
-        lines.append(f"| {label} | {_num(b)} | {_num(a)} | {ratio} (one build each) | |")
-    lines.append(f"| artifact bytes | {_num(before['artifact_bytes'])} | {_num(after['artifact_bytes'])} | "
-                 f"{after['artifact_bytes'] / before['artifact_bytes']:.3f} | |" if before["artifact_bytes"] and
-                 after["artifact_bytes"] else "| artifact bytes | – | – | | |")
+    for label, b, a, note in (("build wall s", bb.get("wall_s"), ab.get("wall_s"), " (one build each)"),
+                              ("build peak RSS MB", bb.get("peak_rss_mb"), ab.get("peak_rss_mb"), " (one build each)"),
+                              ("artifact bytes", before["artifact_bytes"], after["artifact_bytes"], "")):
+        ratio = f"{a / b:.3f}{note}" if a and b else "–"
+        lines.append(f"| {label} | {_num(b)} | {_num(a)} | {ratio} | |")
     for method in ("vision_encoder", "text_decoder"):
         lines.append(f"| `{method}` delegation | {_delegation_words(before, method)} | "
                      f"{_delegation_words(after, method)} | | |")
@@ -233,9 +232,10 @@ def _before_after(r: dict) -> list[str]:
 def _versus(r: dict) -> list[str]:
     if not r["versus_export_llm"]:
         return []
+    default = _schemes_words(next((row for row in r.get("rows", []) if row["name"] == DEFAULTS[0]), None))
     lines = ["", "**Ours / export_llm** (tokens/s ratios, text-only prompt; `g32`, `g128`: the same group size; "
-             "`defaults`: each tool's default program, ours `snapdragon-8da4w` (decoder g128, vision g64) against "
-             "export_llm's documented default group size 128):", "",
+             f"`defaults`: each tool's default program, ours `snapdragon-8da4w`{f' ({default})' if default else ''} "
+             "against export_llm's documented default group size 128):", "",
              "| pair | ours | measurement | prefill ratio (ours ahead) | decode ratio (ours ahead) |",
              "|---|---|---|---|---|"]
     for g, v in r["versus_export_llm"].items():
