@@ -241,6 +241,8 @@ def test_quantized_linears_lower_to_the_same_delegate_as_torchaos(scheme, tmp_pa
         assert report.delegated_subgraphs == 1 and set(report.portable_ops) == {"getitem"}, report
         written[name] = (tmp_path / f"{name}.pte").read_bytes()
     assert written["ours"] == written["torchao"]
+    with pytest.raises(ValueError, match="pass the linear's parent"):  # (a bare linear cannot replace itself)
+        quantize_linears(nn.Linear(64, 8), scheme, 32, "affine", "bare")
 
 
 @pytest.mark.parametrize("bits", [4, 8])

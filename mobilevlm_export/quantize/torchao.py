@@ -41,6 +41,8 @@ def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: s
     what fell back)."""
     if scheme == "fp32":
         return [f"{name}: linears kept fp32"]
+    if isinstance(module, nn.Linear):
+        raise ValueError(f"{name}: pass the linear's parent module (a linear is replaced in its parent)")
     from torchao.quantization import quantize_
 
     linears = {fqn: m for fqn, m in module.named_modules()
@@ -78,7 +80,7 @@ class DynamicQuantLinear(nn.Module):
         self.group_size = int(w.block_size[-1])
         if tuple(w.block_size[:-1]) != (1,) or w.shape[1] % self.group_size:
             raise ValueError(f"unexpected torchao block size {w.block_size} for a weight of shape {tuple(w.shape)}")
-        self.register_buffer("weight", w.qdata.detach().clone())
+        self.register_buffer("weight", w.qdata.detach())
         self.register_buffer("scales", w.scale.detach().reshape(w.shape[0], -1).float().clone())
         self.register_buffer("zero_points", w.zero_point.detach().reshape(w.shape[0], -1).clone())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
