@@ -10,7 +10,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mobilevlm_export.benchsuite import cache
-from mobilevlm_export.benchsuite.rows import BEFORE, BY_NAME, EAGER, EXPORT_LLM, ORT_INT4, OURS, Row, recipe_text
+from mobilevlm_export.benchsuite.rows import (
+    BEFORE,
+    BY_NAME,
+    EAGER,
+    EXPORT_LLM,
+    ORT_INT4,
+    OURS,
+    Row,
+    recipe_at,
+    recipe_text,
+)
 from mobilevlm_export.benchsuite.timing import worker
 from mobilevlm_export.cores import usable_cores
 from mobilevlm_export.errors import UserError
@@ -94,7 +104,7 @@ def build_ours(row: Row, ckpt: Path, shape: str, out: Path, threads: int, log,
         text, path = recipe_text(row, out)
         package = cache.identity()
     else:
-        path = source / "recipes" / f"{row.recipe}.toml"
+        path = recipe_at(source, row.recipe)
         if not path.is_file():
             raise UserError(f"--before {row.commit[:12]}: that commit has no recipes/{row.recipe}.toml")
         text, package = path.read_text(), {"commit": row.commit, "libraries": cache.identity()["libraries"]}

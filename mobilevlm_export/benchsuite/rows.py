@@ -182,6 +182,12 @@ def derived_recipe(name: str) -> str:
             f"{base}'s. Not a shipped recipe.\n" + to_toml(data))
 
 
+def recipe_at(source: Path | str, recipe: str) -> Path:
+    """The shipped recipe file ``recipe`` in the package at ``source`` (``prepare.source_at``: a ``BEFORE`` row's
+    commit)."""
+    return Path(source) / "recipes" / f"{recipe}.toml"
+
+
 def recipe_text(row: Row, cache: Path) -> tuple[str, Path]:
     """(the recipe's text, the path to build with) of one of our rows; a derived recipe is written to
     ``cache/recipes/``."""
@@ -204,6 +210,6 @@ def schemes(row: Row, cache: Path, source: str | None = None) -> dict[str, str] 
         return None
     from mobilevlm_export.recipes import load_recipe
 
-    recipe = load_recipe(Path(source) / "recipes" / f"{row.recipe}.toml" if source else recipe_text(row, cache)[1])
+    recipe = load_recipe(recipe_at(source, row.recipe) if source else recipe_text(row, cache)[1])
     return {part: spec.scheme.value + (f" g{spec.group_size}" if spec.group_size else "")
             for part, spec in recipe.quantize.items()}

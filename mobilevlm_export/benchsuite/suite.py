@@ -42,6 +42,7 @@ from mobilevlm_export.benchsuite.rows import (
     STAND_INS,
     Row,
     before_row,
+    recipe_at,
     schemes,
     select,
 )
@@ -115,7 +116,7 @@ def with_before(rows: list[Row], commit: str, out: Path, log) -> list[Row]:
     from mobilevlm_export.schema import tomllib
 
     after = BY_NAME[DEFAULTS[0]]
-    recipe = source_at(commit, out, log) / "recipes" / f"{after.recipe}.toml"
+    recipe = recipe_at(source_at(commit, out, log), after.recipe)
     group = (tomllib.loads(recipe.read_text()).get("quantize", {}).get("decoder", {}).get("group_size")
              if recipe.is_file() else None)
     if after not in rows:

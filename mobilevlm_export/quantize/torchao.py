@@ -75,7 +75,7 @@ class DynamicQuantLinear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         w = linear.weight
-        bits = torch.iinfo(torch.int8).bits if w.target_dtype == torch.int8 else 4
+        bits = 8 if w.target_dtype == torch.int8 else 4
         self.quant_min, self.quant_max = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         self.group_size = int(w.block_size[-1])
         if tuple(w.block_size[:-1]) != (1,) or w.shape[1] % self.group_size:
