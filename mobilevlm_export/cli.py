@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older typer on click
 
 from mobilevlm_export.cores import ONNX_MAX_DEFAULT_THREADS, usable_cores
 from mobilevlm_export.errors import CheckFailed, UserError
+from mobilevlm_export.outdir import on_terminate, raise_if_terminated
 from mobilevlm_export.quiet import DEBUG_ENV  # set to 1: internal errors show their traceback, native logs too
 from mobilevlm_export.targets import prepare_runtime_processes, registry
 
@@ -545,11 +546,6 @@ def _report(report, as_json: bool, extra: dict, exit_on_failure: bool = True, ve
         raise typer.Exit(1)
 
 
-def _terminated(signum, _frame) -> None:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so a build's staging directory is removed."""
-    raise SystemExit(128 + signum)
-
-
 class StdoutUnwritable(OSError):
     """stdout cannot take the output: a full disk or device (``> /dev/full``), an I/O error, closed at start
     (``>&-``). Bad input: exit 2 with one line on stderr."""
@@ -624,8 +620,16 @@ def _fileno(stream) -> int | None:
         return None
 
 
+def _unraisable(info) -> None:
+    """Python's report of an exception it had to ignore (raised in a finalizer or weakref callback), but for a
+    SIGTERM's ``SystemExit``: ``outdir.on_terminate`` recorded it, and it is honoured, not a bug to print."""
+    if not issubclass(info.exc_type, SystemExit):
+        sys.__unraisablehook__(info)
+
+
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGTERM, on_terminate)  # (unwinds like Ctrl-C: a build's staging directory is removed)
+    sys.unraisablehook = _unraisable
     _guard_stdio()
     try:
         try:
@@ -639,6 +643,7 @@ def main() -> None:
     except SystemExit as exc:  # click ends with 1 where its own output (the help) met a reader that is gone
         if (_stdout_lost.get("stdout") or ("",))[0] == "pipe" and exc.code in (None, 0, 1):
             sys.exit(BROKEN_PIPE)
+        raise_if_terminated()  # (a SIGTERM whose exception a finalizer swallowed still ends the process as one)
         raise
 
 

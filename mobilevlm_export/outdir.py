@@ -21,6 +21,9 @@ Rules (a build never deletes what it did not write):
   one file). A name in ``-o`` longer than ``NAME_MAX``, a symlink loop and a full disk are bad input (exit 2).
 - A report file (``verify --junit``) is written only as a new or regular file outside every input: never a
   device, FIFO, socket, directory or symlink, never inside the build it reports on.
+- SIGTERM (a CI timeout, ``kill``) unwinds like Ctrl-C (``on_terminate``), so the staging directory is removed, and
+  is never lost: Python ignores an exception raised while a weakref callback or finalizer runs (torch's run often
+  during an export), so the signal is also recorded, and ``Staging.commit`` (and the CLI's exit) honour it.
 """
 
 from __future__ import annotations
@@ -259,6 +262,22 @@ class OutputLock:
             self._fd = None
 
 
+_TERMINATED: list[int] = []  # the signals on_terminate received, in order
+
+
+def on_terminate(signum: int, _frame=None) -> None:
+    """The CLI's SIGTERM handler: raise ``SystemExit(128 + signum)`` where the process is, after recording the
+    signal for ``raise_if_terminated`` (in case that exception lands in a callback that ignores it)."""
+    _TERMINATED.append(signum)
+    raise SystemExit(128 + signum)
+
+
+def raise_if_terminated() -> None:
+    """``SystemExit(128 + signum)`` if ``on_terminate`` has run, though its own exception was swallowed."""
+    if _TERMINATED:
+        raise SystemExit(128 + _TERMINATED[0])
+
+
 class Staging:
     """Checks ``out``, takes its lock, and yields a staging directory beside it; ``commit()`` swaps it in for
     ``out``; leaving without a commit removes it. ``stale`` lists the leftovers of killed builds it removed."""
@@ -300,7 +319,8 @@ class Staging:
 
     def commit(self) -> None:
         """Swap the staging directory in for ``out`` (the output checks are repeated: a directory that appeared or
-        changed during the build is not replaced)."""
+        changed during the build is not replaced). Not after a SIGTERM (``raise_if_terminated``)."""
+        raise_if_terminated()
         if self.out.is_dir() and any(self.out.iterdir()):
             if not self.force:
                 raise UserError(f"-o {self.out}: was created by someone else during the build; not replaced (the "

@@ -72,14 +72,19 @@ def build(cfg: BuildConfig, progress=None) -> BuildResult:
     from mobilevlm_export.golden_writer import demo_pairs, load_pairs, make_golden, save_golden
     from mobilevlm_export.manifest import TOOL, read_manifest, update_manifest, versions, write_manifest
     from mobilevlm_export.memory import release_memory
-    from mobilevlm_export.outdir import Staging
+    from mobilevlm_export.outdir import Staging, raise_if_terminated
     from mobilevlm_export.runtime.artifacts import ArtifactSet
     from mobilevlm_export.targets import CompileContext
     from mobilevlm_export.verify import verify_artifacts, verify_steps
 
     target, recipe, profile = resolve(cfg)
     pairs = load_pairs(cfg.samples) if cfg.samples else demo_pairs()
-    step = progress or (lambda _d, _t: (lambda: None))
+    given = progress or (lambda _d, _t: (lambda: None))
+
+    def step(description: str, total: int):
+        raise_if_terminated()  # a SIGTERM whose exception a finalizer swallowed stops the build at its next phase
+        return given(description, total)
+
     t0 = time.perf_counter()
     stages: dict[str, float] = {}  # wall seconds per stage, recorded in the manifest
     lap = _Lap(stages)

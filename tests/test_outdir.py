@@ -117,6 +117,46 @@ def test_commit_does_not_replace_a_directory_that_appeared(tmp_path):
     assert not list(tmp_path.glob(".out.*"))
 
 
+def test_sigterm_swallowed_by_a_weakref_callback_still_stops_the_commit(tmp_path, monkeypatch):
+    """Python ignores an exception raised in a weakref callback (torch's run often during an export): a SIGTERM
+    whose ``SystemExit`` landed there is still honoured, by the commit (the build is discarded) and by the CLI's
+    exit, which does not print the ignored exception."""
+    import signal
+    import weakref
+
+    from mobilevlm_export import cli, outdir  # (cli: its hook for exceptions Python ignores)
+
+    monkeypatch.setattr(outdir, "_TERMINATED", [])
+    monkeypatch.setattr(sys, "unraisablehook", cli._unraisable)
+    printed = []
+    monkeypatch.setattr(sys, "__unraisablehook__", printed.append)
+
+    class Node:
+        pass
+
+    out = tmp_path / "out"
+    staging = Staging(out, force=False)
+    with pytest.raises(SystemExit) as stopped:
+        with staging as tmp:
+            (tmp / "x.onnx").write_text("built")
+            node = Node()
+            ref = weakref.ref(node, lambda _r: outdir.on_terminate(signal.SIGTERM, None))
+            del node  # the callback runs here; its SystemExit is ignored and the build goes on
+            assert ref() is None and outdir._TERMINATED == [signal.SIGTERM]
+            staging.commit()
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+    assert printed == []
+    # the CLI's process: a command that runs to its end after the swallowed signal exits as a SIGTERM, silently
+    script = ("import signal, sys, weakref\nfrom mobilevlm_export import cli, outdir\nclass Node: pass\n"
+              "def app():\n    node = Node()\n"
+              "    ref = weakref.ref(node, lambda _r: outdir.on_terminate(signal.SIGTERM, None))\n"
+              "    del node\n    print('ran to its end')\n    sys.exit(0)\n"
+              "cli.app = app\ncli.main()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (128 + signal.SIGTERM, "ran to its end\n", "")
+
+
 def test_lock_is_exclusive_and_released(tmp_path):
     a, b = OutputLock(tmp_path / "out"), OutputLock(tmp_path / "out")
     a.acquire()
