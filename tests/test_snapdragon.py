@@ -201,30 +201,36 @@ def test_group_size_fallback_is_logged():
     assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0) > 0.99
 
 
+@pytest.mark.parametrize("qparams", ["hqq_scale_only", "affine"])
 @pytest.mark.parametrize("scheme", ["8da4w", "8da8w"])
-def test_quantized_linears_lower_to_the_same_delegate_as_torchaos(scheme, tmp_path):
+def test_quantized_linears_lower_to_the_same_delegate_as_torchaos(scheme, qparams, tmp_path):
     """Quantized linears are handed to ExecuTorch in ``quantized_decomposed`` ops (each with a meta kernel, so
     lowering's fake-tensor retraces stay cheap), never torchao's: the same integers and scales as torchao's
     quantization, the same eager output, and XNNPACK lowers them to the same bytes as torchao's own form."""
     import copy
 
     from torch import nn
-    from torchao.quantization import quantize_
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
 
     from mobilevlm_export.backends.executorch import export_program
-    from mobilevlm_export.quantize.torchao import DynamicQuantLinear, _linear_config, quantize_linears
+    from mobilevlm_export.quantize.torchao import DynamicQuantLinear, quantize_linears
     from mobilevlm_export.targets import registry
 
     torch.manual_seed(0)
     ours = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32, bias=False)).eval()
     theirs = copy.deepcopy(ours)
-    quantize_linears(ours, scheme, 32, "hqq_scale_only", "toy")
+    quantize_linears(ours, scheme, 32, qparams, "toy")
     with torch.no_grad():
-        quantize_(theirs, _linear_config(scheme, 32, "hqq_scale_only"))
+        quantize_(theirs, Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4 if scheme == "8da4w" else torch.int8,
+            weight_granularity=PerGroup(32) if scheme == "8da4w" else PerAxis(0),
+            intx_choose_qparams_algorithm=qparams))
     assert all(isinstance(ours[i], DynamicQuantLinear) for i in (0, 2))
     for mine, ref in ((ours[0], theirs[0]), (ours[2], theirs[2])):
         assert torch.equal(mine.weight, ref.weight.qdata)
         assert torch.equal(mine.scales.flatten(), ref.weight.scale.flatten())
+        assert torch.equal(mine.zero_points.flatten(), ref.weight.zero_point.flatten())
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert torch.allclose(ours(x), theirs(x), atol=1e-5)

@@ -1,10 +1,13 @@
 """Quantization of the split modules per a recipe's ``[quantize.PART]`` tables, with torchao (ExecuTorch/XNNPACK).
 
-- Linears: ``8da4w`` / ``8da8w`` = int8 dynamic per-token activations with int4 grouped / int8 per-channel
-  weights (``Int8DynamicActivationIntxWeightConfig``), which XNNPACK's dynamic-quant partitioner lowers. A
-  linear whose input width the group size does not divide falls back to per-channel 8da8w, and the log says so.
-  Each quantized linear is then written in ``quantized_decomposed`` ops (``DynamicQuantLinear``): same integers,
-  scales and delegate bytes, at about 0.7 of the lowering time (the demo's split_compile 49.5 -> 34.1 s).
+- Weights: symmetric int4 grouped / int8 per-channel integers and scales as torchao computes them
+  (``weight_qparams``): ``rtn`` by torchao, ``hqq`` by ``quantize.hqq`` (torchao's algorithm, bit for bit, ~10x
+  faster: ~160 s of a 1.7B build was torchao's HQQ).
+- Linears: ``8da4w`` / ``8da8w`` = int8 dynamic per-token activations with those weights (torchao's
+  ``Int8DynamicActivationIntxWeightConfig``), which XNNPACK's dynamic-quant partitioner lowers. A linear whose
+  input width the group size does not divide falls back to per-channel 8da8w, and the log says so. Each is written
+  in ``quantized_decomposed`` ops (``DynamicQuantLinear``), not torchao's: the same delegate bytes, at about 0.7 of
+  the lowering time (the demo's split_compile 49.5 -> 34.1 s).
 - Embeddings: ``int8`` (per row) or ``int4`` (grouped) weight-only, as ExecuTorch's ``quantized_decomposed``
   embedding ops (packed two nibbles per byte for int4), which gather rows without dequantizing the table.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mobilevlm_export.quantize.hqq import scale_only_hqq
 from mobilevlm_export.quantize.plan import QuantPlan, QuantResult
 from mobilevlm_export.schema import Precision, QuantAlgorithm
 
@@ -24,14 +28,23 @@ from mobilevlm_export.schema import Precision, QuantAlgorithm
 QPARAMS = {QuantAlgorithm.RTN: "affine", QuantAlgorithm.HQQ: "hqq_scale_only"}
 
 
-def _linear_config(scheme: str, group_size: int | None, qparams: str):
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
-    from torchao.quantization.granularity import PerAxis, PerGroup
+def weight_qparams(weight: torch.Tensor, bits: int, group_size: int,
+                   qparams: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric ``bits``-bit quantization of a 2-D weight with one scale per ``group_size`` inputs of a row (its
+    width: per channel), as torchao's ``IntxUnpackedToInt8Tensor.from_hp`` computes it for ``qparams`` (what its
+    ``Int8DynamicActivationIntxWeightConfig`` and ``IntxWeightOnlyConfig`` store): ``(qdata int8 [out, in], scale
+    [out, in // group_size] in the weight's dtype, zero_point int8, all zeros)``. ``hqq_scale_only`` is
+    ``quantize.hqq``'s (torchao's algorithm, the same bits, faster); ``affine`` is torchao's own."""
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if qparams == "hqq_scale_only":
+        qdata, scale = scale_only_hqq(weight, group_size, qmin, qmax)
+        return qdata, scale, torch.zeros_like(scale, dtype=torch.int8)
+    from torchao.quantization.quantize_.workflows import IntxChooseQParamsAlgorithm, IntxUnpackedToInt8Tensor
 
-    weight_dtype = torch.int4 if scheme == "8da4w" else torch.int8
-    granularity = PerGroup(group_size) if scheme == "8da4w" and group_size else PerAxis(0)
-    return Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=granularity,
-                                                 intx_choose_qparams_algorithm=qparams)
+    t = IntxUnpackedToInt8Tensor.from_hp(weight, (1, group_size), torch.int4 if bits == 4 else torch.int8,
+                                         intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm(qparams))
+    rows = weight.shape[0]
+    return t.qdata, t.scale.reshape(rows, -1), t.zero_point.reshape(rows, -1)
 
 
 def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: str, name: str,
@@ -43,17 +56,20 @@ def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: s
         return [f"{name}: linears kept fp32"]
     if isinstance(module, nn.Linear):
         raise ValueError(f"{name}: pass the linear's parent module (a linear is replaced in its parent)")
-    from torchao.quantization import quantize_
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
 
     linears = {fqn: m for fqn, m in module.named_modules()
                if isinstance(m, nn.Linear) and fqn and fqn.startswith(only) and not fqn.startswith(skip)}
     grouped = {f for f, m in linears.items() if scheme != "8da4w" or m.in_features % group_size == 0}
     fallback = sorted(set(linears) - grouped)
     with torch.no_grad():
-        quantize_(module, _linear_config(scheme, group_size, qparams), filter_fn=lambda m, f: f in grouped)
-        if fallback:
-            quantize_(module, _linear_config("8da8w", None, qparams), filter_fn=lambda m, f: f in fallback)
-    _write_as_decomposed(module, set(linears))
+        for fqn in sorted(linears):
+            linear = linears[fqn]
+            bits, group = (4, group_size) if scheme == "8da4w" and fqn in grouped else (8, linear.in_features)
+            parent, _, leaf = fqn.rpartition(".")
+            quantized = DynamicQuantLinear(*weight_qparams(linear.weight.detach(), bits, group, qparams), bits,
+                                           linear.bias)
+            setattr(module.get_submodule(parent) if parent else module, leaf, quantized)
     detail = f" group {group_size}" if scheme == "8da4w" else " per-channel"
     lines = [f"{name}: {len(grouped)} linears {scheme}{detail}"]
     if fallback:
@@ -64,26 +80,24 @@ def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: s
 
 
 class DynamicQuantLinear(nn.Module):
-    """A torchao-quantized linear (int8 dynamic per-token activations, int4 grouped or int8 per-channel weights)
-    written in ExecuTorch's ``quantized_decomposed`` ops instead of torchao's: the same integers and scales, the
-    same pattern for XNNPACK's dynamic-quant partitioner (which lowers either to the same delegate bytes), but each
-    op has a meta kernel. torchao's ``choose_qparams_affine`` / ``quantize_affine`` / ``dequantize_affine`` are
-    CompositeImplicitAutograd ops without one, so every fake-tensor retrace of the graph (torch.export, each
-    ``run_decompositions``, each of ExecuTorch's edge passes and XNNPACK's 17 preprocess passes) runs their
-    Python bodies op by op."""
+    """A linear with int8 dynamic per-token activations and int4 grouped or int8 per-channel weights (torchao's
+    ``Int8DynamicActivationIntxWeightConfig``: its integers and scales, from ``weight_qparams``), written in
+    ExecuTorch's ``quantized_decomposed`` ops instead of torchao's: the same pattern for XNNPACK's dynamic-quant
+    partitioner (which lowers either to the same delegate bytes), but each op has a meta kernel. torchao's
+    ``choose_qparams_affine`` / ``quantize_affine`` / ``dequantize_affine`` are CompositeImplicitAutograd ops
+    without one, so every fake-tensor retrace of the graph (torch.export, each ``run_decompositions``, each of
+    ExecuTorch's edge passes and XNNPACK's 17 preprocess passes) runs their Python bodies op by op."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
+                 bias: torch.Tensor | None) -> None:
         super().__init__()
-        w = linear.weight
-        bits = 8 if w.target_dtype == torch.int8 else 4
+        out_features, in_features = qdata.shape
         self.quant_min, self.quant_max = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        self.group_size = int(w.block_size[-1])
-        if tuple(w.block_size[:-1]) != (1,) or w.shape[1] % self.group_size:
-            raise ValueError(f"unexpected torchao block size {w.block_size} for a weight of shape {tuple(w.shape)}")
-        self.register_buffer("weight", w.qdata.detach())
-        self.register_buffer("scales", w.scale.detach().reshape(w.shape[0], -1).float().clone())
-        self.register_buffer("zero_points", w.zero_point.detach().reshape(w.shape[0], -1).clone())
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.group_size = in_features // scale.shape[1]
+        self.register_buffer("weight", qdata)
+        self.register_buffer("scales", scale.float().reshape(out_features, -1).clone())
+        self.register_buffer("zero_points", zero_point.reshape(out_features, -1).clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd = torch.ops.quantized_decomposed
@@ -95,36 +109,18 @@ class DynamicQuantLinear(nn.Module):
         return torch.nn.functional.linear(xd, wd, self.bias)
 
 
-def _write_as_decomposed(module: nn.Module, names: set[str]) -> None:
-    """Replace the linears ``names`` (qualified names in ``module``) by ``DynamicQuantLinear`` in place."""
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
-
-    for fqn in sorted(names):
-        parent, _, leaf = fqn.rpartition(".")
-        owner = module.get_submodule(parent) if parent else module
-        setattr(owner, leaf, DynamicQuantLinear(getattr(owner, leaf)))
-
-
 class QuantizedEmbedding(nn.Module):
     """Weight-only int8/int4 embedding through ``quantized_decomposed.embedding_byte/embedding_4bit``."""
 
     def __init__(self, embedding: nn.Embedding, bits: int, group_size: int, qparams: str) -> None:
         super().__init__()
         import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (registers the ops)
-        from torchao.quantization import IntxWeightOnlyConfig, quantize_
-        from torchao.quantization.granularity import PerAxis, PerGroup
 
         width = embedding.weight.shape[1]
-        if bits == 4 and width % group_size:
-            group_size = 0  # per row
-        tmp = nn.Embedding(*embedding.weight.shape)
-        tmp.weight = nn.Parameter(embedding.weight.detach().float(), requires_grad=False)
-        config = IntxWeightOnlyConfig(weight_dtype=torch.int4 if bits == 4 else torch.int8,
-                                      granularity=PerGroup(group_size) if bits == 4 and group_size else PerAxis(0),
-                                      intx_choose_qparams_algorithm=qparams)
+        group = group_size if bits == 4 and group_size and width % group_size == 0 else width  # (else per row)
         with torch.no_grad():
-            quantize_(tmp, config, lambda m, f: isinstance(m, nn.Embedding))
-        q, scales = tmp.weight.qdata.to(torch.int8), tmp.weight.scale.float()
+            q, scales, _ = weight_qparams(embedding.weight.detach().float(), bits, group, qparams)
+        scales = scales.float()
         if bits == 4:  # two signed nibbles per byte, the first in the high half, stored offset by 8
             u = (q.to(torch.int16) + 8).to(torch.uint8)
             q = (u[:, ::2] << 4 | u[:, 1::2]).contiguous()
