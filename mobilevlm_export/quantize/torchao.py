@@ -58,23 +58,24 @@ def quantize_linears(module: nn.Module, scheme: str, group_size: int, qparams: s
         raise ValueError(f"{name}: pass the linear's parent module (a linear is replaced in its parent)")
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
 
-    linears = {fqn: m for fqn, m in module.named_modules()
-               if isinstance(m, nn.Linear) and fqn and fqn.startswith(only) and not fqn.startswith(skip)}
-    grouped = {f for f, m in linears.items() if scheme != "8da4w" or m.in_features % group_size == 0}
-    fallback = sorted(set(linears) - grouped)
+    widths = {fqn: m.in_features for fqn, m in module.named_modules()
+              if isinstance(m, nn.Linear) and fqn and fqn.startswith(only) and not fqn.startswith(skip)}
+    fallback = sorted(f for f, width in widths.items() if scheme == "8da4w" and width % group_size)
     with torch.no_grad():
-        for fqn in sorted(linears):
-            linear = linears[fqn]
-            bits, group = (4, group_size) if scheme == "8da4w" and fqn in grouped else (8, linear.in_features)
+        for fqn in sorted(widths):  # (no reference to a replaced linear is kept: each fp32 weight is freed at once)
             parent, _, leaf = fqn.rpartition(".")
+            owner = module.get_submodule(parent) if parent else module
+            linear = getattr(owner, leaf)
+            bits, group = (4, group_size) if scheme == "8da4w" and fqn not in fallback else (8, widths[fqn])
             quantized = DynamicQuantLinear(*weight_qparams(linear.weight.detach(), bits, group, qparams), bits,
                                            linear.bias)
-            setattr(module.get_submodule(parent) if parent else module, leaf, quantized)
+            del linear
+            setattr(owner, leaf, quantized)
     detail = f" group {group_size}" if scheme == "8da4w" else " per-channel"
-    lines = [f"{name}: {len(grouped)} linears {scheme}{detail}"]
+    lines = [f"{name}: {len(widths) - len(fallback)} linears {scheme}{detail}"]
     if fallback:
-        widths = sorted({linears[f].in_features for f in fallback})
-        lines.append(f"{name}: {len(fallback)} linears with input width {widths} not divisible by group {group_size} "
+        odd = sorted({widths[f] for f in fallback})
+        lines.append(f"{name}: {len(fallback)} linears with input width {odd} not divisible by group {group_size} "
                      f"fall back to per-channel 8da8w: {', '.join(fallback[:6])}{' ...' if len(fallback) > 6 else ''}")
     return lines
 
