@@ -3,6 +3,8 @@ on hand-made graphs and on the demo checkpoint's exported decoder, run with ONNX
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -286,6 +288,32 @@ def test_awq_search_never_worse_than_rtn():
     x = rng.standard_normal((64, 128)).astype(np.float32) * np.exp(rng.standard_normal(128) * 1.5)  # outlier chans
     s, alpha, err, rtn = awq_search(w, x, block_size=32)
     assert s.shape == (128,) and np.all(s > 0) and err <= rtn and alpha > 0 and err < 0.8 * rtn
+
+
+def test_awq_search_blockwise_is_the_whole_weight_search():
+    """The search computes diag(1/s) Q(diag(s) W) one int4 block of rows at a time: the same errors, alpha and
+    scales, bit for bit, as whole-weight passes (how it was written before)."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    x = (rng.standard_normal((16, 96)) * np.exp(rng.standard_normal(96))).astype(np.float32)
+    mean = np.maximum(np.abs(x).mean(axis=0), 1e-8)
+    ref = x @ w
+    scaled, w_hat, diff = np.empty_like(w), np.empty_like(w), np.empty_like(ref)
+    errors = []
+    for i in range(20):
+        s = mean ** (i / 20)
+        s = s / math.sqrt(float(s.max() * s.min()))
+        np.multiply(w, s[:, None], out=scaled)
+        int4_blocked_roundtrip(scaled, 32, out=w_hat)
+        np.divide(w_hat, s[:, None], out=w_hat)
+        np.matmul(x, w_hat, out=diff)
+        np.subtract(ref, diff, out=diff)
+        np.square(diff, out=diff)
+        errors.append((float(np.mean(diff)), s.astype(np.float32), i / 20))
+    best = min(errors, key=lambda e: e[0])  # (the first of equal errors, as the search keeps)
+    s, alpha, err, rtn = awq_search(w, x, block_size=32)
+    assert (err, alpha, rtn) == (best[0], best[2], errors[0][0])
+    assert np.array_equal(s, best[1])
 
 
 # ------------------------------------------------------------------------------------------------------------------
