@@ -9,6 +9,7 @@ on a device with the backend's runtime, numpy and the golden data only.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -157,10 +158,14 @@ def verify_graphs(runners: dict, golden: dict[str, np.ndarray], recipe: Recipe, 
 def verify_e2e(pipeline, golden: dict[str, np.ndarray], e2e: list[dict], max_new_tokens: int,
                progress=None) -> list[E2EResult]:
     results = []
+    seen: dict[bytes, np.ndarray] = {}  # an image's embeddings once, however many questions ask about it
     for i, item in enumerate(e2e):
         n = max(max_new_tokens, len(item["reference_ids"]))
-        ids, _ = pipeline.generate_ids(item["prompt_ids"], golden[f"e2e/{i}/pixel_values"],
-                                       SamplingParams(max_new_tokens=n))
+        px = golden[f"e2e/{i}/pixel_values"]
+        key = hashlib.sha256(px.tobytes()).digest() + str(px.shape).encode()
+        if key not in seen:
+            seen[key] = pipeline.image_embeds(px[None] if px.ndim == 3 else px)
+        ids, _ = pipeline.generate_ids(item["prompt_ids"], px, SamplingParams(max_new_tokens=n), image=seen[key])
         results.append(E2EResult(item["image"], item["question"], item["reference_ids"], ids))
         if progress:
             progress()

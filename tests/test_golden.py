@@ -30,3 +30,27 @@ def test_each_image_goes_through_the_vision_tower_once(tiny_loaded, monkeypatch,
         with torch.inference_mode():
             own = model.projector(real(model, torch.from_numpy(arrays["e2e/0/pixel_values"])[None]))
         assert torch.equal(own, torch.from_numpy(arrays["image_encoder/batch/out/image_embeds"]))
+
+
+def test_verify_runs_each_image_through_the_image_graphs_once(demo_build_onnx, monkeypatch):
+    """`verify`'s end-to-end pairs: an image's embeddings from the build's graphs once, reused for every question
+    about it; the same tokens as generating each pair on its own."""
+    from mobilevlm_export.generation import SamplingParams
+    from mobilevlm_export.runtime.artifacts import open_artifacts
+    from mobilevlm_export.runtime.generator import VLMGenerator
+    from mobilevlm_export.runtime.golden_reader import load_golden
+    from mobilevlm_export.verify import verify_e2e
+
+    art = open_artifacts(demo_build_onnx)
+    golden, e2e = load_golden(art.root)
+    pipe = art.generator()
+    calls = []
+    real = VLMGenerator.image_embeds
+    monkeypatch.setattr(VLMGenerator, "image_embeds", lambda self, px: calls.append(px.shape) or real(self, px))
+    n = art.recipe.e2e.max_new_tokens
+    results = verify_e2e(pipe, golden, e2e, n)
+    assert len(calls) == len({item["image"] for item in e2e}) < len(e2e)
+    for i, (item, r) in enumerate(zip(e2e, results, strict=True)):
+        alone, _ = pipe.generate_ids(item["prompt_ids"], golden[f"e2e/{i}/pixel_values"],
+                                     SamplingParams(max_new_tokens=max(n, len(item["reference_ids"]))))
+        assert r.ids == alone

@@ -114,13 +114,17 @@ class VLMGenerator:
                                                               "the prompt" if key else "; shorten the prompt"))
 
     def generate_ids(self, prompt_ids: list[int], pixel_values: np.ndarray,
-                     params: SamplingParams = SamplingParams()) -> tuple[list[int], Timings]:
-        """Generated ids (stop token included when produced) and the timings of each stage."""
+                     params: SamplingParams = SamplingParams(),
+                     image: np.ndarray | None = None) -> tuple[list[int], Timings]:
+        """Generated ids (stop token included when produced) and the timings of each stage. ``image``: the
+        image's embeddings (``image_embeds`` of ``pixel_values``) where the caller has them already, as for a
+        second question about the same image; the image graphs then do not run (``vision_ms`` 0)."""
         self.check_ids(prompt_ids)
         self.check_length(prompt_ids, params.max_new_tokens)
         t = Timings()
         t0 = time.perf_counter()
-        image = self.image_embeds(pixel_values[None] if pixel_values.ndim == 3 else pixel_values)
+        if image is None:
+            image = self.image_embeds(pixel_values[None] if pixel_values.ndim == 3 else pixel_values)
         t1 = time.perf_counter()
         length = prompt_length(prompt_ids, image.shape[1])
         logits = self.prefill(prompt_ids, image)
