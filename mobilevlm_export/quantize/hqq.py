@@ -29,10 +29,10 @@ def scale_only_hqq(weight: torch.Tensor, group_size: int, qmin: int, qmax: int) 
     if not -128 <= qmin < qmax <= 127:
         raise ValueError(f"integer range [{qmin}, {qmax}] is not within int8")
     eps = torch.finfo(torch.float32).eps
-    rows_, width = weight.shape
-    groups = weight.to(torch.float32).contiguous().view(rows_, width // group_size, group_size)
-    rows = max(1, BLOCK_BYTES // (width * 4))
-    blocks = [slice(r, r + rows) for r in range(0, rows_, rows)]
+    out_features, width = weight.shape
+    groups = weight.to(torch.float32).contiguous().view(out_features, width // group_size, group_size)
+    rows = max(1, BLOCK_BYTES // (width * 4))  # per block
+    blocks = [slice(r, r + rows) for r in range(0, out_features, rows)]
 
     def rounded(block: slice, scale: torch.Tensor) -> torch.Tensor:
         return groups[block].div(scale[block].unsqueeze(-1)).round_().clamp_(qmin, qmax)
@@ -55,7 +55,7 @@ def scale_only_hqq(weight: torch.Tensor, group_size: int, qmin: int, qmax: int) 
         scale = new
         if change < EARLY_STOP:
             break
-    qdata = torch.empty(rows_, width, dtype=torch.int8)
+    qdata = torch.empty(out_features, width, dtype=torch.int8)
     for block in blocks:
         qdata.view_as(groups)[block] = rounded(block, scale)
     return qdata, scale.to(weight.dtype)

@@ -28,6 +28,11 @@ from mobilevlm_export.schema import Precision, QuantAlgorithm
 QPARAMS = {QuantAlgorithm.RTN: "affine", QuantAlgorithm.HQQ: "hqq_scale_only"}
 
 
+def int_range(bits: int) -> tuple[int, int]:
+    """The signed ``bits``-bit integers' range: (-8, 7) for 4, (-128, 127) for 8."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
 def weight_qparams(weight: torch.Tensor, bits: int, group_size: int,
                    qparams: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric ``bits``-bit quantization of a 2-D weight with one scale per ``group_size`` inputs of a row (its
@@ -35,7 +40,7 @@ def weight_qparams(weight: torch.Tensor, bits: int, group_size: int,
     ``Int8DynamicActivationIntxWeightConfig`` and ``IntxWeightOnlyConfig`` store): ``(qdata int8 [out, in], scale
     [out, in // group_size] in the weight's dtype, zero_point int8, all zeros)``. ``hqq_scale_only`` is
     ``quantize.hqq``'s (torchao's algorithm, the same bits, faster); ``affine`` is torchao's own."""
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    qmin, qmax = int_range(bits)
     if qparams == "hqq_scale_only":
         qdata, scale = scale_only_hqq(weight, group_size, qmin, qmax)
         return qdata, scale, torch.zeros_like(scale, dtype=torch.int8)
@@ -91,13 +96,14 @@ class DynamicQuantLinear(nn.Module):
 
     def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
                  bias: torch.Tensor | None) -> None:
+        """``weight_qparams``'s ``qdata [out, in]``, ``scale`` and ``zero_point`` (each ``[out, groups]``)."""
         super().__init__()
-        out_features, in_features = qdata.shape
-        self.quant_min, self.quant_max = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        in_features = qdata.shape[1]
+        self.quant_min, self.quant_max = int_range(bits)
         self.group_size = in_features // scale.shape[1]
         self.register_buffer("weight", qdata)
-        self.register_buffer("scales", scale.float().reshape(out_features, -1).clone())
-        self.register_buffer("zero_points", zero_point.reshape(out_features, -1).clone())
+        self.register_buffer("scales", scale.float().clone())
+        self.register_buffer("zero_points", zero_point.clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,13 +127,12 @@ class QuantizedEmbedding(nn.Module):
         group = group_size if bits == 4 and group_size and width % group_size == 0 else width  # (else per row)
         with torch.no_grad():
             q, scales, _ = weight_qparams(embedding.weight.detach().float(), bits, group, qparams)
-        scales = scales.float()
         if bits == 4:  # two signed nibbles per byte, the first in the high half, stored offset by 8
             u = (q.to(torch.int16) + 8).to(torch.uint8)
             q = (u[:, ::2] << 4 | u[:, 1::2]).contiguous()
         self.bits = bits
         self.register_buffer("weight", q)
-        self.register_buffer("scales", scales.reshape(scales.shape[0], -1).squeeze(-1).contiguous())
+        self.register_buffer("scales", scales.float().squeeze(-1).contiguous())  # ([rows] per row)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.bits == 4:
